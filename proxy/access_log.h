@@ -1,0 +1,45 @@
+// The access log (SPEC §6): one JSON object per request, one per line, to
+// stderr, stdout, a file (reopened on reload, for logrotate) or nowhere.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
+namespace wfp {
+
+struct AccessRecord {
+  std::string request_id;
+  std::string org;     // "-" when unauthenticated
+  std::string client;  // "-" when none
+  std::string method;
+  std::string path;    // without the query: it may hold a token
+  int status = 0;      // 499: the client left before the response was complete
+  std::string cache;   // HIT MISS COALESCED STALE BYPASS, or "-"
+  double queue_ms = 0;
+  double upstream_ms = 0;
+  uint64_t bytes_in = 0;
+  uint64_t bytes_out = 0;
+};
+
+class AccessLog {
+ public:
+  AccessLog() = default;
+  ~AccessLog();
+  AccessLog(const AccessLog&) = delete;
+  AccessLog& operator=(const AccessLog&) = delete;
+
+  // "stderr" | "stdout" | "off" | PATH. False (and `error` set) if PATH
+  // cannot be opened; the previous destination is kept.
+  bool open(const std::string& destination, std::string* error);
+  void write(const AccessRecord& record);
+
+  static std::string format(const AccessRecord& record, int64_t unix_micros);
+
+ private:
+  void closeFile();
+  FILE* out_ = nullptr;
+  bool owned_ = false;
+};
+
+}  // namespace wfp

@@ -1,0 +1,147 @@
+// Configuration: YAML (SPEC §2) → an immutable Config.
+//
+// loadConfig*() never throws and never stops at the first problem: it returns
+// either a Config or every error found, each formatted "file:line: message".
+// Secrets (organisation api keys, plain client keys) are never part of an
+// error message. A Config is shared as std::shared_ptr<const Config>; a
+// reload builds a new one and swaps the pointer (requests keep the snapshot
+// they started with).
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace wfp {
+
+using Sha256 = std::array<uint8_t, 32>;
+
+struct ListenAddress {
+  enum class Kind { Tcp, Unix };
+  Kind kind = Kind::Tcp;
+  std::string host;  // Tcp: "127.0.0.1", "::1", "0.0.0.0" (brackets stripped)
+  uint16_t port = 0; // Tcp: 0 = ephemeral (tests)
+  std::string path;  // Unix: socket path
+  std::string text;  // as written, for logs
+};
+
+struct LogConfig {
+  std::string level = "info";         // trace debug info warn error
+  std::string access_log = "stderr";  // stderr | stdout | PATH | off
+};
+
+struct UpstreamConfig {
+  std::string base_url = "https://aitutor-api.vercel.app";  // no trailing '/'
+  double timeout_s = 330;
+  double connect_timeout_s = 10;
+  int max_connections = 64;
+  bool tls_verify = true;
+};
+
+struct LimitsConfig {
+  size_t max_body_bytes = 1024 * 1024;
+  double client_header_timeout_s = 10;
+  int max_client_connections = 10000;
+};
+
+struct RedisConfig {
+  std::string url;  // redis://[:password@]host:port/db or unix:PATH
+  std::string key_prefix = "wfp:";
+  int timeout_ms = 250;
+};
+
+struct WorkflowCacheOverride {
+  std::optional<double> ttl_s;
+  std::optional<double> stale_if_error_s;
+};
+
+struct CacheConfig {
+  enum class Backend { Memory, Redis, Off };
+  Backend backend = Backend::Memory;
+  double ttl_s = 86400;
+  size_t memory_max_bytes = 256u * 1024 * 1024;
+  bool streams = true;
+  double stale_if_error_s = 0;
+  std::map<std::string, WorkflowCacheOverride> workflows;
+
+  double ttlFor(const std::string& workflow_id) const;
+  double staleIfErrorFor(const std::string& workflow_id) const;
+};
+
+struct RateLimitConfig {
+  bool shared = false;
+  int queue_max = 10000;
+  double max_wait_s = 300;
+  int retry_429 = 3;
+};
+
+struct ClientConfig {
+  std::string name;
+  Sha256 key_sha256{};  // plain `key:` entries are hashed at load time
+  int weight = 1;
+};
+
+struct OrgRateLimit {
+  int requests = 10;           // ignored while requests_auto until learned
+  bool requests_auto = false;  // `requests: auto`
+  double window_s = 1;
+  int max_concurrent = 16;
+};
+
+struct Organisation {
+  std::string name;
+  std::string api_key;  // the upstream secret: never log it
+  OrgRateLimit rate_limit;
+  std::vector<ClientConfig> clients;
+};
+
+struct Config {
+  std::string source;  // file the config came from
+  ListenAddress listen;             // default 127.0.0.1:8080
+  std::optional<ListenAddress> admin_listen;  // nullopt: `admin_listen: ""`
+  double shutdown_grace_s = 30;
+  LogConfig log;
+  UpstreamConfig upstream;
+  LimitsConfig limits;
+  std::optional<RedisConfig> redis;  // nullopt: section omitted
+  CacheConfig cache;
+  RateLimitConfig rate_limit;
+  std::optional<std::string> default_organisation;
+  enum class UnknownKeys { Reject, PassThrough };
+  UnknownKeys unknown_keys = UnknownKeys::Reject;
+  std::vector<Organisation> organisations;
+
+  const Organisation* findOrganisation(std::string_view name) const;
+};
+
+using ConfigPtr = std::shared_ptr<const Config>;
+
+struct ConfigResult {
+  ConfigPtr config;                 // null when errors is non-empty
+  std::vector<std::string> errors;  // "file:line: message"
+};
+
+// Environment lookup, injectable for tests. Returns nullopt when unset.
+using EnvLookup = std::function<std::optional<std::string>(const std::string&)>;
+EnvLookup processEnv();
+
+ConfigResult loadConfigFile(const std::string& path, const EnvLookup& env = processEnv());
+// `name` is used as the file part of error messages; relative api_key_file
+// paths are resolved against `base_dir`.
+ConfigResult loadConfigString(std::string_view yaml, const std::string& name,
+                              const EnvLookup& env = processEnv(),
+                              const std::string& base_dir = ".");
+
+// "1MiB" → 1048576; "512KiB", "2GiB", "100" (bytes), "10KB" (1000s). nullopt if malformed.
+std::optional<size_t> parseSize(std::string_view text);
+// "127.0.0.1:8080", "[::1]:8080", "localhost:80", "unix:/path". nullopt if malformed.
+std::optional<ListenAddress> parseListenAddress(std::string_view text);
+
+}  // namespace wfp

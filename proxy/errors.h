@@ -1,0 +1,33 @@
+// The proxy's own error responses (SPEC §3.2), byte for byte.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+namespace wfp {
+
+// Byte-identical to the upstream's 401 (no "code").
+inline constexpr std::string_view kUnauthorizedBody =
+    R"({"error":"Unauthorized. Please provide a valid secret key.","success":false})";
+
+struct ProxyError {
+  int status;
+  std::string_view reason;
+  std::string_view code;
+  std::string message;
+};
+
+ProxyError invalidJson(std::string_view parse_error);
+ProxyError notFound();
+ProxyError methodNotAllowed();
+ProxyError payloadTooLarge();
+ProxyError rateLimited();
+ProxyError upstreamUnavailable();
+ProxyError upstreamTimeout();
+ProxyError shuttingDown();
+ProxyError notCached();
+
+// {"error":"<message>","success":false,"code":"<code>"}
+std::string errorJson(const ProxyError& error);
+
+}  // namespace wfp

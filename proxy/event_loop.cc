@@ -1,0 +1,117 @@
+#include "proxy/event_loop.h"
+
+#include <event2/event.h>
+#include <event2/thread.h>
+
+#include <cmath>
+#include <stdexcept>
+
+#include <spdlog/spdlog.h>
+
+namespace wfp {
+
+void EventDeleter::operator()(event* ev) const noexcept { event_free(ev); }
+void EventLoop::BaseDeleter::operator()(event_base* base) const noexcept { event_base_free(base); }
+
+namespace {
+template <typename Fn>
+void guarded(const char* what, Fn&& fn) noexcept {
+  try {
+    fn();
+  } catch (const std::exception& e) {
+    spdlog::error("uncaught exception in {} callback: {}", what, e.what());
+  } catch (...) {
+    spdlog::error("uncaught exception in {} callback", what);
+  }
+}
+}  // namespace
+
+EventLoop::EventLoop() {
+  event_config* cfg = event_config_new();
+  // EV_CLOSED (EPOLLRDHUP) is how we notice clients that hang up while their
+  // request waits; evhttp stops reading once it hands over a request.
+  event_config_require_features(cfg, EV_FEATURE_EARLY_CLOSE);
+  base_.reset(event_base_new_with_config(cfg));
+  event_config_free(cfg);
+  if (!base_) base_.reset(event_base_new());
+  if (!base_) throw std::runtime_error("event_base_new failed");
+  posted_event_.reset(event_new(base_.get(), -1, 0, &EventLoop::onPosted, this));
+}
+
+EventLoop::~EventLoop() {
+  // Run what is still posted (deferred deletes) so nothing leaks.
+  while (!posted_.empty()) {
+    auto batch = std::move(posted_);
+    posted_.clear();
+    for (auto& fn : batch) guarded("posted", fn);
+  }
+  posted_event_.reset();
+}
+
+int EventLoop::run() { return event_base_dispatch(base_.get()); }
+
+void EventLoop::stop() { event_base_loopbreak(base_.get()); }
+
+void EventLoop::post(std::function<void()> fn) {
+  posted_.push_back(std::move(fn));
+  if (posted_.size() == 1) event_active(posted_event_.get(), EV_TIMEOUT, 0);
+}
+
+void EventLoop::onPosted(int, short, void* arg) noexcept {
+  auto* self = static_cast<EventLoop*>(arg);
+  auto batch = std::move(self->posted_);
+  self->posted_.clear();
+  for (auto& fn : batch) guarded("posted", fn);
+}
+
+Timer::Timer(EventLoop& loop, std::function<void()> fn)
+    : fn_(std::move(fn)), event_(evtimer_new(loop.base(), &Timer::onFire, this)) {}
+
+void Timer::start(std::chrono::microseconds delay) {
+  if (delay.count() < 0) delay = std::chrono::microseconds(0);
+  timeval tv{};
+  tv.tv_sec = static_cast<time_t>(delay.count() / 1000000);
+  tv.tv_usec = static_cast<suseconds_t>(delay.count() % 1000000);
+  evtimer_add(event_.get(), &tv);
+}
+
+void Timer::startSeconds(double seconds) {
+  if (!(seconds > 0)) seconds = 0;
+  start(std::chrono::microseconds(static_cast<int64_t>(std::llround(seconds * 1e6))));
+}
+
+void Timer::cancel() { evtimer_del(event_.get()); }
+
+bool Timer::pending() const { return evtimer_pending(event_.get(), nullptr) != 0; }
+
+void Timer::onFire(int, short, void* arg) noexcept {
+  auto* self = static_cast<Timer*>(arg);
+  guarded("timer", self->fn_);
+}
+
+FdWatch::FdWatch(EventLoop& loop, int fd, short events, std::function<void(short)> fn)
+    : fn_(std::move(fn)),
+      event_(event_new(loop.base(), fd, static_cast<short>(events | EV_PERSIST), &FdWatch::onEvent, this)) {
+  event_add(event_.get(), nullptr);
+}
+
+void FdWatch::cancel() {
+  if (event_) event_del(event_.get());
+}
+
+void FdWatch::onEvent(int, short what, void* arg) noexcept {
+  auto* self = static_cast<FdWatch*>(arg);
+  guarded("fd", [&] { self->fn_(what); });
+}
+
+SignalWatch::SignalWatch(EventLoop& loop, int signo, std::function<void()> fn)
+    : fn_(std::move(fn)), event_(evsignal_new(loop.base(), signo, &SignalWatch::onSignal, this)) {
+  event_add(event_.get(), nullptr);
+}
+
+void SignalWatch::onSignal(int, short, void* arg) noexcept {
+  auto* self = static_cast<SignalWatch*>(arg);
+  guarded("signal", self->fn_);
+}
+
+}  // namespace wfp

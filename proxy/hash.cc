@@ -1,0 +1,36 @@
+#include "proxy/hash.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include <stdexcept>
+
+namespace wfp {
+
+Sha256 sha256(std::string_view data) {
+  Sha256 digest{};
+  unsigned int size = 0;
+  if (EVP_Digest(data.data(), data.size(), digest.data(), &size, EVP_sha256(), nullptr) != 1 ||
+      size != digest.size()) {
+    throw std::runtime_error("EVP_Digest(sha256) failed");  // broken libcrypto: not recoverable
+  }
+  return digest;
+}
+
+std::string toHex(const uint8_t* data, size_t size) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out(size * 2, '\0');
+  for (size_t i = 0; i < size; ++i) {
+    out[2 * i] = kDigits[data[i] >> 4];
+    out[2 * i + 1] = kDigits[data[i] & 0x0f];
+  }
+  return out;
+}
+
+std::string sha256Hex(std::string_view data) { return toHex(sha256(data)); }
+
+bool constantTimeEqual(const Sha256& a, const Sha256& b) {
+  return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+}  // namespace wfp

@@ -1,0 +1,122 @@
+#include "proxy/headers.h"
+
+#include <sys/random.h>
+
+#include <array>
+
+#include "proxy/hash.h"
+
+namespace wfp {
+
+namespace {
+
+constexpr std::array<std::string_view, 9> kHopByHop = {
+    "connection", "keep-alive", "proxy-connection", "te",     "trailer",
+    "transfer-encoding", "upgrade", "proxy-authenticate", "proxy-authorization"};
+
+// Is `name` one of the comma-separated tokens of any Connection header?
+bool listedInConnection(const HttpHeaders& headers, std::string_view name) {
+  for (const auto& h : headers) {
+    if (!equalsIgnoreCase(h.name, "connection")) continue;
+    std::string_view rest = h.value;
+    while (!rest.empty()) {
+      size_t comma = rest.find(',');
+      std::string_view token = rest.substr(0, comma);
+      while (!token.empty() && (token.front() == ' ' || token.front() == '\t')) token.remove_prefix(1);
+      while (!token.empty() && (token.back() == ' ' || token.back() == '\t')) token.remove_suffix(1);
+      if (equalsIgnoreCase(token, name)) return true;
+      if (comma == std::string_view::npos) break;
+      rest.remove_prefix(comma + 1);
+    }
+  }
+  return false;
+}
+
+bool dropForResponse(const HttpHeaders& all, const HttpHeader& h) {
+  return isHopByHop(h.name) || equalsIgnoreCase(h.name, "content-length") || listedInConnection(all, h.name);
+}
+
+}  // namespace
+
+bool isHopByHop(std::string_view name) {
+  for (auto hop : kHopByHop) {
+    if (equalsIgnoreCase(name, hop)) return true;
+  }
+  return false;
+}
+
+void removeHeader(HttpHeaders& headers, std::string_view name) {
+  std::erase_if(headers, [&](const HttpHeader& h) { return equalsIgnoreCase(h.name, name); });
+}
+
+HttpHeaders upstreamRequestHeaders(const HttpHeaders& client, const UpstreamHeaderOptions& options) {
+  HttpHeaders out;
+  out.reserve(client.size() + 2);
+  bool authorization_placed = false;
+  bool request_id_placed = false;
+  bool encoding_placed = false;
+  for (const auto& h : client) {
+    if (isHopByHop(h.name) || equalsIgnoreCase(h.name, "host") || equalsIgnoreCase(h.name, "content-length") ||
+        equalsIgnoreCase(h.name, "expect") || listedInConnection(client, h.name)) {
+      continue;
+    }
+    if (equalsIgnoreCase(h.name, "authorization")) {
+      if (authorization_placed) continue;
+      authorization_placed = true;
+      // Keep the client's position in the header order; swap the value.
+      out.push_back(HttpHeader{h.name, options.authorization ? *options.authorization : h.value});
+      continue;
+    }
+    if (equalsIgnoreCase(h.name, "x-request-id")) {
+      if (request_id_placed) continue;
+      request_id_placed = true;
+      out.push_back(HttpHeader{h.name, options.request_id});
+      continue;
+    }
+    if (options.identity_encoding && equalsIgnoreCase(h.name, "accept-encoding")) {
+      if (encoding_placed) continue;
+      encoding_placed = true;
+      out.push_back(HttpHeader{h.name, "identity"});
+      continue;
+    }
+    out.push_back(h);
+  }
+  if (!authorization_placed && options.authorization) {
+    out.push_back(HttpHeader{"Authorization", *options.authorization});
+  }
+  if (!request_id_placed && !options.request_id.empty()) {
+    out.push_back(HttpHeader{"X-Request-Id", options.request_id});
+  }
+  if (!encoding_placed && options.identity_encoding) {
+    out.push_back(HttpHeader{"Accept-Encoding", "identity"});
+  }
+  return out;
+}
+
+HttpHeaders clientResponseHeaders(const HttpHeaders& upstream) {
+  HttpHeaders out;
+  out.reserve(upstream.size() + 4);
+  for (const auto& h : upstream) {
+    if (!dropForResponse(upstream, h)) out.push_back(h);
+  }
+  return out;
+}
+
+std::string newRequestId() {
+  std::array<uint8_t, 16> bytes{};
+  size_t got = 0;
+  while (got < bytes.size()) {
+    ssize_t n = getrandom(bytes.data() + got, bytes.size() - got, 0);
+    if (n > 0) got += static_cast<size_t>(n);
+  }
+  return toHex(bytes.data(), bytes.size());
+}
+
+bool isSafeHeaderValue(std::string_view value) {
+  for (unsigned char c : value) {
+    if (c == '\r' || c == '\n' || c == '\0') return false;
+  }
+  return true;
+}
+
+}  // namespace wfp

@@ -1,0 +1,43 @@
+// Header mapping between client and upstream (SPEC §4.1). Pure.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "proxy/http_server.h"
+
+namespace wfp {
+
+// RFC 9110 §7.6.1 hop-by-hop fields, plus those a message's Connection header
+// names. Compared case-insensitively.
+bool isHopByHop(std::string_view name);
+
+struct UpstreamHeaderOptions {
+  // "Bearer <key>" to send, or nullopt to forward the client's own header.
+  std::optional<std::string> authorization;
+  std::string request_id;       // X-Request-Id to send (the client's or a new one)
+  bool identity_encoding = false;  // run/stream: Accept-Encoding: identity
+};
+
+// What the proxy sends upstream: the client's end-to-end headers in order,
+// minus Host, Content-Length, Transfer-Encoding, Expect, hop-by-hop fields;
+// Authorization replaced (or dropped when the client had none and none is
+// given); X-Request-Id set.
+HttpHeaders upstreamRequestHeaders(const HttpHeaders& client, const UpstreamHeaderOptions& options);
+
+// What the client receives from an upstream response: every end-to-end field
+// in order, minus hop-by-hop, Content-Length and Transfer-Encoding (the
+// server frames the body itself).
+HttpHeaders clientResponseHeaders(const HttpHeaders& upstream);
+
+// Drops every field named `name` (case-insensitive).
+void removeHeader(HttpHeaders& headers, std::string_view name);
+
+// A new request id: 32 lowercase hex characters from the OS CSPRNG.
+std::string newRequestId();
+
+// A value a client may send on: printable, no CR/LF/NUL (header injection).
+bool isSafeHeaderValue(std::string_view value);
+
+}  // namespace wfp

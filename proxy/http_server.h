@@ -1,0 +1,164 @@
+// The client-facing HTTP/1.1 server, on libevent bufferevents.
+//
+// Why not evhttp: evhttp answers an oversized body with its own HTML 413
+// (the spec wants the JSON error shape), stops reading a connection once it
+// hands over a request so a client that leaves goes unnoticed (libevent#794),
+// and gives no control over write back-pressure. This server keeps each of
+// those in our hands; it speaks HTTP/1.0 and 1.1 with keep-alive and
+// pipelining (requests on one connection are answered in order, one at a
+// time), Content-Length and chunked request bodies, Expect: 100-continue.
+//
+// Life of an exchange:
+//   bytes → parse head → (100-continue) → read body → handler(exchange)
+//   handler answers now or later: respond(), or begin() write()* end()
+//   the response is flushed → onComplete → the next pipelined request
+//   client EOF/error before the response is complete → onAbort, then the
+//   exchange is destroyed; no other callback runs after onAbort.
+//
+// Ownership: the server owns connections; a connection owns its current
+// HttpExchange. Handlers must not keep an HttpExchange* beyond onAbort or
+// onComplete: hold the exchange's id() and look it up, or clear the pointer
+// in those callbacks. Every callback runs on the loop thread.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "proxy/config.h"
+#include "proxy/event_loop.h"
+
+namespace wfp {
+
+struct HttpHeader {
+  std::string name;
+  std::string value;
+};
+using HttpHeaders = std::vector<HttpHeader>;
+
+bool equalsIgnoreCase(std::string_view a, std::string_view b);
+// First header with that name (case-insensitive), or nullptr.
+const std::string* findHeader(const HttpHeaders& headers, std::string_view name);
+
+struct HttpServerLimits {
+  size_t max_header_bytes = 64 * 1024;  // request line + headers; beyond → 431
+  size_t max_headers = 100;             // header count; beyond → 431
+  size_t max_body_bytes = 1024 * 1024;  // beyond → 413 payload_too_large (JSON)
+  double header_timeout_s = 10;   // a request's head and body must arrive within this → 408
+  double idle_timeout_s = 75;     // keep-alive connection with no request in progress
+  double write_timeout_s = 60;    // response bytes pending with no progress → connection closed
+  int max_connections = 10000;    // beyond: stop accepting until one closes
+  size_t output_high_water = 256 * 1024;  // write() returns false above this backlog
+};
+
+class HttpConnection;
+
+class HttpExchange {
+ public:
+  uint64_t id() const { return id_; }
+
+  // --- the request (valid until the exchange ends) ---
+  const std::string& method() const { return method_; }
+  const std::string& target() const { return target_; }  // raw request-target, e.g. "/a/b?x=1"
+  std::string_view path() const;   // target up to '?'
+  std::string_view query() const;  // after '?', or empty
+  int versionMinor() const { return version_minor_; }  // HTTP/1.x
+  const HttpHeaders& headers() const { return headers_; }
+  const std::string& body() const { return body_; }
+  size_t bytesIn() const { return bytes_in_; }  // head + body as received
+  const std::string& peer() const { return peer_; }
+
+  // --- the response: exactly one of respond(), or begin() write()* end() ---
+  // `headers` must not contain Content-Length, Transfer-Encoding or Connection:
+  // the server writes those. A response to HEAD carries no body.
+  void respond(int status, std::string_view reason, const HttpHeaders& headers, std::string_view body);
+  // Streams a body: chunked on HTTP/1.1 unless `content_length` is given
+  // (≥ 0), close-delimited on HTTP/1.0.
+  void begin(int status, std::string_view reason, const HttpHeaders& headers, int64_t content_length = -1);
+  // False when the connection's unsent output is above output_high_water:
+  // the caller should stop producing until onDrain. Data is never dropped.
+  bool write(std::string_view data);
+  void end();
+  // Ends the response abnormally: the connection is closed without the final
+  // chunk, so the client sees a truncated body (upstream cut mid-stream).
+  void abortResponse();
+
+  bool responseStarted() const { return response_started_; }
+  int status() const { return status_; }
+  size_t bytesOut() const { return bytes_out_; }
+  size_t pendingOutput() const;
+
+  // Output backlog fell below half of output_high_water after write() said false.
+  void setOnDrain(std::function<void()> fn) { on_drain_ = std::move(fn); }
+  // The client went away (EOF, reset, write timeout) before the response was
+  // complete. Runs at most once; the exchange is destroyed right after.
+  void setOnAbort(std::function<void()> fn) { on_abort_ = std::move(fn); }
+  // The whole response was handed to the kernel. Runs at most once; the
+  // exchange is destroyed right after.
+  void setOnComplete(std::function<void()> fn) { on_complete_ = std::move(fn); }
+
+ private:
+  friend class HttpConnection;
+  HttpExchange() = default;
+
+  uint64_t id_ = 0;
+  HttpConnection* conn_ = nullptr;
+  std::string method_;
+  std::string target_;
+  int version_minor_ = 1;
+  HttpHeaders headers_;
+  std::string body_;
+  size_t bytes_in_ = 0;
+  std::string peer_;
+  bool head_request_ = false;
+  bool response_started_ = false;
+  bool response_done_ = false;
+  bool chunked_ = false;
+  bool want_drain_ = false;
+  int status_ = 0;
+  size_t bytes_out_ = 0;
+  std::function<void()> on_drain_;
+  std::function<void()> on_abort_;
+  std::function<void()> on_complete_;
+};
+
+struct BoundListener {
+  std::string address;  // "127.0.0.1:43123", "[::1]:8080", "unix:/run/x.sock"
+  uint16_t port = 0;    // actual port (TCP)
+};
+
+class HttpServer {
+ public:
+  using Handler = std::function<void(HttpExchange&)>;
+
+  HttpServer(EventLoop& loop, HttpServerLimits limits, Handler handler);
+  ~HttpServer();
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+
+  // Binds and starts accepting. On failure returns false and sets `error`.
+  bool listen(const ListenAddress& address, BoundListener* bound, std::string* error);
+  // Closes every listening socket (new connections are refused).
+  void stopAccepting();
+  // Closes idle keep-alive connections now, and makes busy ones close after
+  // their current response (Connection: close). Used by drain.
+  void closeIdleConnections();
+  void setLimits(const HttpServerLimits& limits);  // reload: applies to new requests
+
+  size_t connectionCount() const;
+  size_t exchangeCount() const;  // requests handed to the handler, not yet complete
+
+  // The JSON error body the server uses for its own errors (and that the
+  // proxy reuses): {"error":"<message>","success":false,"code":"<code>"}.
+  static std::string errorBody(std::string_view message, std::string_view code);
+
+ private:
+  friend class HttpConnection;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace wfp

@@ -1,0 +1,60 @@
+// Client key → organisation (SPEC §3.1). Pure; rebuilt and swapped on reload.
+//
+// Only SHA-256 digests of client keys are kept. A presented key is hashed and
+// compared to the candidates with CRYPTO_memcmp (constant time).
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "proxy/config.h"
+
+namespace wfp {
+
+struct Principal {
+  const Organisation* org = nullptr;  // null in pass_through
+  std::string org_label;              // metrics/logs: org name, or "pass_through"
+  std::string client;                 // client name; "default" or "-" when none
+  // Cache namespace and rate-limit budget: the org name, or in pass_through
+  // "pt:" + hex SHA-256 of the key (never the key).
+  std::string namespace_id;
+  int weight = 1;
+  bool pass_through = false;
+};
+
+enum class AuthOutcome { Authenticated, Unauthorized };
+
+struct AuthResult {
+  AuthOutcome outcome = AuthOutcome::Unauthorized;
+  Principal principal;
+};
+
+class KeyStore {
+ public:
+  explicit KeyStore(ConfigPtr config);
+
+  // `authorization`: the request's Authorization header value, or nullptr.
+  AuthResult authenticate(const std::string* authorization) const;
+
+  const Config& config() const { return *config_; }
+
+ private:
+  struct Entry {
+    Sha256 digest;
+    const Organisation* org;
+    const ClientConfig* client;
+  };
+  ConfigPtr config_;  // keeps the Organisation pointers alive
+  // Bucketed by the digest's first 8 bytes; full compare in constant time.
+  std::unordered_multimap<uint64_t, Entry> entries_;
+};
+
+// The key from "Bearer <key>" (scheme case-insensitive, one or more spaces),
+// or nullopt.
+std::optional<std::string_view> bearerToken(std::string_view authorization);
+
+}  // namespace wfp

@@ -1,0 +1,142 @@
+#include "proxy/metrics.h"
+
+#include <cstdio>
+
+namespace wfp {
+
+namespace {
+
+const std::vector<double> kLatencyBounds = {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                            0.025,   0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,
+                                            10,      30,     60,      120,    300};
+
+std::string number(double v) {
+  char buf[64];
+  snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+
+std::string labels(std::initializer_list<std::pair<const char*, std::string>> pairs) {
+  std::string out;
+  for (const auto& [name, value] : pairs) {
+    if (!out.empty()) out += ',';
+    out += name;
+    out += "=\"";
+    out += escapeLabel(value);
+    out += '"';
+  }
+  return out;
+}
+
+template <typename Map>
+void family(std::string& out, const char* name, const char* type, const char* help, const Map& series) {
+  out += "# HELP ";
+  out += name;
+  out += ' ';
+  out += help;
+  out += "\n# TYPE ";
+  out += name;
+  out += ' ';
+  out += type;
+  out += '\n';
+  for (const auto& [label_set, value] : series) {
+    out += name;
+    if (!label_set.empty()) {
+      out += '{';
+      out += label_set;
+      out += '}';
+    }
+    out += ' ';
+    out += std::to_string(value);
+    out += '\n';
+  }
+}
+
+void scalar(std::string& out, const char* name, const char* type, const char* help, int64_t value) {
+  std::map<std::string, int64_t> one{{"", value}};
+  family(out, name, type, help, one);
+}
+
+}  // namespace
+
+std::string escapeLabel(const std::string& value) {
+  std::string out;
+  out.reserve(value.size());
+  for (char c : value) {
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (c == '"') {
+      out += "\\\"";
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+Histogram::Histogram(std::vector<double> bounds) : bounds_(std::move(bounds)), counts_(bounds_.size() + 1, 0) {}
+
+void Histogram::observe(double value) {
+  size_t i = 0;
+  while (i < bounds_.size() && value > bounds_[i]) ++i;
+  ++counts_[i];
+  sum_ += value;
+  ++count_;
+}
+
+void Histogram::render(std::string& out, const std::string& name) const {
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < bounds_.size(); ++i) {
+    cumulative += counts_[i];
+    out += name + "_bucket{le=\"" + number(bounds_[i]) + "\"} " + std::to_string(cumulative) + "\n";
+  }
+  cumulative += counts_.back();
+  out += name + "_bucket{le=\"+Inf\"} " + std::to_string(cumulative) + "\n";
+  out += name + "_sum " + number(sum_) + "\n";
+  out += name + "_count " + std::to_string(count_) + "\n";
+}
+
+Metrics::Metrics() : upstream_duration_(kLatencyBounds), queue_wait_(kLatencyBounds), overhead_(kLatencyBounds) {}
+
+void Metrics::countRequest(const std::string& org, const std::string& route, int code, const std::string& cache) {
+  ++requests_[labels({{"org", org}, {"route", route}, {"code", std::to_string(code)}, {"cache", cache}})];
+}
+
+void Metrics::countUpstream(const std::string& org, int code) {
+  ++upstream_requests_[labels({{"org", org}, {"code", code == 0 ? std::string("error") : std::to_string(code)}})];
+}
+
+void Metrics::countUpstream429(const std::string& org) { ++upstream_429_[labels({{"org", org}})]; }
+void Metrics::countCoalesced(const std::string& org) { ++coalesced_[labels({{"org", org}})]; }
+
+std::string Metrics::render() const {
+  std::string out;
+  out.reserve(4096);
+  family(out, "workflow_proxy_requests_total", "counter", "Client requests answered, by organisation, route, status and cache state.", requests_);
+  family(out, "workflow_proxy_upstream_requests_total", "counter", "Requests sent to the upstream, by organisation and status (error: no response).", upstream_requests_);
+  out += "# HELP workflow_proxy_upstream_duration_seconds Time from sending a request upstream to its complete response.\n";
+  out += "# TYPE workflow_proxy_upstream_duration_seconds histogram\n";
+  upstream_duration_.render(out, "workflow_proxy_upstream_duration_seconds");
+  std::map<std::string, int64_t> depth;
+  for (const auto& [org, d] : queue_depth_) depth[labels({{"org", org}})] = d;
+  family(out, "workflow_proxy_queue_depth", "gauge", "Requests waiting in the organisation's queue.", depth);
+  out += "# HELP workflow_proxy_queue_wait_seconds Time requests waited in the queue before starting upstream.\n";
+  out += "# TYPE workflow_proxy_queue_wait_seconds histogram\n";
+  queue_wait_.render(out, "workflow_proxy_queue_wait_seconds");
+  scalar(out, "workflow_proxy_cache_entries", "gauge", "Entries in the in-process cache.", cache_entries_);
+  family(out, "workflow_proxy_coalesced_total", "counter", "Requests answered by attaching to an identical run in flight.", coalesced_);
+  family(out, "workflow_proxy_upstream_429_total", "counter", "429 responses received from the upstream.", upstream_429_);
+  scalar(out, "workflow_proxy_redis_up", "gauge", "1 when Redis is connected and answering.", redis_up_);
+  std::map<std::string, int64_t> remaining;
+  for (const auto& [org, r] : ratelimit_remaining_) remaining[labels({{"org", org}})] = r;
+  family(out, "workflow_proxy_ratelimit_remaining", "gauge", "Latest x-ratelimit-remaining seen from the upstream.", remaining);
+  out += "# HELP workflow_proxy_overhead_seconds Total time minus queue wait minus upstream time.\n";
+  out += "# TYPE workflow_proxy_overhead_seconds histogram\n";
+  overhead_.render(out, "workflow_proxy_overhead_seconds");
+  scalar(out, "workflow_proxy_client_connections", "gauge", "Open client connections.", connections_);
+  return out;
+}
+
+}  // namespace wfp

@@ -1,0 +1,63 @@
+// Prometheus metrics (SPEC §6): one table of families → text format 0.0.4.
+// Label values are org names, route names, status codes and cache states:
+// never a key.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace wfp {
+
+class Histogram {
+ public:
+  explicit Histogram(std::vector<double> bounds);
+  void observe(double value);
+  void render(std::string& out, const std::string& name) const;
+
+ private:
+  std::vector<double> bounds_;
+  std::vector<uint64_t> counts_;  // one per bound, plus +Inf
+  double sum_ = 0;
+  uint64_t count_ = 0;
+};
+
+class Metrics {
+ public:
+  Metrics();
+
+  void countRequest(const std::string& org, const std::string& route, int code, const std::string& cache);
+  void countUpstream(const std::string& org, int code);  // code 0: no response (502/504)
+  void countUpstream429(const std::string& org);
+  void countCoalesced(const std::string& org);
+  void observeUpstreamSeconds(double seconds) { upstream_duration_.observe(seconds); }
+  void observeQueueWaitSeconds(double seconds) { queue_wait_.observe(seconds); }
+  void observeOverheadSeconds(double seconds) { overhead_.observe(seconds); }
+  void setQueueDepth(const std::string& org, int64_t depth) { queue_depth_[org] = depth; }
+  void setRatelimitRemaining(const std::string& org, int64_t remaining) { ratelimit_remaining_[org] = remaining; }
+  void setCacheEntries(int64_t entries) { cache_entries_ = entries; }
+  void setRedisUp(bool up) { redis_up_ = up ? 1 : 0; }
+  void setConnections(int64_t open) { connections_ = open; }
+
+  std::string render() const;
+
+ private:
+  std::map<std::string, uint64_t> requests_;  // rendered label set → count
+  std::map<std::string, uint64_t> upstream_requests_;
+  std::map<std::string, uint64_t> upstream_429_;
+  std::map<std::string, uint64_t> coalesced_;
+  std::map<std::string, int64_t> queue_depth_;
+  std::map<std::string, int64_t> ratelimit_remaining_;
+  Histogram upstream_duration_;
+  Histogram queue_wait_;
+  Histogram overhead_;
+  int64_t cache_entries_ = 0;
+  int redis_up_ = 0;
+  int64_t connections_ = 0;
+};
+
+// Escapes a label value per the text format (\\, \", \n).
+std::string escapeLabel(const std::string& value);
+
+}  // namespace wfp

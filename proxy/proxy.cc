@@ -1,0 +1,111 @@
+#include "proxy/proxy.h"
+
+#include <spdlog/spdlog.h>
+
+#include "proxy/logging.h"
+
+namespace wfp {
+
+HttpServerLimits serverLimits(const Config& config) {
+  HttpServerLimits limits;
+  limits.max_body_bytes = config.limits.max_body_bytes;
+  limits.header_timeout_s = config.limits.client_header_timeout_s;
+  limits.max_connections = config.limits.max_client_connections;
+  return limits;
+}
+
+UpstreamOptions upstreamOptions(const Config& config) {
+  UpstreamOptions options;
+  options.timeout_s = config.upstream.timeout_s;
+  options.connect_timeout_s = config.upstream.connect_timeout_s;
+  options.max_connections = config.upstream.max_connections;
+  options.tls_verify = config.upstream.tls_verify;
+  return options;
+}
+
+Proxy::Proxy(EventLoop& loop, ConfigPtr config)
+    : loop_(loop),
+      config_(std::move(config)),
+      upstream_(loop, upstreamOptions(*config_)),
+      handler_(loop, upstream_, access_log_, metrics_) {
+  handler_.setConfig(config_);
+}
+
+Proxy::~Proxy() {
+  // Servers first: their destructors abort exchanges, which finish requests
+  // in the handler; then the handler cancels what is left upstream.
+  admin_server_.reset();
+  server_.reset();
+}
+
+bool Proxy::start(std::string* error) {
+  if (!access_log_.open(config_->log.access_log, error)) return false;
+  server_ = std::make_unique<HttpServer>(loop_, serverLimits(*config_),
+                                         [this](HttpExchange& ex) { handler_.handleClient(ex); });
+  BoundListener bound;
+  if (!server_->listen(config_->listen, &bound, error)) return false;
+  spdlog::info("listening on {} (client)", bound.address);
+  if (config_->admin_listen) {
+    HttpServerLimits admin_limits = serverLimits(*config_);
+    admin_limits.max_connections = 256;
+    admin_server_ = std::make_unique<HttpServer>(loop_, admin_limits,
+                                                 [this](HttpExchange& ex) { handler_.handleAdmin(ex); });
+    if (!admin_server_->listen(*config_->admin_listen, &bound, error)) return false;
+    spdlog::info("listening on {} (admin)", bound.address);
+  }
+  return true;
+}
+
+void Proxy::reload(ConfigPtr config) {
+  if (config->listen.text != config_->listen.text ||
+      (config->admin_listen ? config->admin_listen->text : "") !=
+          (config_->admin_listen ? config_->admin_listen->text : "")) {
+    spdlog::warn("reload: listen/admin_listen changed; the new addresses take effect after a restart");
+  }
+  if (config->log.access_log != config_->log.access_log || config->log.access_log != "stderr") {
+    std::string error;
+    if (!access_log_.open(config->log.access_log, &error)) spdlog::error("reload: access log: {}", error);
+  }
+  if (auto level = parseLogLevel(config->log.level)) setLogLevel(*level);
+  upstream_.setOptions(upstreamOptions(*config));
+  if (server_) server_->setLimits(serverLimits(*config));
+  handler_.setConfig(config);
+  config_ = std::move(config);
+  spdlog::info("configuration reloaded from {}", config_->source);
+}
+
+void Proxy::drain(std::function<void()> done) {
+  if (drain_done_) return;  // already draining
+  drain_done_ = std::move(done);
+  handler_.beginDrain();
+  if (server_) {
+    server_->stopAccepting();
+    server_->closeIdleConnections();
+  }
+  spdlog::info("draining: {} request(s) in progress, grace {} s", handler_.activeRequests(),
+               config_->shutdown_grace_s);
+  drain_deadline_ = std::make_unique<Timer>(loop_, [this] {
+    spdlog::warn("drain grace over: answering {} request(s) with 503", handler_.activeRequests());
+    handler_.cancelAll();
+    checkDrained();
+  });
+  drain_deadline_->startSeconds(config_->shutdown_grace_s);
+  drain_poll_ = std::make_unique<Timer>(loop_, [this] { checkDrained(); });
+  checkDrained();
+}
+
+void Proxy::checkDrained() {
+  size_t exchanges = server_ ? server_->exchangeCount() : 0;
+  if (handler_.activeRequests() == 0 && exchanges == 0) {
+    if (drain_deadline_) drain_deadline_->cancel();
+    drain_poll_->cancel();
+    auto done = std::move(drain_done_);
+    drain_done_ = [] {};
+    if (done) done();
+    return;
+  }
+  if (server_) server_->closeIdleConnections();
+  drain_poll_->start(std::chrono::milliseconds(20));
+}
+
+}  // namespace wfp

@@ -1,0 +1,57 @@
+// The proxy: owns its components in dependency order and carries the
+// lifecycle (start, reload, drain). main.cc only parses argv and signals.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "proxy/access_log.h"
+#include "proxy/config.h"
+#include "proxy/event_loop.h"
+#include "proxy/http_server.h"
+#include "proxy/metrics.h"
+#include "proxy/run_handler.h"
+#include "proxy/upstream_client.h"
+
+namespace wfp {
+
+class Proxy {
+ public:
+  Proxy(EventLoop& loop, ConfigPtr config);
+  ~Proxy();
+  Proxy(const Proxy&) = delete;
+  Proxy& operator=(const Proxy&) = delete;
+
+  // Opens the access log and binds the listeners. False with `error` set on
+  // failure (exit code 1).
+  bool start(std::string* error);
+  // Applies a new configuration atomically; listener changes need a restart.
+  void reload(ConfigPtr config);
+  // Stops accepting, lets running and queued requests finish for up to
+  // shutdown_grace_s, answers the rest with 503, then calls `done`.
+  void drain(std::function<void()> done);
+
+  const Config& config() const { return *config_; }
+
+ private:
+  void checkDrained();
+
+  EventLoop& loop_;
+  ConfigPtr config_;
+  Metrics metrics_;
+  AccessLog access_log_;
+  UpstreamClient upstream_;
+  RunHandler handler_;
+  std::unique_ptr<HttpServer> server_;
+  std::unique_ptr<HttpServer> admin_server_;
+  std::unique_ptr<Timer> drain_poll_;
+  std::unique_ptr<Timer> drain_deadline_;
+  std::function<void()> drain_done_;
+};
+
+HttpServerLimits serverLimits(const Config& config);
+UpstreamOptions upstreamOptions(const Config& config);
+
+}  // namespace wfp

@@ -1,0 +1,81 @@
+// The life of a client request, from the exchange the HTTP server hands over
+// to the response (see the diagram at the top of run_handler.cc).
+//
+// Owns one Request per exchange, keyed by the exchange id. The exchange
+// pointer is cleared when the exchange completes or aborts; every async
+// continuation (upstream callbacks) looks the request up by id, so a client
+// that leaves never leaves a dangling pointer behind.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+
+#include "proxy/access_log.h"
+#include "proxy/config.h"
+#include "proxy/event_loop.h"
+#include "proxy/http_server.h"
+#include "proxy/key_store.h"
+#include "proxy/metrics.h"
+#include "proxy/routes.h"
+#include "proxy/upstream_client.h"
+
+namespace wfp {
+
+struct ProxyError;
+
+class RunHandler {
+ public:
+  RunHandler(EventLoop& loop, UpstreamClient& upstream, AccessLog& access_log, Metrics& metrics);
+  ~RunHandler();
+  RunHandler(const RunHandler&) = delete;
+  RunHandler& operator=(const RunHandler&) = delete;
+
+  // Requests keep the snapshot they started with.
+  void setConfig(ConfigPtr config);
+  void handleClient(HttpExchange& exchange);
+  void handleAdmin(HttpExchange& exchange);
+
+  // New requests get 503 shutting_down from now on; running ones finish.
+  void beginDrain() { draining_ = true; }
+  bool draining() const { return draining_; }
+  size_t activeRequests() const { return requests_.size(); }
+  // Answers everything still running with 503 (drain grace over).
+  void cancelAll();
+
+ private:
+  struct Request;
+  enum class Delivery { Buffered, Streamed };
+
+  Request* find(uint64_t id);
+  void dispatch(Request& r);
+  void dispatchAdmin(Request& r);
+  void startStream(Request& r);
+  void fetchStreamToken(Request& r);
+  void forward(Request& r, std::string target, Delivery delivery);
+
+  void onHead(uint64_t id, const UpstreamHead& head);
+  bool onData(uint64_t id, std::string_view data);
+  void onDone(uint64_t id, const UpstreamResult& result);
+  void onTokenDone(uint64_t id, const UpstreamResult& result);
+
+  void replyError(Request& r, const ProxyError& error, HttpHeaders extra = {});
+  void replyJson(Request& r, int status, std::string_view reason, std::string_view body, HttpHeaders extra = {});
+  void replyUpstream(Request& r);
+  HttpHeaders responseHeaders(Request& r, const HttpHeaders& upstream_headers);
+  void finish(uint64_t id, bool aborted);
+
+  std::string readyBody() const;
+
+  EventLoop& loop_;
+  UpstreamClient& upstream_;
+  AccessLog& access_log_;
+  Metrics& metrics_;
+  ConfigPtr config_;
+  std::shared_ptr<const KeyStore> keys_;
+  bool draining_ = false;
+  std::unordered_map<uint64_t, std::unique_ptr<Request>> requests_;
+};
+
+}  // namespace wfp

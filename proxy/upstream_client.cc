@@ -1,0 +1,399 @@
+// libcurl multi on libevent, in the shape of curl's docs/examples/hiperfifo.c:
+// a socket callback that keeps one libevent event per curl socket, one timer
+// for curl's timeouts, curl_multi_socket_action on every event, and a drain of
+// curl_multi_info_read after each action. Easy handles are removed only
+// outside libcurl callbacks (STYLE: never call curl from a curl callback).
+#include "proxy/upstream_client.h"
+
+#include <curl/curl.h>
+#include <event2/event.h>
+
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <unordered_map>
+
+#include <spdlog/spdlog.h>
+
+namespace wfp {
+
+namespace {
+
+struct Transfer {
+  uint64_t id = 0;
+  CURL* easy = nullptr;
+  curl_slist* header_list = nullptr;
+  UpstreamRequest request;
+  UpstreamCallbacks callbacks;
+  UpstreamHead head;
+  bool head_delivered = false;
+  bool cancelled = false;
+  bool paused = false;
+  std::chrono::steady_clock::time_point started;
+  char error[CURL_ERROR_SIZE] = {};
+};
+
+long toMillis(double seconds) {
+  if (!(seconds > 0)) return 0;
+  return static_cast<long>(std::llround(seconds * 1000.0));
+}
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' || s.back() == '\n')) {
+    s.remove_suffix(1);
+  }
+  return s;
+}
+
+UpstreamFailure classify(CURLcode code) {
+  switch (code) {
+    case CURLE_OK:
+      return UpstreamFailure::None;
+    case CURLE_OPERATION_TIMEDOUT:
+      return UpstreamFailure::Timeout;
+    default:
+      return UpstreamFailure::Unavailable;
+  }
+}
+
+}  // namespace
+
+struct UpstreamClient::Impl {
+  EventLoop& loop;
+  UpstreamOptions options;
+  CURLM* multi = nullptr;
+  EventPtr timer;
+  std::unordered_map<uint64_t, std::unique_ptr<Transfer>> transfers;
+  uint64_t next_id = 1;
+  int in_curl = 0;  // > 0 while inside curl_multi_socket_action (callbacks may run)
+
+  struct SocketWatch {
+    EventPtr ev;
+    short what = 0;
+  };
+
+  Impl(EventLoop& l, UpstreamOptions o) : loop(l), options(o) {
+    static const bool global_ok = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK;
+    if (!global_ok) throw std::runtime_error("curl_global_init failed");
+    multi = curl_multi_init();
+    if (!multi) throw std::runtime_error("curl_multi_init failed");
+    timer.reset(evtimer_new(loop.base(), &Impl::onTimer, this));
+    curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, &Impl::onSocket);
+    curl_multi_setopt(multi, CURLMOPT_SOCKETDATA, this);
+    curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, &Impl::onTimerChange);
+    curl_multi_setopt(multi, CURLMOPT_TIMERDATA, this);
+    applyLimits();
+  }
+
+  ~Impl() {
+    for (auto& [id, t] : transfers) {
+      curl_multi_remove_handle(multi, t->easy);
+      freeTransfer(*t);
+    }
+    transfers.clear();
+    // curl_multi_cleanup may still call the socket callback: the events it
+    // touches live in the loop, which outlives us.
+    curl_multi_cleanup(multi);
+    timer.reset();
+  }
+
+  void applyLimits() {
+    curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, static_cast<long>(options.max_connections));
+    curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, static_cast<long>(options.max_connections));
+    curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, static_cast<long>(options.max_connections));
+  }
+
+  static void freeTransfer(Transfer& t) {
+    if (t.easy) curl_easy_cleanup(t.easy);
+    t.easy = nullptr;
+    if (t.header_list) curl_slist_free_all(t.header_list);
+    t.header_list = nullptr;
+  }
+
+  // --- libcurl → libevent ---------------------------------------------------
+
+  static int onSocket(CURL*, curl_socket_t fd, int what, void* userp, void* socketp) noexcept {
+    auto* self = static_cast<Impl*>(userp);
+    auto* watch = static_cast<SocketWatch*>(socketp);
+    if (what == CURL_POLL_REMOVE) {
+      // May come for a socket never announced: a null watch is a no-op.
+      delete watch;
+      return 0;
+    }
+    short kind = static_cast<short>(((what & CURL_POLL_IN) ? EV_READ : 0) |
+                                    ((what & CURL_POLL_OUT) ? EV_WRITE : 0) | EV_PERSIST);
+    if (!watch) {
+      watch = new SocketWatch;
+      curl_multi_assign(self->multi, fd, watch);
+    } else if (watch->what == kind) {
+      return 0;
+    }
+    watch->ev.reset(event_new(self->loop.base(), fd, kind, &Impl::onSocketEvent, self));
+    watch->what = kind;
+    event_add(watch->ev.get(), nullptr);
+    return 0;
+  }
+
+  static int onTimerChange(CURLM*, long timeout_ms, void* userp) noexcept {
+    auto* self = static_cast<Impl*>(userp);
+    if (timeout_ms < 0) {
+      evtimer_del(self->timer.get());
+      return 0;
+    }
+    timeval tv{timeout_ms / 1000, static_cast<suseconds_t>((timeout_ms % 1000) * 1000)};
+    evtimer_add(self->timer.get(), &tv);
+    return 0;
+  }
+
+  static void onSocketEvent(evutil_socket_t fd, short kind, void* arg) noexcept {
+    auto* self = static_cast<Impl*>(arg);
+    int action = ((kind & EV_READ) ? CURL_CSELECT_IN : 0) | ((kind & EV_WRITE) ? CURL_CSELECT_OUT : 0);
+    self->socketAction(fd, action);
+  }
+
+  static void onTimer(evutil_socket_t, short, void* arg) noexcept {
+    static_cast<Impl*>(arg)->socketAction(CURL_SOCKET_TIMEOUT, 0);
+  }
+
+  void socketAction(curl_socket_t fd, int action) noexcept {
+    int running = 0;
+    ++in_curl;
+    curl_multi_socket_action(multi, fd, action, &running);
+    --in_curl;
+    drainMessages();
+  }
+
+  void drainMessages() noexcept {
+    int left = 0;
+    while (CURLMsg* msg = curl_multi_info_read(multi, &left)) {
+      if (msg->msg != CURLMSG_DONE) continue;
+      CURL* easy = msg->easy_handle;
+      CURLcode code = msg->data.result;  // msg dies with the handle: copy first
+      Transfer* raw = nullptr;
+      curl_easy_getinfo(easy, CURLINFO_PRIVATE, reinterpret_cast<char**>(&raw));
+      if (!raw) continue;
+      finish(raw->id, code);
+    }
+  }
+
+  void finish(uint64_t id, CURLcode code) {
+    auto it = transfers.find(id);
+    if (it == transfers.end()) return;
+    std::unique_ptr<Transfer> t = std::move(it->second);
+    transfers.erase(it);
+    curl_multi_remove_handle(multi, t->easy);
+    UpstreamResult result;
+    result.failure = classify(code);
+    result.elapsed = std::chrono::steady_clock::now() - t->started;
+    if (result.failure == UpstreamFailure::None && !t->head_delivered) {
+      // A complete exchange always has a head; libcurl guarantees a status.
+      deliverHead(*t);
+    }
+    result.head_received = t->head_delivered;
+    if (code != CURLE_OK) result.detail = t->error[0] ? t->error : curl_easy_strerror(code);
+    auto callbacks = std::move(t->callbacks);
+    freeTransfer(*t);
+    if (!t->cancelled && callbacks.on_done) callbacks.on_done(result);
+  }
+
+  // --- per-transfer callbacks -----------------------------------------------
+
+  static size_t onHeaderLine(char* data, size_t size, size_t n, void* arg) noexcept {
+    auto* t = static_cast<Transfer*>(arg);
+    size_t len = size * n;
+    std::string_view line(data, len);
+    if (line.rfind("HTTP/", 0) == 0) {
+      // A new status line (also after 1xx): start the head again.
+      t->head = UpstreamHead{};
+      auto sp = line.find(' ');
+      if (sp != std::string_view::npos) {
+        std::string_view rest = line.substr(sp + 1);
+        auto sp2 = rest.find(' ');
+        std::string_view code = rest.substr(0, sp2);
+        int status = 0;
+        for (char c : code) {
+          if (c < '0' || c > '9') break;
+          status = status * 10 + (c - '0');
+        }
+        t->head.status = status;
+        if (sp2 != std::string_view::npos) t->head.reason = std::string(trim(rest.substr(sp2 + 1)));
+      }
+      return len;
+    }
+    std::string_view trimmed = trim(line);
+    if (trimmed.empty()) return len;  // end of a header block
+    auto colon = trimmed.find(':');
+    if (colon == std::string_view::npos || colon == 0) return len;
+    t->head.headers.push_back(
+        HttpHeader{std::string(trimmed.substr(0, colon)), std::string(trim(trimmed.substr(colon + 1)))});
+    return len;
+  }
+
+  static void deliverHead(Transfer& t) {
+    if (t.head_delivered) return;
+    t.head_delivered = true;
+    if (t.head.status == 0) {
+      long code = 0;
+      curl_easy_getinfo(t.easy, CURLINFO_RESPONSE_CODE, &code);
+      t.head.status = static_cast<int>(code);
+    }
+    if (!t.cancelled && t.callbacks.on_head) t.callbacks.on_head(t.head);
+  }
+
+  static size_t onBody(char* data, size_t size, size_t n, void* arg) noexcept {
+    auto* t = static_cast<Transfer*>(arg);
+    size_t len = size * n;
+    if (t->cancelled) return 0;  // aborts the transfer; finish() cleans up
+    try {
+      deliverHead(*t);
+      if (t->cancelled) return 0;
+      if (len == 0 || !t->callbacks.on_data) return len;
+      if (!t->callbacks.on_data(std::string_view(data, len))) {
+        if (t->cancelled) return 0;
+        t->paused = true;
+        return CURL_WRITEFUNC_PAUSE;
+      }
+    } catch (const std::exception& e) {
+      spdlog::error("upstream body callback failed: {}", e.what());
+      return 0;
+    }
+    return t->cancelled ? 0 : len;
+  }
+
+  // --- API ------------------------------------------------------------------
+
+  uint64_t start(UpstreamRequest request, UpstreamCallbacks callbacks) {
+    auto t = std::make_unique<Transfer>();
+    t->id = next_id++;
+    t->request = std::move(request);
+    t->callbacks = std::move(callbacks);
+    t->started = std::chrono::steady_clock::now();
+    CURL* e = curl_easy_init();
+    if (!e) throw std::runtime_error("curl_easy_init failed");
+    t->easy = e;
+    const UpstreamRequest& r = t->request;
+    curl_easy_setopt(e, CURLOPT_URL, r.url.c_str());
+    curl_easy_setopt(e, CURLOPT_PRIVATE, t.get());
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->error);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    // The key goes to upstream.base_url only: no redirects, http(s) only,
+    // the path exactly as the client wrote it (no dot-segment squashing).
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, options.tls_verify ? 1L : 0L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, options.tls_verify ? 2L : 0L);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, toMillis(options.timeout_s));
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, toMillis(options.connect_timeout_s));
+    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    // Bodies are relayed as they are: no transparent decoding.
+    curl_easy_setopt(e, CURLOPT_HTTP_CONTENT_DECODING, 0L);
+    curl_easy_setopt(e, CURLOPT_HTTP_TRANSFER_DECODING, 1L);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &Impl::onHeaderLine);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, t.get());
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &Impl::onBody);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, t.get());
+
+    if (r.method == "GET" && r.body.empty()) {
+      curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+    } else if (r.method == "HEAD") {
+      curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    } else if (r.body.empty() && r.method != "POST" && r.method != "PUT" && r.method != "PATCH") {
+      curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, r.method.c_str());
+    } else {
+      curl_easy_setopt(e, CURLOPT_POSTFIELDS, r.body.data());
+      curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(r.body.size()));
+      if (r.method != "POST") curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, r.method.c_str());
+    }
+
+    // Exactly the headers we were given: suppress libcurl's own defaults
+    // (Accept, Expect, a form Content-Type) unless the request carries them.
+    bool has_accept = false, has_content_type = false;
+    for (const auto& h : r.headers) {
+      has_accept |= equalsIgnoreCase(h.name, "accept");
+      has_content_type |= equalsIgnoreCase(h.name, "content-type");
+      std::string line = h.name;
+      if (h.value.empty()) {
+        line += ';';  // curl's syntax for a header with an empty value
+      } else {
+        line += ": ";
+        line += h.value;
+      }
+      t->header_list = curl_slist_append(t->header_list, line.c_str());
+    }
+    if (!has_accept) t->header_list = curl_slist_append(t->header_list, "Accept:");
+    if (!has_content_type) t->header_list = curl_slist_append(t->header_list, "Content-Type:");
+    t->header_list = curl_slist_append(t->header_list, "Expect:");
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->header_list);
+
+    uint64_t id = t->id;
+    Transfer* raw = t.get();
+    transfers.emplace(id, std::move(t));
+    if (curl_multi_add_handle(multi, raw->easy) != CURLM_OK) {
+      // Report asynchronously, like every other failure.
+      loop.post([this, id] { finish(id, CURLE_FAILED_INIT); });
+    }
+    return id;
+  }
+
+  void cancel(uint64_t id) {
+    auto it = transfers.find(id);
+    if (it == transfers.end()) return;
+    // The callbacks stay alive until removal: cancel() may be running inside one.
+    it->second->cancelled = true;
+    if (in_curl > 0) {
+      // Inside a libcurl callback: the write callback returns 0 next time, and
+      // removal happens from the loop.
+      loop.post([this, id] { removeCancelled(id); });
+    } else {
+      removeCancelled(id);
+    }
+  }
+
+  void removeCancelled(uint64_t id) {
+    auto it = transfers.find(id);
+    if (it == transfers.end()) return;
+    std::unique_ptr<Transfer> t = std::move(it->second);
+    transfers.erase(it);
+    curl_multi_remove_handle(multi, t->easy);
+    freeTransfer(*t);
+  }
+
+  void resume(uint64_t id) {
+    auto it = transfers.find(id);
+    if (it == transfers.end() || !it->second->paused) return;
+    if (in_curl > 0) {
+      loop.post([this, id] { resume(id); });
+      return;
+    }
+    Transfer& t = *it->second;
+    t.paused = false;
+    ++in_curl;
+    // May deliver buffered data synchronously through onBody.
+    curl_easy_pause(t.easy, CURLPAUSE_CONT);
+    --in_curl;
+    drainMessages();
+  }
+};
+
+UpstreamClient::UpstreamClient(EventLoop& loop, UpstreamOptions options)
+    : impl_(std::make_unique<Impl>(loop, options)) {}
+
+UpstreamClient::~UpstreamClient() = default;
+
+uint64_t UpstreamClient::start(UpstreamRequest request, UpstreamCallbacks callbacks) {
+  return impl_->start(std::move(request), std::move(callbacks));
+}
+
+void UpstreamClient::cancel(uint64_t id) { impl_->cancel(id); }
+void UpstreamClient::resume(uint64_t id) { impl_->resume(id); }
+size_t UpstreamClient::active() const { return impl_->transfers.size(); }
+
+void UpstreamClient::setOptions(const UpstreamOptions& options) {
+  impl_->options = options;
+  impl_->applyLimits();
+}
+
+}  // namespace wfp

@@ -1,0 +1,82 @@
+// Upstream HTTP exchanges through libcurl's multi interface, driven by the
+// proxy's libevent loop (curl_multi_socket_action with socket and timer
+// callbacks: no thread per request, no blocking call).
+//
+// start() returns an id. Callbacks run on the loop, possibly from inside a
+// libcurl callback: they may call cancel() or resume() (both are deferred
+// when needed), but must not call libcurl themselves. After cancel(id)
+// returns, no callback for that id runs again. Every started transfer ends
+// with exactly one on_done, unless cancelled first.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "proxy/event_loop.h"
+#include "proxy/http_server.h"
+
+namespace wfp {
+
+struct UpstreamOptions {
+  double timeout_s = 330;
+  double connect_timeout_s = 10;
+  int max_connections = 64;
+  bool tls_verify = true;
+};
+
+struct UpstreamRequest {
+  std::string method;
+  std::string url;      // absolute; always under upstream.base_url
+  HttpHeaders headers;  // sent as given; curl adds only Host and Content-Length
+  std::string body;
+};
+
+struct UpstreamHead {
+  int status = 0;
+  std::string reason;  // as the upstream sent it ("" over HTTP/2)
+  HttpHeaders headers; // as received, hop-by-hop included (the caller filters)
+};
+
+enum class UpstreamFailure {
+  None,
+  Timeout,      // upstream.timeout_s passed → 504
+  Unavailable,  // refused, reset, DNS, TLS, malformed reply → 502
+};
+
+struct UpstreamResult {
+  UpstreamFailure failure = UpstreamFailure::None;
+  std::string detail;  // libcurl's message, for logs (never contains the key)
+  bool head_received = false;
+  std::chrono::steady_clock::duration elapsed{};
+};
+
+struct UpstreamCallbacks {
+  std::function<void(const UpstreamHead&)> on_head;      // once, before data
+  // Return false to pause: the data is NOT consumed and comes again after resume().
+  std::function<bool(std::string_view)> on_data;
+  std::function<void(const UpstreamResult&)> on_done;     // once, last
+};
+
+class UpstreamClient {
+ public:
+  UpstreamClient(EventLoop& loop, UpstreamOptions options);
+  ~UpstreamClient();  // cancels every transfer without callbacks
+  UpstreamClient(const UpstreamClient&) = delete;
+  UpstreamClient& operator=(const UpstreamClient&) = delete;
+
+  uint64_t start(UpstreamRequest request, UpstreamCallbacks callbacks);
+  void cancel(uint64_t id);
+  void resume(uint64_t id);
+  size_t active() const;
+  void setOptions(const UpstreamOptions& options);  // applies to new transfers
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace wfp

@@ -1,0 +1,143 @@
+// Integration harness: real processes (the proxy binary, the upstream
+// simulator, redis-server) on free loopback ports, each in its own temp dir,
+// killed when the test ends; a raw HTTP/1.1 client that returns exact bytes.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace wfp::test {
+
+struct TempDir {
+  TempDir();
+  ~TempDir();
+  std::string path;
+  std::string file(const std::string& name) const { return path + "/" + name; }
+  void write(const std::string& name, const std::string& content) const;
+};
+
+std::string readFile(const std::string& path);
+
+class Process {
+ public:
+  Process(std::vector<std::string> argv, std::vector<std::string> env_extra, const std::string& stderr_path,
+          bool pipe_stdout);
+  ~Process();
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+
+  pid_t pid() const { return pid_; }
+  // Reads one line from the child's stdout (pipe_stdout), within `timeout`.
+  std::optional<std::string> readLine(std::chrono::milliseconds timeout);
+  void signal(int signo);
+  // Waits for exit; returns the exit code (128+signal if killed), or nullopt on timeout.
+  std::optional<int> wait(std::chrono::milliseconds timeout);
+  bool running();
+  // Reads everything on stdout until EOF (after the process ended).
+  std::string drainStdout();
+
+ private:
+  pid_t pid_ = -1;
+  int stdout_fd_ = -1;
+  std::string stdout_buf_;
+  std::optional<int> exit_code_;
+};
+
+struct HttpResponse {
+  int status = 0;
+  std::string reason;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+  std::string raw;  // every byte received
+  bool ok = false;  // a complete response was parsed
+  std::optional<std::string> header(const std::string& name) const;  // first, case-insensitive
+  size_t headerCount(const std::string& name) const;
+};
+
+using Headers = std::vector<std::pair<std::string, std::string>>;
+
+// One request on a fresh connection (Connection: close added).
+HttpResponse httpRequest(int port, const std::string& method, const std::string& target, const Headers& headers = {},
+                         const std::string& body = "", std::chrono::milliseconds timeout = std::chrono::seconds(30));
+// Sends raw bytes, reads until the peer closes or `timeout`.
+std::string rawExchange(int port, const std::string& bytes, std::chrono::milliseconds timeout = std::chrono::seconds(10));
+// Parses one response from raw bytes (used by the helpers above).
+HttpResponse parseResponse(const std::string& raw, bool head_request = false);
+
+// A client connection kept open (keep-alive tests, disconnect tests).
+class Connection {
+ public:
+  explicit Connection(int port);
+  ~Connection();
+  void send(const std::string& bytes);
+  HttpResponse readResponse(std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  void close();
+  int fd() const { return fd_; }
+
+ private:
+  int fd_ = -1;
+  std::string pending_;
+};
+
+// The upstream simulator (tests/upstream_sim).
+class Simulator {
+ public:
+  explicit Simulator(std::vector<std::string> extra_args = {});
+  int port() const { return port_; }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  nlohmann::json requests(int since = 0);
+  nlohmann::json stats();
+  void reset();
+  void configureWorkflows(const nlohmann::json& workflows);
+  void fault(const nlohmann::json& fault);
+  Process& process() { return *process_; }
+
+ private:
+  nlohmann::json call(const std::string& method, const std::string& target, const std::string& body = "");
+  TempDir dir_;
+  std::unique_ptr<Process> process_;
+  int port_ = 0;
+};
+
+// The proxy binary with a generated configuration.
+class ProxyProcess {
+ public:
+  // `config_yaml` may use {{UPSTREAM}} (replaced by upstream_url); listen and
+  // admin_listen are added (127.0.0.1:0) unless the text sets them.
+  ProxyProcess(const std::string& config_yaml, const std::string& upstream_url,
+               std::vector<std::string> env_extra = {}, std::vector<std::string> extra_args = {});
+  int port() const { return port_; }
+  int adminPort() const { return admin_port_; }
+  Process& process() { return *process_; }
+  std::string log() const;  // everything the proxy wrote to stderr
+  std::string configPath() const { return dir_.file("proxy.yaml"); }
+  const TempDir& dir() const { return dir_; }
+  // Lines of the access log (JSON objects) written so far.
+  std::vector<nlohmann::json> accessLog() const;
+
+ private:
+  TempDir dir_;
+  std::unique_ptr<Process> process_;
+  int port_ = 0;
+  int admin_port_ = 0;
+};
+
+// A minimal configuration: organisations acme (api key sk_sim_acme) and
+// globex (sk_sim_globex), clients with keys "acme-client-key",
+// "acme-other-key" and "globex-client-key"; access log to a file.
+std::string baseConfig(const std::string& extra = "");
+
+// Polls `predicate` every 10 ms until true or `timeout`.
+bool eventually(const std::function<bool()>& predicate,
+                std::chrono::milliseconds timeout = std::chrono::seconds(10));
+
+}  // namespace wfp::test
