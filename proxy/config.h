@@ -104,8 +104,10 @@ struct Organisation {
 
 struct Config {
   std::string source;  // file the config came from
-  ListenAddress listen;             // default 127.0.0.1:8080
-  std::optional<ListenAddress> admin_listen;  // nullopt: `admin_listen: ""`
+  ListenAddress listen{ListenAddress::Kind::Tcp, "127.0.0.1", 8080, "", "127.0.0.1:8080"};
+  // nullopt: `admin_listen: ""` (admin routes on `listen`)
+  std::optional<ListenAddress> admin_listen =
+      ListenAddress{ListenAddress::Kind::Tcp, "127.0.0.1", 9464, "", "127.0.0.1:9464"};
   double shutdown_grace_s = 30;
   LogConfig log;
   UpstreamConfig upstream;

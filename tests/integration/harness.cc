@@ -68,7 +68,7 @@ bool readSome(int fd, std::string& out, std::chrono::steady_clock::time_point de
   int r = ::poll(&p, 1, ms);
   if (r <= 0) return false;
   char buf[65536];
-  ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+  ssize_t n = ::read(fd, buf, sizeof buf);
   if (n <= 0) return false;
   out.append(buf, static_cast<size_t>(n));
   return true;

@@ -1,0 +1,70 @@
+// What the cache stores (SPEC §4.3), its key (§4.2), and the in-process LRU
+// that serves as the memory backend and as the L1 in front of Redis.
+//
+// An entry keeps the response's status, end-to-end headers, body bytes and
+// the time it was stored. Entries are encoded with a format version and a
+// checksum; a value that does not decode (corrupt, foreign, older format) is
+// a miss, never a crash or a wrong answer.
+#pragma once
+
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+#include "proxy/http_server.h"
+
+namespace wfp {
+
+struct CachedResponse {
+  int status = 200;
+  std::string reason;
+  HttpHeaders headers;  // end-to-end headers as the upstream sent them
+  std::string body;
+  int64_t stored_at_ms = 0;  // unix time
+  bool stream = false;       // a stored stream: replayed chunked
+};
+using CachedResponsePtr = std::shared_ptr<const CachedResponse>;
+
+std::string encodeCachedResponse(const CachedResponse& entry);
+std::optional<CachedResponse> decodeCachedResponse(std::string_view bytes);
+
+// <prefix>v1:{<namespace>}:<route>:<workflow_id>:<generation>:<hex sha256 of canonical body>
+std::string cacheKey(std::string_view prefix, std::string_view ns, std::string_view route,
+                     std::string_view workflow_id, uint64_t generation, std::string_view body_sha256_hex);
+
+// Bounded LRU. Not thread-safe (one owner: the loop).
+class MemoryCache {
+ public:
+  explicit MemoryCache(size_t max_bytes) : max_bytes_(max_bytes) {}
+
+  // The entry if present and not past `expires_at_ms` (which includes any
+  // stale-if-error window); freshness is the caller's decision.
+  CachedResponsePtr get(const std::string& key, int64_t now_ms);
+  void put(const std::string& key, CachedResponsePtr entry, int64_t expires_at_ms);
+  void erase(const std::string& key);
+  void clear();
+  void setMaxBytes(size_t max_bytes);
+
+  size_t entries() const { return map_.size(); }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  struct Slot {
+    std::string key;
+    CachedResponsePtr entry;
+    int64_t expires_at_ms;
+    size_t bytes;
+  };
+  void evict();
+
+  size_t max_bytes_;
+  size_t bytes_ = 0;
+  std::list<Slot> lru_;  // front: most recently used
+  std::unordered_map<std::string, std::list<Slot>::iterator> map_;
+};
+
+}  // namespace wfp

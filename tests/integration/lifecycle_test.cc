@@ -1,0 +1,104 @@
+// Health, readiness, reload and drain (SPEC §6, §7).
+#include <gtest/gtest.h>
+
+#include <signal.h>
+
+#include <future>
+#include <thread>
+
+#include "tests/integration/harness.h"
+
+namespace wfp::test {
+namespace {
+
+const Headers kAcme{{"Authorization", "Bearer acme-client-key"}};
+
+TEST(Lifecycle, HealthAndReadiness) {
+  Simulator sim;
+  ProxyProcess proxy(baseConfig(), sim.url());
+  HttpResponse r = httpRequest(proxy.adminPort(), "GET", "/healthz");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, R"({"status":"ok"})");
+  r = httpRequest(proxy.adminPort(), "GET", "/readyz");
+  EXPECT_EQ(r.status, 200);
+  auto j = nlohmann::json::parse(r.body);
+  EXPECT_EQ(j["status"], "ready");
+  EXPECT_EQ(j["redis"], "off");
+  EXPECT_TRUE(j["queues"].contains("acme"));
+  r = httpRequest(proxy.adminPort(), "GET", "/nope");
+  EXPECT_EQ(r.status, 404);
+  EXPECT_EQ(r.body, R"({"error":"Not found","success":false,"code":"not_found"})");
+  // Admin routes are not on the client listener when admin_listen is set.
+  httpRequest(proxy.port(), "GET", "/healthz", kAcme);
+  EXPECT_EQ(sim.stats()["total"], 1);
+}
+
+TEST(Lifecycle, IdleProxyExitsAtOnceOnSigterm) {
+  Simulator sim;
+  ProxyProcess proxy(baseConfig(), sim.url());
+  auto start = std::chrono::steady_clock::now();
+  proxy.process().signal(SIGTERM);
+  auto code = proxy.process().wait(std::chrono::seconds(5));
+  ASSERT_TRUE(code.has_value());
+  EXPECT_EQ(*code, 0);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
+}
+
+TEST(Lifecycle, DrainFinishesTheRunningRequestThenExits) {
+  Simulator sim;
+  ProxyProcess proxy(baseConfig("shutdown_grace_s: 10\n"), sim.url());
+  sim.configureWorkflows({{"wf_slow", {{"latency_ms", 600}}}});
+  auto slow = std::async(std::launch::async, [&] {
+    return httpRequest(proxy.port(), "POST", "/api/v1/run/wf_slow", kAcme, "{}");
+  });
+  ASSERT_TRUE(eventually([&] { return sim.stats()["total"] == 1; }));
+  proxy.process().signal(SIGTERM);
+  HttpResponse r = slow.get();
+  EXPECT_EQ(r.status, 200);
+  auto code = proxy.process().wait(std::chrono::seconds(5));
+  ASSERT_TRUE(code.has_value());
+  EXPECT_EQ(*code, 0);
+}
+
+TEST(Lifecycle, DrainGraceOverAnswers503) {
+  Simulator sim;
+  ProxyProcess proxy(baseConfig("shutdown_grace_s: 0.3\n"), sim.url());
+  sim.configureWorkflows({{"wf_slow", {{"latency_ms", 5000}}}});
+  auto slow = std::async(std::launch::async, [&] {
+    return httpRequest(proxy.port(), "POST", "/api/v1/run/wf_slow", kAcme, "{}");
+  });
+  ASSERT_TRUE(eventually([&] { return sim.stats()["total"] == 1; }));
+  proxy.process().signal(SIGTERM);
+  HttpResponse r = slow.get();
+  EXPECT_EQ(r.status, 503);
+  EXPECT_EQ(r.body, R"({"error":"The proxy is shutting down","success":false,"code":"shutting_down"})");
+  auto code = proxy.process().wait(std::chrono::seconds(5));
+  ASSERT_TRUE(code.has_value());
+  EXPECT_EQ(*code, 0);
+}
+
+TEST(Lifecycle, ReloadAppliesNewKeysAndRejectsABadFile) {
+  Simulator sim;
+  ProxyProcess proxy(baseConfig(), sim.url());
+  Headers newcomer{{"Authorization", "Bearer brand-new-key"}};
+  EXPECT_EQ(httpRequest(proxy.port(), "POST", "/api/v1/run/wf_x", newcomer, "{}").status, 401);
+
+  std::string text = readFile(proxy.configPath());
+  std::string added = text + "  - name: initech\n    api_key: sk_sim_acme\n    clients:\n"
+                             "      - name: newcomer\n        key: brand-new-key\n";
+  proxy.dir().write("proxy.yaml", added);
+  proxy.process().signal(SIGHUP);
+  ASSERT_TRUE(eventually([&] {
+    return httpRequest(proxy.port(), "POST", "/api/v1/run/wf_x", newcomer, "{}").status == 200;
+  }));
+
+  proxy.dir().write("proxy.yaml", added + "bogus_key: 1\n");
+  proxy.process().signal(SIGHUP);
+  ASSERT_TRUE(eventually([&] { return proxy.log().find("reload rejected") != std::string::npos; }));
+  EXPECT_NE(proxy.log().find("unknown key"), std::string::npos);
+  EXPECT_EQ(httpRequest(proxy.port(), "POST", "/api/v1/run/wf_x", newcomer, "{}").status, 200);
+  EXPECT_TRUE(proxy.process().running());
+}
+
+}  // namespace
+}  // namespace wfp::test

@@ -1,0 +1,83 @@
+#include "proxy/cache.h"
+
+#include <gtest/gtest.h>
+
+namespace wfp {
+namespace {
+
+CachedResponse sample() {
+  CachedResponse e;
+  e.status = 200;
+  e.reason = "OK";
+  e.headers = {{"content-type", "application/json"}, {"x-ratelimit-limit", "10"}};
+  e.body = std::string(R"({"success":true,"result":"a)") + std::string("\0\xff", 2) + "\"}";
+  e.stored_at_ms = 1764340000123;
+  return e;
+}
+
+TEST(CacheEntry, RoundTripsEveryField) {
+  CachedResponse e = sample();
+  e.stream = true;
+  auto d = decodeCachedResponse(encodeCachedResponse(e));
+  ASSERT_TRUE(d.has_value());
+  EXPECT_EQ(d->status, 200);
+  EXPECT_EQ(d->reason, "OK");
+  EXPECT_EQ(d->body, e.body);
+  EXPECT_EQ(d->stored_at_ms, e.stored_at_ms);
+  EXPECT_TRUE(d->stream);
+  ASSERT_EQ(d->headers.size(), 2u);
+  EXPECT_EQ(d->headers[1].value, "10");
+}
+
+TEST(CacheEntry, CorruptOrForeignValuesAreMisses) {
+  std::string enc = encodeCachedResponse(sample());
+  EXPECT_FALSE(decodeCachedResponse("").has_value());
+  EXPECT_FALSE(decodeCachedResponse(R"({"success":true})").has_value());
+  EXPECT_FALSE(decodeCachedResponse(enc.substr(0, enc.size() - 1)).has_value());
+  for (size_t i = 0; i < enc.size(); i += 7) {
+    std::string bad = enc;
+    bad[i] = static_cast<char>(bad[i] ^ 0x5a);
+    EXPECT_FALSE(decodeCachedResponse(bad).has_value()) << i;
+  }
+  std::string other_version = enc;
+  other_version[12] = 9;  // version byte, checksum now wrong too
+  EXPECT_FALSE(decodeCachedResponse(other_version).has_value());
+}
+
+TEST(CacheKey, FormatAndSeparation) {
+  EXPECT_EQ(cacheKey("wfp:", "acme", "run", "wf_1", 0, "ab12"), "wfp:v1:{acme}:run:wf_1:0:ab12");
+  EXPECT_NE(cacheKey("wfp:", "acme", "run", "wf_1", 0, "ab"), cacheKey("wfp:", "globex", "run", "wf_1", 0, "ab"));
+  EXPECT_NE(cacheKey("wfp:", "acme", "run", "wf_1", 0, "ab"), cacheKey("wfp:", "acme", "stream", "wf_1", 0, "ab"));
+  EXPECT_NE(cacheKey("wfp:", "acme", "run", "wf_1", 0, "ab"), cacheKey("wfp:", "acme", "run", "wf_1", 1, "ab"));
+}
+
+TEST(MemoryCache, LruIsBoundedByBytes) {
+  MemoryCache cache(4096);
+  auto e = std::make_shared<CachedResponse>(sample());
+  e->body = std::string(1000, 'x');
+  for (int i = 0; i < 10; ++i) cache.put("k" + std::to_string(i), e, 1'000'000);
+  EXPECT_LE(cache.bytes(), 4096u);
+  EXPECT_LT(cache.entries(), 10u);
+  EXPECT_NE(cache.get("k9", 0), nullptr);
+  EXPECT_EQ(cache.get("k0", 0), nullptr);
+  // Recently used entries survive.
+  MemoryCache c2(3500);
+  c2.put("a", e, 1'000'000);
+  c2.put("b", e, 1'000'000);
+  ASSERT_NE(c2.get("a", 0), nullptr);
+  c2.put("c", e, 1'000'000);
+  EXPECT_NE(c2.get("a", 0), nullptr);
+  EXPECT_EQ(c2.get("b", 0), nullptr);
+}
+
+TEST(MemoryCache, ExpiredEntriesAreGone) {
+  MemoryCache cache(1 << 20);
+  cache.put("k", std::make_shared<CachedResponse>(sample()), 1000);
+  EXPECT_NE(cache.get("k", 999), nullptr);
+  EXPECT_EQ(cache.get("k", 1000), nullptr);
+  EXPECT_EQ(cache.entries(), 0u);
+  EXPECT_EQ(cache.bytes(), 0u);
+}
+
+}  // namespace
+}  // namespace wfp

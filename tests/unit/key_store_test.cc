@@ -1,0 +1,80 @@
+#include "proxy/key_store.h"
+
+#include <gtest/gtest.h>
+
+#include "proxy/hash.h"
+
+namespace wfp {
+namespace {
+
+ConfigPtr makeConfig(bool pass_through, bool with_default) {
+  auto cfg = std::make_shared<Config>();
+  Organisation acme;
+  acme.name = "acme";
+  acme.api_key = "sk_acme_secret";
+  acme.clients.push_back(ClientConfig{"billing", sha256("key-one"), 1});
+  acme.clients.push_back(ClientConfig{"web", sha256("key-two"), 3});
+  Organisation globex;
+  globex.name = "globex";
+  globex.api_key = "sk_globex_secret";
+  globex.clients.push_back(ClientConfig{"app", sha256("key-three"), 1});
+  cfg->organisations = {acme, globex};
+  if (with_default) cfg->default_organisation = "globex";
+  cfg->unknown_keys = pass_through ? Config::UnknownKeys::PassThrough : Config::UnknownKeys::Reject;
+  return cfg;
+}
+
+TEST(KeyStore, FindsOrganisationAndClientByKey) {
+  KeyStore keys(makeConfig(false, false));
+  std::string h = "Bearer key-two";
+  AuthResult r = keys.authenticate(&h);
+  ASSERT_EQ(r.outcome, AuthOutcome::Authenticated);
+  EXPECT_EQ(r.principal.org->name, "acme");
+  EXPECT_EQ(r.principal.client, "web");
+  EXPECT_EQ(r.principal.weight, 3);
+  EXPECT_EQ(r.principal.namespace_id, "acme");
+  h = "Bearer key-three";
+  EXPECT_EQ(keys.authenticate(&h).principal.org->name, "globex");
+}
+
+TEST(KeyStore, RejectsUnknownMalformedAndMissing) {
+  KeyStore keys(makeConfig(false, false));
+  for (std::string h : {"Bearer nope", "Basic a2V5LW9uZQ==", "Bearer", "Bearer ", "key-one", "Bearerkey-one"}) {
+    EXPECT_EQ(keys.authenticate(&h).outcome, AuthOutcome::Unauthorized) << h;
+  }
+  EXPECT_EQ(keys.authenticate(nullptr).outcome, AuthOutcome::Unauthorized);
+}
+
+TEST(KeyStore, DefaultOrganisationWithoutHeader) {
+  KeyStore keys(makeConfig(false, true));
+  AuthResult r = keys.authenticate(nullptr);
+  ASSERT_EQ(r.outcome, AuthOutcome::Authenticated);
+  EXPECT_EQ(r.principal.org->name, "globex");
+  // A wrong key is still rejected: the default is for requests without one.
+  std::string h = "Bearer wrong";
+  EXPECT_EQ(keys.authenticate(&h).outcome, AuthOutcome::Unauthorized);
+}
+
+TEST(KeyStore, PassThroughNamespacesByDigestNeverByKey) {
+  KeyStore keys(makeConfig(true, false));
+  std::string h = "Bearer sk_someone_elses_key";
+  AuthResult r = keys.authenticate(&h);
+  ASSERT_EQ(r.outcome, AuthOutcome::Authenticated);
+  EXPECT_TRUE(r.principal.pass_through);
+  EXPECT_EQ(r.principal.org, nullptr);
+  EXPECT_EQ(r.principal.namespace_id, "pt:" + sha256Hex("sk_someone_elses_key"));
+  EXPECT_EQ(r.principal.namespace_id.find("sk_someone"), std::string::npos);
+  // A configured key still maps to its organisation.
+  h = "Bearer key-one";
+  EXPECT_FALSE(keys.authenticate(&h).principal.pass_through);
+}
+
+TEST(KeyStore, BearerParsing) {
+  EXPECT_EQ(bearerToken("Bearer abc").value(), "abc");
+  EXPECT_EQ(bearerToken("bearer   abc  ").value(), "abc");
+  EXPECT_FALSE(bearerToken("Bearer").has_value());
+  EXPECT_FALSE(bearerToken("Token abc").has_value());
+}
+
+}  // namespace
+}  // namespace wfp
