@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include <sys/resource.h>
 #include <systemd/sd-daemon.h>
 
 #include <spdlog/spdlog.h>
@@ -130,6 +131,13 @@ int main(int argc, char** argv) {
   auto level = wfp::parseLogLevel(log_level.empty() ? loaded.config->log.level : log_level);
   wfp::setLogLevel(level.value_or(spdlog::level::info));
   std::signal(SIGPIPE, SIG_IGN);
+  // One descriptor per client connection and per upstream connection: take
+  // what the hard limit allows (LimitNOFILE= in the unit sets it).
+  rlimit nofile{};
+  if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &nofile);
+  }
 
   int exit_code = kExitOk;
   try {

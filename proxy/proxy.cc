@@ -1,5 +1,7 @@
 #include "proxy/proxy.h"
 
+#include <stdexcept>
+
 #include <spdlog/spdlog.h>
 
 #include "proxy/logging.h"
@@ -23,11 +25,27 @@ UpstreamOptions upstreamOptions(const Config& config) {
   return options;
 }
 
+std::unique_ptr<RedisClient> makeRedisClient(EventLoop& loop, const Config& config, Metrics& metrics) {
+  if (!config.redis) return nullptr;
+  std::string error;
+  auto url = parseRedisUrl(config.redis->url, &error);
+  if (!url) throw std::runtime_error("redis.url: " + error);  // the loader validated it already
+  RedisOptions options;
+  options.url = *url;
+  options.timeout_ms = config.redis->timeout_ms;
+  options.on_state = [&metrics](bool up) { metrics.setRedisUp(up); };
+  return std::make_unique<RedisClient>(loop, std::move(options));
+}
+
 Proxy::Proxy(EventLoop& loop, ConfigPtr config)
     : loop_(loop),
       config_(std::move(config)),
+      redis_(makeRedisClient(loop, *config_, metrics_)),
+      cache_(std::make_unique<CacheStore>(
+          config_->cache.backend == CacheConfig::Backend::Redis ? redis_.get() : nullptr,
+          config_->redis ? config_->redis->key_prefix : std::string("wfp:"), config_->cache.memory_max_bytes)),
       upstream_(loop, upstreamOptions(*config_)),
-      handler_(loop, upstream_, access_log_, metrics_) {
+      handler_(loop, upstream_, access_log_, metrics_, *cache_, redis_.get()) {
   handler_.setConfig(config_);
 }
 
@@ -68,6 +86,7 @@ void Proxy::reload(ConfigPtr config) {
   }
   if (auto level = parseLogLevel(config->log.level)) setLogLevel(*level);
   upstream_.setOptions(upstreamOptions(*config));
+  cache_->setMemoryMaxBytes(config->cache.memory_max_bytes);
   if (server_) server_->setLimits(serverLimits(*config));
   handler_.setConfig(config);
   config_ = std::move(config);

@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "proxy/access_log.h"
+#include "proxy/cache_store.h"
+#include "proxy/redis_client.h"
 #include "proxy/config.h"
 #include "proxy/event_loop.h"
 #include "proxy/http_server.h"
@@ -42,6 +44,8 @@ class Proxy {
   ConfigPtr config_;
   Metrics metrics_;
   AccessLog access_log_;
+  std::unique_ptr<RedisClient> redis_;  // when `redis` is configured
+  std::unique_ptr<CacheStore> cache_;
   UpstreamClient upstream_;
   RunHandler handler_;
   std::unique_ptr<HttpServer> server_;
@@ -52,6 +56,7 @@ class Proxy {
 };
 
 HttpServerLimits serverLimits(const Config& config);
+std::unique_ptr<RedisClient> makeRedisClient(EventLoop& loop, const Config& config, Metrics& metrics);
 UpstreamOptions upstreamOptions(const Config& config);
 
 }  // namespace wfp

@@ -31,7 +31,9 @@
 
 #include "proxy/canonical_json.h"
 #include "proxy/errors.h"
+#include "proxy/hash.h"
 #include "proxy/headers.h"
+#include "proxy/redis_client.h"
 
 namespace wfp {
 
@@ -88,6 +90,57 @@ bool queryHasToken(std::string_view query) {
   return false;
 }
 
+struct CacheControl {
+  bool no_cache = false;
+  bool no_store = false;
+  bool only_if_cached = false;
+  std::optional<int64_t> max_age;  // seconds
+};
+
+// Request directives of RFC 9111 §5.2.1 that SPEC §4.3 gives meaning to.
+CacheControl parseCacheControl(const HttpHeaders& headers) {
+  CacheControl cc;
+  for (const auto& h : headers) {
+    if (!equalsIgnoreCase(h.name, "cache-control")) continue;
+    std::string_view rest = h.value;
+    while (!rest.empty()) {
+      size_t comma = rest.find(',');
+      std::string_view d = rest.substr(0, comma);
+      while (!d.empty() && (d.front() == ' ' || d.front() == '\t')) d.remove_prefix(1);
+      while (!d.empty() && (d.back() == ' ' || d.back() == '\t')) d.remove_suffix(1);
+      if (equalsIgnoreCase(d, "no-cache")) {
+        cc.no_cache = true;
+      } else if (equalsIgnoreCase(d, "no-store")) {
+        cc.no_store = true;
+      } else if (equalsIgnoreCase(d, "only-if-cached")) {
+        cc.only_if_cached = true;
+      } else if (d.size() > 8 && equalsIgnoreCase(d.substr(0, 8), "max-age=")) {
+        std::string_view v = d.substr(8);
+        if (v.size() >= 2 && v.front() == '"' && v.back() == '"') v = v.substr(1, v.size() - 2);
+        int64_t n = 0;
+        bool ok = !v.empty() && v.size() <= 12;
+        for (char c : v) {
+          if (c < '0' || c > '9') ok = false;
+          n = n * 10 + (c - '0');
+        }
+        if (ok) cc.max_age = cc.max_age ? std::min(*cc.max_age, n) : n;
+      }
+      if (comma == std::string_view::npos) break;
+      rest.remove_prefix(comma + 1);
+    }
+  }
+  return cc;
+}
+
+// Stored only when the upstream said so: 200 with "success": true.
+bool isStorable(int status, const std::string& body) {
+  if (status != 200) return false;
+  auto j = nlohmann::json::parse(body, nullptr, false);
+  return j.is_object() && j.contains("success") && j["success"].is_boolean() && j["success"].get<bool>();
+}
+
+int64_t toMillis(double seconds) { return static_cast<int64_t>(seconds * 1000.0); }
+
 bool isTokenChar(char c) {
   return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
 }
@@ -117,14 +170,52 @@ struct RunHandler::Request {
   std::string body;      // Buffered: the whole upstream body
   bool paused = false;   // Streamed: upstream paused for client back-pressure
   bool fetching_token = false;
+
+  // The run path.
+  std::string body_sha;   // hex SHA-256 of the canonical body
+  std::string cache_key;
+  CacheControl cc;
+  double ttl_s = 0;
+  double stale_s = 0;
+  bool bypass = false;      // the cache is neither read nor written
+  bool may_store = false;
+  CachedResponsePtr stale;  // expired entry still within stale_if_error_s
+  uint64_t waiter = 0;      // coalescer waiter id
+  bool flight_creator = false;
 };
 
-RunHandler::RunHandler(EventLoop& loop, UpstreamClient& upstream, AccessLog& access_log, Metrics& metrics)
-    : loop_(loop), upstream_(upstream), access_log_(access_log), metrics_(metrics) {}
+// A run this instance leads: owned here, not by any request, so that it
+// completes (and is stored) even when every waiter has left.
+struct RunHandler::RunWork {
+  uint64_t flight = 0;
+  std::string org_label;
+  UpstreamRequest request;
+  bool may_store = false;
+  int64_t keep_ms = 0;
+  uint64_t upstream_id = 0;
+  Clock::time_point started;
+  UpstreamHead head;
+  std::string body;
+};
+
+RunHandler::RunHandler(EventLoop& loop, UpstreamClient& upstream, AccessLog& access_log, Metrics& metrics,
+                       CacheStore& cache, RedisClient* redis)
+    : loop_(loop), upstream_(upstream), access_log_(access_log), metrics_(metrics), cache_(cache), redis_(redis) {
+  FlightHooks hooks;
+  hooks.on_lead = [this](uint64_t flight, const std::string& key) { leadRun(flight, key); };
+  hooks.on_abandon = [this](uint64_t, const std::string& key) { runs_.erase(key); };
+  hooks.lookup_shared = [this](const std::string& key, std::function<void(CachedResponsePtr)> fn) {
+    cache_.lookup(key, toMillis(3600), std::move(fn));
+  };
+  coalescer_ = std::make_unique<Coalescer>(loop, redis, cache.prefix(), std::move(hooks));
+}
 
 RunHandler::~RunHandler() {
   for (auto& [id, r] : requests_) {
     if (r->upstream_id) upstream_.cancel(r->upstream_id);
+  }
+  for (auto& [key, w] : runs_) {
+    if (w->upstream_id) upstream_.cancel(w->upstream_id);
   }
 }
 
@@ -136,6 +227,11 @@ void RunHandler::setConfig(ConfigPtr config) {
 RunHandler::Request* RunHandler::find(uint64_t id) {
   auto it = requests_.find(id);
   return it == requests_.end() ? nullptr : it->second.get();
+}
+
+RunHandler::Request* RunHandler::live(uint64_t id) {
+  Request* r = find(id);
+  return r && r->exchange && !r->exchange->responseStarted() ? r : nullptr;
 }
 
 // --- entry points -------------------------------------------------------------
@@ -193,6 +289,8 @@ void RunHandler::dispatchAdmin(Request& r) {
       r.exchange->respond(200, "OK", headers, body);
       return;
     }
+    case RouteKind::Purge:
+      return handlePurge(r);
     case RouteKind::MethodNotAllowed:
       return replyError(r, methodNotAllowed(), {{"Allow", r.route.allow}});
     default:
@@ -246,8 +344,8 @@ void RunHandler::dispatch(Request& r) {
     case RouteKind::Run: {
       CanonicalJson canonical = canonicalizeJson(ex.body());
       if (!canonical.ok) return replyError(r, invalidJson(canonical.error));
-      r.cache = "MISS";
-      return forward(r, ex.target(), Delivery::Buffered);
+      r.body_sha = sha256Hex(canonical.canonical);
+      return startRun(r);
     }
     case RouteKind::Stream:
       return startStream(r);
@@ -263,6 +361,234 @@ void RunHandler::startStream(Request& r) {
   if (!canonical.ok) return replyError(r, invalidJson(canonical.error));
   r.cache = "MISS";
   fetchStreamToken(r);
+}
+
+// --- the run path: cache, coalescing ----------------------------------------------
+
+void RunHandler::startRun(Request& r) {
+  const Config& cfg = *r.config;
+  const std::string& wf = r.route.workflow_id;
+  r.cc = parseCacheControl(r.exchange->headers());
+  r.ttl_s = cfg.cache.ttlFor(wf);
+  r.stale_s = cfg.cache.staleIfErrorFor(wf);
+  r.bypass = cfg.cache.backend == CacheConfig::Backend::Off || r.ttl_s <= 0 || r.cc.no_store;
+  r.may_store = !r.bypass;
+  r.cache = r.bypass ? "BYPASS" : "MISS";
+  uint64_t id = r.id;
+  cache_.generation(r.principal.namespace_id, wf, [this, id](uint64_t generation) {
+    Request* rq = live(id);
+    if (!rq) return;
+    rq->cache_key = cacheKey(cache_.prefix(), rq->principal.namespace_id, "run", rq->route.workflow_id, generation,
+                             rq->body_sha);
+    if (rq->bypass || rq->cc.no_cache) {
+      // Not read; still coalesced with an identical run in flight.
+      onLookup(id, nullptr);
+      return;
+    }
+    cache_.lookup(rq->cache_key, toMillis(rq->ttl_s + rq->stale_s),
+                  [this, id](CachedResponsePtr entry) { onLookup(id, std::move(entry)); });
+  });
+}
+
+void RunHandler::onLookup(uint64_t id, CachedResponsePtr entry) {
+  Request* r = live(id);
+  if (!r) return;
+  if (entry) {
+    int64_t age_ms = unixMillis() - entry->stored_at_ms;
+    if (age_ms < 0) age_ms = 0;
+    bool fresh = age_ms < toMillis(r->ttl_s);
+    bool young_enough = !r->cc.max_age || age_ms <= *r->cc.max_age * 1000;
+    if (fresh && young_enough) {
+      int64_t ttl_left = (toMillis(r->ttl_s) - age_ms) / 1000;
+      r->cache = "HIT";
+      return replyCached(*r, *entry, "HIT", "workflow-proxy; hit; ttl=" + std::to_string(ttl_left));
+    }
+    if (age_ms < toMillis(r->ttl_s + r->stale_s)) r->stale = entry;
+  }
+  if (r->cc.only_if_cached && !coalescer_->inFlight(r->cache_key)) {
+    return replyError(*r, notCached());
+  }
+  joinFlight(*r);
+}
+
+void RunHandler::joinFlight(Request& r) {
+  uint64_t id = r.id;
+  const std::string key = r.cache_key;
+  auto work_it = runs_.find(key);
+  if (!coalescer_->inFlight(key) && work_it == runs_.end()) {
+    // Prepared before join(): without Redis, join() leads at once.
+    auto work = std::make_unique<RunWork>();
+    UpstreamHeaderOptions opts;
+    opts.request_id = r.request_id;
+    opts.identity_encoding = true;
+    if (!r.principal.pass_through) opts.authorization = "Bearer " + r.principal.org->api_key;
+    work->org_label = r.principal.org_label;
+    work->request.method = "POST";
+    work->request.url = r.config->upstream.base_url + r.exchange->target();
+    work->request.headers = upstreamRequestHeaders(r.exchange->headers(), opts);
+    work->request.body = r.exchange->body();
+    work->may_store = r.may_store;
+    work->keep_ms = toMillis(r.ttl_s + r.stale_s);
+    runs_.emplace(key, std::move(work));
+  } else if (work_it != runs_.end() && r.may_store) {
+    // Stored if any waiter may store it.
+    work_it->second->may_store = true;
+    work_it->second->keep_ms = std::max(work_it->second->keep_ms, toMillis(r.ttl_s + r.stale_s));
+  }
+  Coalescer::Joined joined =
+      coalescer_->join(key, [this, id](const FlightOutcome& outcome) { onFlightOutcome(id, outcome); });
+  Request* again = find(id);  // join() may have run the whole flight already
+  if (!again) return;
+  again->waiter = joined.waiter;
+  again->flight_creator = joined.created;
+  if (!joined.created) {
+    again->cache = "COALESCED";
+    metrics_.countCoalesced(again->principal.org_label);
+  }
+}
+
+void RunHandler::leadRun(uint64_t flight, const std::string& key) {
+  auto it = runs_.find(key);
+  if (it == runs_.end()) {
+    // Taking over a flight another instance abandoned, after our own work
+    // was already completed: nothing to run with. Should not happen.
+    coalescer_->complete(flight, FlightOutcome{nullptr, UpstreamFailure::Unavailable, false, false, 0});
+    return;
+  }
+  RunWork& w = *it->second;
+  w.flight = flight;
+  w.started = Clock::now();
+  coalescer_->markStarted(flight);
+  UpstreamCallbacks cb;
+  cb.on_head = [this, key](const UpstreamHead& head) {
+    auto wit = runs_.find(key);
+    if (wit != runs_.end()) wit->second->head = head;
+  };
+  cb.on_data = [this, key](std::string_view data) {
+    auto wit = runs_.find(key);
+    if (wit != runs_.end()) wit->second->body.append(data);
+    return true;
+  };
+  cb.on_done = [this, key, flight](const UpstreamResult& result) { onRunDone(key, flight, result); };
+  w.upstream_id = upstream_.start(w.request, std::move(cb));
+}
+
+void RunHandler::onRunDone(const std::string& key, uint64_t flight, const UpstreamResult& result) {
+  auto it = runs_.find(key);
+  if (it == runs_.end()) return;
+  std::unique_ptr<RunWork> w = std::move(it->second);
+  runs_.erase(it);
+  FlightOutcome outcome;
+  outcome.upstream_ms = millisSince(w->started);
+  metrics_.countUpstream(w->org_label, result.head_received ? w->head.status : 0);
+  metrics_.observeUpstreamSeconds(outcome.upstream_ms / 1000.0);
+  if (result.failure != UpstreamFailure::None) {
+    spdlog::warn("upstream run failed: {}", result.detail);
+    outcome.failure = result.failure;
+    coalescer_->complete(flight, outcome);
+    return;
+  }
+  rememberRateLimit(w->org_label, w->head.headers);
+  auto entry = std::make_shared<CachedResponse>();
+  entry->status = w->head.status;
+  entry->reason = w->head.reason;
+  entry->headers = clientResponseHeaders(w->head.headers);
+  removeHeader(entry->headers, "x-request-id");
+  removeHeader(entry->headers, "server-timing");
+  entry->body = std::move(w->body);
+  entry->stored_at_ms = unixMillis();
+  if (w->may_store && isStorable(entry->status, entry->body)) {
+    cache_.store(key, entry, w->keep_ms);
+    outcome.stored = true;
+  }
+  outcome.response = std::move(entry);
+  coalescer_->complete(flight, outcome);
+}
+
+void RunHandler::onFlightOutcome(uint64_t id, const FlightOutcome& o) {
+  Request* r = live(id);
+  if (!r) return;
+  r->waiter = 0;
+  r->upstream_ms = o.upstream_ms;
+  if (o.remote && r->cache != "COALESCED") {
+    // Another instance ran it for us.
+    r->cache = "COALESCED";
+    metrics_.countCoalesced(r->principal.org_label);
+  }
+  bool upstream_failed = !o.response || o.response->status >= 500;
+  if (upstream_failed && r->stale) {
+    r->cache = "STALE";
+    return replyCached(*r, *r->stale, "STALE", "workflow-proxy; hit; fwd=stale");
+  }
+  if (!o.response) {
+    return replyError(*r, o.failure == UpstreamFailure::Timeout ? upstreamTimeout() : upstreamUnavailable());
+  }
+  std::string status;
+  if (r->cache == "COALESCED") {
+    status = "workflow-proxy; fwd=miss; collapsed";
+  } else if (r->bypass) {
+    status = "workflow-proxy; fwd=bypass";
+  } else {
+    status = std::string("workflow-proxy; fwd=") + (r->cc.no_cache ? "request" : "miss") + (o.stored ? "; stored" : "");
+  }
+  HttpHeaders headers = responseHeaders(*r, o.response->headers);
+  headers.push_back({"X-Cache", r->cache});
+  headers.push_back({"Cache-Status", status});
+  r->exchange->respond(o.response->status, o.response->reason, headers, o.response->body);
+}
+
+void RunHandler::replyCached(Request& r, const CachedResponse& entry, const std::string& x_cache,
+                             const std::string& cache_status) {
+  HttpHeaders headers = responseHeaders(r, entry.headers);
+  // A hit spends no quota: report the latest budget the upstream announced.
+  auto seen = ratelimit_seen_.find(r.principal.org_label);
+  if (seen != ratelimit_seen_.end()) {
+    for (auto& h : headers) {
+      if (equalsIgnoreCase(h.name, "x-ratelimit-limit")) h.value = seen->second.first;
+      if (equalsIgnoreCase(h.name, "x-ratelimit-remaining")) h.value = seen->second.second;
+    }
+  }
+  int64_t age = std::max<int64_t>(0, (unixMillis() - entry.stored_at_ms) / 1000);
+  headers.push_back({"X-Cache", x_cache});
+  headers.push_back({"Cache-Status", cache_status});
+  headers.push_back({"Age", std::to_string(age)});
+  r.exchange->respond(entry.status, entry.reason, headers, entry.body);
+}
+
+void RunHandler::rememberRateLimit(const std::string& org, const HttpHeaders& headers) {
+  const std::string* limit = findHeader(headers, "x-ratelimit-limit");
+  const std::string* remaining = findHeader(headers, "x-ratelimit-remaining");
+  if (!limit || !remaining) return;
+  ratelimit_seen_[org] = {*limit, *remaining};
+  metrics_.setRatelimitRemaining(org, std::strtoll(remaining->c_str(), nullptr, 10));
+}
+
+void RunHandler::handlePurge(Request& r) {
+  auto j = nlohmann::json::parse(r.exchange->body(), nullptr, false);
+  if (!j.is_object() || !j.contains("organisation") || !j["organisation"].is_string() ||
+      !j.contains("workflow_id") || !j["workflow_id"].is_string()) {
+    return replyError(r, ProxyError{400, "Bad Request", "invalid_json",
+                                    R"(Expected {"organisation": "...", "workflow_id": "..."[, "body": {...}]})"});
+  }
+  std::string org = j["organisation"];
+  std::string wf = j["workflow_id"];
+  if (!r.config->findOrganisation(org) || !isValidWorkflowId(wf)) return replyError(r, notFound());
+  uint64_t id = r.id;
+  auto done = [this, id](bool ok) {
+    Request* rq = live(id);
+    if (!rq) return;
+    if (!ok) spdlog::warn("purge: Redis unreachable, purged this instance only");
+    replyJson(*rq, 200, "OK", R"({"success":true})");
+  };
+  if (j.contains("body")) {
+    if (!j["body"].is_object()) {
+      return replyError(r, ProxyError{400, "Bad Request", "invalid_json", "\"body\" must be a JSON object"});
+    }
+    CanonicalJson canonical = canonicalizeJson(j["body"].dump());
+    if (!canonical.ok) return replyError(r, invalidJson(canonical.error));
+    return cache_.purgeInput(org, wf, sha256Hex(canonical.canonical), done);
+  }
+  cache_.purgeWorkflow(org, wf, done);
 }
 
 // --- upstream -----------------------------------------------------------------
@@ -456,7 +782,7 @@ void RunHandler::replyError(Request& r, const ProxyError& error, HttpHeaders ext
 std::string RunHandler::readyBody() const {
   nlohmann::ordered_json j;
   j["status"] = draining_ ? "draining" : "ready";
-  j["redis"] = config_ && config_->redis ? "down" : "off";
+  j["redis"] = !redis_ ? "off" : (redis_->up() ? "up" : "down");
   nlohmann::ordered_json queues = nlohmann::ordered_json::object();
   if (config_) {
     for (const auto& org : config_->organisations) queues[org.name] = 0;
@@ -474,6 +800,10 @@ void RunHandler::cancelAll() {
     if (r->upstream_id) {
       upstream_.cancel(r->upstream_id);
       r->upstream_id = 0;
+    }
+    if (r->waiter) {
+      coalescer_->leave(r->waiter);
+      r->waiter = 0;
     }
     if (!r->exchange) continue;
     if (r->exchange->responseStarted()) {
@@ -498,6 +828,7 @@ void RunHandler::finish(uint64_t id, bool aborted) {
     upstream_.cancel(r->upstream_id);
     r->upstream_id = 0;
   }
+  if (r->waiter) coalescer_->leave(r->waiter);  // a run already started goes on
   HttpExchange* ex = r->exchange;
   r->exchange = nullptr;
   int status = aborted ? 499 : (ex ? ex->status() : 0);
@@ -516,6 +847,7 @@ void RunHandler::finish(uint64_t id, bool aborted) {
   rec.bytes_out = ex ? ex->bytesOut() : 0;
   access_log_.write(rec);
   metrics_.countRequest(rec.org, routeLabel(r->route.kind), status, rec.cache);
+  metrics_.setCacheEntries(static_cast<int64_t>(cache_.entries()));
   double overhead_ms = total_ms - r->queue_ms - r->upstream_ms;
   if (overhead_ms < 0) overhead_ms = 0;
   metrics_.observeOverheadSeconds(overhead_ms / 1000.0);

@@ -13,6 +13,8 @@
 #include <unordered_map>
 
 #include "proxy/access_log.h"
+#include "proxy/cache_store.h"
+#include "proxy/coalescer.h"
 #include "proxy/config.h"
 #include "proxy/event_loop.h"
 #include "proxy/http_server.h"
@@ -24,10 +26,13 @@
 namespace wfp {
 
 struct ProxyError;
+class RedisClient;
 
 class RunHandler {
  public:
-  RunHandler(EventLoop& loop, UpstreamClient& upstream, AccessLog& access_log, Metrics& metrics);
+  // `redis` (may be null) carries cross-instance coalescing.
+  RunHandler(EventLoop& loop, UpstreamClient& upstream, AccessLog& access_log, Metrics& metrics, CacheStore& cache,
+             RedisClient* redis);
   ~RunHandler();
   RunHandler(const RunHandler&) = delete;
   RunHandler& operator=(const RunHandler&) = delete;
@@ -46,11 +51,24 @@ class RunHandler {
 
  private:
   struct Request;
+  struct RunWork;
   enum class Delivery { Buffered, Streamed };
 
   Request* find(uint64_t id);
+  // The request if it is still waiting for its response.
+  Request* live(uint64_t id);
   void dispatch(Request& r);
   void dispatchAdmin(Request& r);
+  // The run path: generation → cache lookup → flight → upstream → store.
+  void startRun(Request& r);
+  void onLookup(uint64_t id, CachedResponsePtr entry);
+  void joinFlight(Request& r);
+  void leadRun(uint64_t flight, const std::string& key);
+  void onRunDone(const std::string& key, uint64_t flight, const UpstreamResult& result);
+  void onFlightOutcome(uint64_t id, const FlightOutcome& outcome);
+  void replyCached(Request& r, const CachedResponse& entry, const std::string& x_cache, const std::string& status);
+  void rememberRateLimit(const std::string& org, const HttpHeaders& headers);
+  void handlePurge(Request& r);
   void startStream(Request& r);
   void fetchStreamToken(Request& r);
   void forward(Request& r, std::string target, Delivery delivery);
@@ -72,8 +90,15 @@ class RunHandler {
   UpstreamClient& upstream_;
   AccessLog& access_log_;
   Metrics& metrics_;
+  CacheStore& cache_;
+  RedisClient* redis_;
+  std::unique_ptr<Coalescer> coalescer_;
   ConfigPtr config_;
   std::shared_ptr<const KeyStore> keys_;
+  // Runs this instance leads, by cache key (one flight per key at a time).
+  std::unordered_map<std::string, std::unique_ptr<RunWork>> runs_;
+  // Latest x-ratelimit-* values per organisation, replayed on cache hits.
+  std::unordered_map<std::string, std::pair<std::string, std::string>> ratelimit_seen_;
   bool draining_ = false;
   std::unordered_map<uint64_t, std::unique_ptr<Request>> requests_;
 };

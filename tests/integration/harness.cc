@@ -309,6 +309,59 @@ std::string rawExchange(int port, const std::string& bytes, std::chrono::millise
   return out;
 }
 
+std::string buildRequest(const std::string& method, const std::string& target, const Headers& headers,
+                         const std::string& body) {
+  std::string req = method + " " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+  for (const auto& [k, v] : headers) req += k + ": " + v + "\r\n";
+  req += "Content-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
+  return req;
+}
+
+std::vector<HttpResponse> concurrentRequests(int port, const std::vector<std::string>& requests,
+                                             std::chrono::milliseconds timeout) {
+  size_t n = requests.size();
+  std::vector<int> fds(n, -1);
+  std::vector<std::string> raw(n);
+  std::vector<bool> done(n, false);
+  for (size_t i = 0; i < n; ++i) {
+    fds[i] = connectTo(port);
+    sendAll(fds[i], requests[i]);
+  }
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  size_t remaining = n;
+  std::vector<pollfd> pfds;
+  while (remaining > 0 && std::chrono::steady_clock::now() < deadline) {
+    pfds.clear();
+    std::vector<size_t> idx;
+    for (size_t i = 0; i < n; ++i) {
+      if (!done[i]) {
+        pfds.push_back(pollfd{fds[i], POLLIN, 0});
+        idx.push_back(i);
+      }
+    }
+    int r = ::poll(pfds.data(), pfds.size(), 100);
+    if (r <= 0) continue;
+    for (size_t k = 0; k < pfds.size(); ++k) {
+      if (!(pfds[k].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      size_t i = idx[k];
+      char buf[65536];
+      ssize_t got = ::read(fds[i], buf, sizeof buf);
+      if (got > 0) {
+        raw[i].append(buf, static_cast<size_t>(got));
+      } else {
+        done[i] = true;
+        --remaining;
+      }
+    }
+  }
+  std::vector<HttpResponse> out;
+  for (size_t i = 0; i < n; ++i) {
+    ::close(fds[i]);
+    out.push_back(parseResponse(raw[i]));
+  }
+  return out;
+}
+
 HttpResponse httpRequest(int port, const std::string& method, const std::string& target, const Headers& headers,
                          const std::string& body, std::chrono::milliseconds timeout) {
   Connection c(port);

@@ -73,6 +73,14 @@ std::string rawExchange(int port, const std::string& bytes, std::chrono::millise
 // Parses one response from raw bytes (used by the helpers above).
 HttpResponse parseResponse(const std::string& raw, bool head_request = false);
 
+// Sends `requests[i]` on its own connection, all at once, and collects the
+// responses (in order). Uses poll(): thousands of connections, one thread.
+std::vector<HttpResponse> concurrentRequests(int port, const std::vector<std::string>& requests,
+                                             std::chrono::milliseconds timeout = std::chrono::seconds(60));
+// A full HTTP/1.1 request with Connection: close.
+std::string buildRequest(const std::string& method, const std::string& target, const Headers& headers,
+                         const std::string& body);
+
 // A client connection kept open (keep-alive tests, disconnect tests).
 class Connection {
  public:

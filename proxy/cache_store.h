@@ -1,0 +1,69 @@
+// The response cache behind one interface: the in-process LRU (backend
+// `memory`, and the L1 of backend `redis`), Redis as the shared L2, and the
+// purge generations that are part of every key (SPEC §4.2, §6).
+//
+// With Redis, a generation is read from Redis at most a second before it is
+// used, and a purge is announced on a channel so every instance sees it at
+// once; a lost message is covered by that one-second refresh.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <unordered_map>
+
+#include "proxy/cache.h"
+#include "proxy/config.h"
+#include "proxy/event_loop.h"
+
+namespace wfp {
+
+class RedisClient;
+
+class CacheStore {
+ public:
+  using EntryFn = std::function<void(CachedResponsePtr)>;
+  using GenerationFn = std::function<void(uint64_t)>;
+
+  // `redis` is used as L2 and for generations; null for the memory backend.
+  CacheStore(RedisClient* redis, std::string key_prefix, size_t memory_max_bytes);
+  ~CacheStore();
+
+  void setMemoryMaxBytes(size_t bytes) { l1_.setMaxBytes(bytes); }
+
+  // The current generation of (namespace, workflow). Runs `fn` synchronously
+  // when it is known locally and fresh.
+  void generation(const std::string& ns, const std::string& workflow_id, GenerationFn fn);
+  // L1, then Redis (a Redis hit is kept in L1 until stored_at + keep_ms).
+  // `fn` may run synchronously.
+  void lookup(const std::string& key, int64_t keep_ms, EntryFn fn);
+  // `keep_ms`: how long the entry may be served at all (TTL + stale window).
+  void store(const std::string& key, CachedResponsePtr entry, int64_t keep_ms);
+
+  // Drops every entry of the workflow (O(1): the generation moves on).
+  void purgeWorkflow(const std::string& ns, const std::string& workflow_id, std::function<void(bool)> done);
+  // Drops one input's run and stream entries.
+  void purgeInput(const std::string& ns, const std::string& workflow_id, const std::string& body_sha256_hex,
+                  std::function<void(bool)> done);
+
+  size_t entries() const { return l1_.entries(); }
+  const std::string& prefix() const { return prefix_; }
+
+ private:
+  struct Generation {
+    uint64_t value = 0;
+    int64_t fetched_ms = 0;
+    std::vector<GenerationFn> waiting;  // a fetch is in flight
+  };
+  std::string generationKey(const std::string& ns, const std::string& workflow_id) const;
+  void onPurgeMessage(const std::string& message);
+
+  RedisClient* redis_;
+  std::string prefix_;
+  MemoryCache l1_;
+  std::unordered_map<std::string, Generation> generations_;
+};
+
+int64_t unixMillis();
+
+}  // namespace wfp

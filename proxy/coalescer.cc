@@ -1,0 +1,277 @@
+#include "proxy/coalescer.h"
+
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "proxy/headers.h"
+#include "proxy/redis_client.h"
+
+namespace wfp {
+
+namespace {
+
+constexpr int kLockMs = 10000;
+constexpr auto kRenewEvery = std::chrono::milliseconds(3000);
+constexpr auto kPollEvery = std::chrono::milliseconds(1000);
+
+constexpr const char* kRenewScript =
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0";
+constexpr const char* kReleaseScript =
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0";
+
+}  // namespace
+
+std::string encodeOutcome(const FlightOutcome& o) {
+  if (!o.response) return o.failure == UpstreamFailure::Timeout ? "T" : "U";
+  std::string out = o.stored ? "RS" : "R-";
+  out += encodeCachedResponse(*o.response);
+  return out;
+}
+
+std::optional<FlightOutcome> decodeOutcome(const std::string& m) {
+  FlightOutcome o;
+  o.remote = true;
+  if (m == "T") {
+    o.failure = UpstreamFailure::Timeout;
+    return o;
+  }
+  if (m == "U") {
+    o.failure = UpstreamFailure::Unavailable;
+    return o;
+  }
+  if (m.size() < 2 || m[0] != 'R') return std::nullopt;
+  auto entry = decodeCachedResponse(std::string_view(m).substr(2));
+  if (!entry) return std::nullopt;
+  o.stored = m[1] == 'S';
+  o.response = std::make_shared<const CachedResponse>(std::move(*entry));
+  return o;
+}
+
+struct Coalescer::Flight {
+  enum class State { Locking, Leading, Following, Done };
+  uint64_t id = 0;
+  std::string key;
+  State state = State::Locking;
+  std::vector<uint64_t> waiters;
+  bool started = false;
+  bool lock_held = false;
+  bool subscribed = false;
+  std::unique_ptr<Timer> timer;  // renew (leading) or poll (following)
+  std::string lockKey() const { return key + ":lock"; }
+  std::string channel() const { return key + ":done"; }
+};
+
+Coalescer::Coalescer(EventLoop& loop, RedisClient* redis, std::string key_prefix, FlightHooks hooks)
+    : loop_(loop), redis_(redis), prefix_(std::move(key_prefix)), hooks_(std::move(hooks)), instance_(newRequestId()) {}
+
+Coalescer::~Coalescer() {
+  for (auto& [id, f] : flights_) {
+    if (redis_ && f->subscribed) redis_->unsubscribe(f->channel());
+  }
+}
+
+Coalescer::Flight* Coalescer::find(uint64_t flight_id) {
+  auto it = flights_.find(flight_id);
+  return it == flights_.end() ? nullptr : it->second.get();
+}
+
+Coalescer::Joined Coalescer::join(const std::string& key, WaiterFn fn) {
+  Joined j;
+  j.waiter = next_id_++;
+  auto existing = by_key_.find(key);
+  if (existing != by_key_.end()) {
+    Flight& f = *flights_.at(existing->second);
+    f.waiters.push_back(j.waiter);
+    waiters_.emplace(j.waiter, Waiter{f.id, std::move(fn)});
+    j.flight = f.id;
+    return j;
+  }
+  auto owned = std::make_unique<Flight>();
+  Flight& f = *owned;
+  f.id = next_id_++;
+  f.key = key;
+  f.waiters.push_back(j.waiter);
+  flights_.emplace(f.id, std::move(owned));
+  by_key_.emplace(key, f.id);
+  waiters_.emplace(j.waiter, Waiter{f.id, std::move(fn)});
+  j.flight = f.id;
+  j.created = true;
+  if (redis_ && redis_->up()) {
+    tryLock(f.id);
+  } else {
+    lead(f);
+  }
+  return j;
+}
+
+void Coalescer::tryLock(uint64_t flight_id) {
+  Flight* f = find(flight_id);
+  if (!f) return;
+  f->state = Flight::State::Locking;
+  std::string lock_key = f->lockKey();
+  redis_->command({"SET", lock_key, instance_, "NX", "PX", std::to_string(kLockMs)},
+                  [this, flight_id, lock_key](std::optional<RedisReply> reply) {
+                    Flight* fl = find(flight_id);
+                    bool got_lock = reply && reply->type == RedisReply::Type::Status;
+                    if (!fl || fl->state != Flight::State::Locking) {
+                      // Abandoned while we asked: give the lock back at once.
+                      if (got_lock && redis_) {
+                        redis_->command({"EVAL", kReleaseScript, "1", lock_key, instance_},
+                                        [](std::optional<RedisReply>) {});
+                      }
+                      return;
+                    }
+                    if (!reply || reply->isError()) {
+                      lead(*fl);  // Redis is down or slow: run here
+                    } else if (reply->type == RedisReply::Type::Status) {
+                      fl->lock_held = true;
+                      lead(*fl);
+                    } else {
+                      follow(*fl);
+                    }
+                  });
+}
+
+void Coalescer::lead(Flight& f) {
+  f.state = Flight::State::Leading;
+  if (f.subscribed && redis_) {
+    redis_->unsubscribe(f.channel());
+    f.subscribed = false;
+  }
+  uint64_t id = f.id;
+  if (f.lock_held) {
+    f.timer = std::make_unique<Timer>(loop_, [this, id] { renew(id); });
+    f.timer->start(kRenewEvery);
+  } else {
+    f.timer.reset();
+  }
+  if (hooks_.on_lead) hooks_.on_lead(id, f.key);
+}
+
+void Coalescer::renew(uint64_t flight_id) {
+  Flight* f = find(flight_id);
+  if (!f || !f->lock_held || !redis_) return;
+  redis_->command({"EVAL", kRenewScript, "1", f->lockKey(), instance_, std::to_string(kLockMs)},
+                  [](std::optional<RedisReply>) {});
+  f->timer->start(kRenewEvery);
+}
+
+void Coalescer::follow(Flight& f) {
+  f.state = Flight::State::Following;
+  uint64_t id = f.id;
+  redis_->subscribe(f.channel(), [this, id](const std::string&, const std::string& message) { onMessage(id, message); });
+  f.subscribed = true;
+  f.timer = std::make_unique<Timer>(loop_, [this, id] { poll(id); });
+  // A first re-check right away: the leader may have finished between our
+  // lock attempt and the subscription.
+  f.timer->start(std::chrono::milliseconds(50));
+}
+
+void Coalescer::poll(uint64_t flight_id) {
+  Flight* f = find(flight_id);
+  if (!f || f->state != Flight::State::Following) return;
+  f->timer->start(kPollEvery);
+  if (!redis_->up()) {
+    // Redis went away while we waited for another instance: run it here.
+    lead(*f);
+    return;
+  }
+  if (hooks_.lookup_shared) {
+    hooks_.lookup_shared(f->key, [this, flight_id](CachedResponsePtr entry) {
+      Flight* fl = find(flight_id);
+      if (!fl || fl->state != Flight::State::Following || !entry) return;
+      FlightOutcome o;
+      o.response = std::move(entry);
+      o.stored = true;
+      o.remote = true;
+      deliver(flight_id, o);
+    });
+  }
+  redis_->command({"EXISTS", f->lockKey()}, [this, flight_id](std::optional<RedisReply> reply) {
+    Flight* fl = find(flight_id);
+    if (!fl || fl->state != Flight::State::Following) return;
+    if (reply && reply->type == RedisReply::Type::Integer && reply->integer == 0) {
+      // The holder is gone without a result: take over.
+      spdlog::debug("coalescer: lock for {} expired, taking over", fl->key);
+      tryLock(flight_id);
+    }
+  });
+}
+
+void Coalescer::onMessage(uint64_t flight_id, const std::string& message) {
+  Flight* f = find(flight_id);
+  if (!f || f->state != Flight::State::Following) return;
+  auto outcome = decodeOutcome(message);
+  if (!outcome) return;  // foreign or corrupt: the poll re-check still covers us
+  deliver(flight_id, *outcome);
+}
+
+void Coalescer::markStarted(uint64_t flight) {
+  if (Flight* f = find(flight)) f->started = true;
+}
+
+void Coalescer::complete(uint64_t flight_id, FlightOutcome outcome) {
+  Flight* f = find(flight_id);
+  if (!f) return;
+  if (redis_ && f->lock_held) {
+    // Stored first (by the owner), then announced, then unlocked: one
+    // connection keeps the order, so a follower that sees the lock gone
+    // finds the entry.
+    redis_->command({"PUBLISH", f->channel(), encodeOutcome(outcome)}, [](std::optional<RedisReply>) {});
+  }
+  deliver(flight_id, outcome);
+}
+
+void Coalescer::releaseRedis(Flight& f) {
+  if (!redis_) return;
+  if (f.subscribed) {
+    redis_->unsubscribe(f.channel());
+    f.subscribed = false;
+  }
+  if (f.lock_held) {
+    redis_->command({"EVAL", kReleaseScript, "1", f.lockKey(), instance_}, [](std::optional<RedisReply>) {});
+    f.lock_held = false;
+  }
+}
+
+void Coalescer::deliver(uint64_t flight_id, const FlightOutcome& outcome) {
+  auto it = flights_.find(flight_id);
+  if (it == flights_.end()) return;
+  std::unique_ptr<Flight> f = std::move(it->second);
+  flights_.erase(it);
+  auto k = by_key_.find(f->key);
+  if (k != by_key_.end() && k->second == flight_id) by_key_.erase(k);
+  f->state = Flight::State::Done;
+  f->timer.reset();
+  releaseRedis(*f);
+  for (uint64_t w : f->waiters) {
+    auto wit = waiters_.find(w);
+    if (wit == waiters_.end()) continue;  // left meanwhile
+    WaiterFn fn = std::move(wit->second.fn);
+    waiters_.erase(wit);
+    fn(outcome);
+  }
+}
+
+void Coalescer::leave(uint64_t waiter) {
+  auto wit = waiters_.find(waiter);
+  if (wit == waiters_.end()) return;
+  uint64_t flight_id = wit->second.flight;
+  waiters_.erase(wit);
+  Flight* f = find(flight_id);
+  if (!f) return;
+  std::erase(f->waiters, waiter);
+  if (!f->waiters.empty() || f->started) return;
+  // Nobody waits and nothing was spent: drop the flight.
+  bool was_leading = f->state == Flight::State::Leading;
+  std::string key = f->key;
+  auto k = by_key_.find(f->key);
+  if (k != by_key_.end() && k->second == flight_id) by_key_.erase(k);
+  releaseRedis(*f);
+  f->state = Flight::State::Done;
+  flights_.erase(flight_id);
+  if (was_leading && hooks_.on_abandon) hooks_.on_abandon(flight_id, key);
+}
+
+}  // namespace wfp

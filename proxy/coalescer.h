@@ -1,0 +1,111 @@
+// One input, one upstream run (SPEC §4.3, "Coalescing").
+//
+// A flight is the one upstream run for a cache key. Requests join it as
+// waiters; when it completes every waiter still attached gets the same
+// outcome. The coalescer decides who runs, not how: the owner is told to
+// lead a flight (onLead) and reports the outcome with complete().
+//
+// Across instances (with Redis): the instance that creates a flight first
+// takes a lock (SET key NX PX, renewed while the run lasts). If another
+// instance holds it, this flight follows: it subscribes to the flight's
+// channel and waits for the leader's PUBLISH of the outcome, re-checking the
+// shared cache every second in case a message is lost, and takes over when
+// the lock expires without a result (the leader died). When Redis is down
+// or slow, a flight simply leads locally.
+//
+// Lifetime: waiters are ids; leave(id) detaches one, and its callback will
+// not run afterwards. A flight whose last waiter leaves before its upstream
+// run started is abandoned (onAbandon); one already running completes and
+// stores its result for the next request.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+
+#include "proxy/cache.h"
+#include "proxy/event_loop.h"
+#include "proxy/upstream_client.h"
+
+namespace wfp {
+
+class RedisClient;
+
+struct FlightOutcome {
+  CachedResponsePtr response;  // what the upstream answered (any status); null on failure
+  UpstreamFailure failure = UpstreamFailure::None;
+  bool stored = false;   // the response went into the cache
+  bool remote = false;   // another instance ran it
+  double upstream_ms = 0;  // time the upstream took (0 when remote)
+};
+
+struct FlightHooks {
+  // This instance runs the flight: start the upstream exchange (possibly via
+  // the queue) and call complete() when done.
+  std::function<void(uint64_t flight, const std::string& key)> on_lead;
+  // Every waiter left before the run started: drop the queued work.
+  std::function<void(uint64_t flight, const std::string& key)> on_abandon;
+  // Follower re-check: look the key up in the shared cache.
+  std::function<void(const std::string& key, std::function<void(CachedResponsePtr)>)> lookup_shared;
+};
+
+class Coalescer {
+ public:
+  using WaiterFn = std::function<void(const FlightOutcome&)>;
+
+  Coalescer(EventLoop& loop, RedisClient* redis, std::string key_prefix, FlightHooks hooks);
+  ~Coalescer();
+  Coalescer(const Coalescer&) = delete;
+  Coalescer& operator=(const Coalescer&) = delete;
+
+  struct Joined {
+    uint64_t waiter = 0;
+    uint64_t flight = 0;
+    bool created = false;  // this waiter created the flight (it is the MISS)
+  };
+  Joined join(const std::string& key, WaiterFn fn);
+  bool inFlight(const std::string& key) const { return by_key_.count(key) != 0; }
+  void leave(uint64_t waiter);
+
+  // The owner marks the moment the upstream run starts (after that the
+  // flight is never abandoned), and reports its outcome.
+  void markStarted(uint64_t flight);
+  void complete(uint64_t flight, FlightOutcome outcome);
+
+  size_t flights() const { return flights_.size(); }
+  size_t waiters() const { return waiters_.size(); }
+
+ private:
+  struct Flight;
+  void lead(Flight& f);
+  void follow(Flight& f);
+  void tryLock(uint64_t flight_id);
+  void renew(uint64_t flight_id);
+  void poll(uint64_t flight_id);
+  void onMessage(uint64_t flight_id, const std::string& message);
+  void deliver(uint64_t flight_id, const FlightOutcome& outcome);
+  void releaseRedis(Flight& f);
+  Flight* find(uint64_t flight_id);
+
+  EventLoop& loop_;
+  RedisClient* redis_;
+  std::string prefix_;
+  FlightHooks hooks_;
+  std::string instance_;
+  uint64_t next_id_ = 1;
+  std::unordered_map<uint64_t, std::unique_ptr<Flight>> flights_;
+  std::unordered_map<std::string, uint64_t> by_key_;
+  struct Waiter {
+    uint64_t flight;
+    WaiterFn fn;
+  };
+  std::unordered_map<uint64_t, Waiter> waiters_;
+};
+
+// Wire form of an outcome on the flight channel.
+std::string encodeOutcome(const FlightOutcome& outcome);
+std::optional<FlightOutcome> decodeOutcome(const std::string& message);
+
+}  // namespace wfp

@@ -1,0 +1,925 @@
+// Redis client over hiredis 0.14's async API, on our libevent loop.
+//
+// hiredis 0.14 facts this file is built around (async.c):
+// * Every reply callback runs exactly once: with the reply, or with NULL when
+//   the context is freed (disconnect, error, redisAsyncFree).
+// * A failed connect calls onConnect(REDIS_ERR) and then frees the context
+//   itself; a lost connection calls onDisconnect and frees it itself. Those
+//   are the only two ways hiredis frees a context on its own.
+// * redisAsyncFree must not run inside one of the context's own callbacks
+//   (onConnect in particular is not guarded by REDIS_IN_CALLBACK), so when we
+//   drop a connection we detach it ("zombie") and free it on the next pass.
+// * 0.14 has no command or connect timeouts: we keep our own deadlines.
+// * In subscribed mode a PING reply cannot be routed (0.14 looks "pong" up as
+//   a pattern), so the pub/sub connection is never probed; it is dropped
+//   together with the command connection when the server stops answering.
+//
+// State of the command connection:
+//
+//   Idle --connect--> Connecting --TCP up--> Handshaking --PONG--> Ready
+//     ^                   |   (AUTH, SELECT, PING pipelined)    |   ^
+//     |                   | fail / connect deadline             |   | probe PONG
+//     +---- backoff <-----+-------------------------------------+   |
+//     ^                                          command timeout v   |
+//     +---------------- no reply for stall_limit --------------- Stalled
+//
+// Only Ready sends commands; everything else fails them on the next pass.
+// Pending commands live in one map id -> callback; hiredis' privdata carries
+// the id (never a pointer), so a late reply or a NULL reply for a command we
+// already answered finds nothing and is ignored. ac->data points to the Impl,
+// which outlives every context it owns (the destructor frees them first,
+// after clearing ac->data so their final NULL callbacks are ignored).
+#include "proxy/redis_client.h"
+
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <chrono>
+#include <deque>
+#include <limits>
+#include <unordered_map>
+#include <utility>
+
+#include <spdlog/spdlog.h>
+
+namespace wfp {
+
+// ---------------------------------------------------------------------------
+// URL parsing
+
+namespace {
+
+bool startsWithNoCase(std::string_view s, std::string_view prefix) {
+  if (s.size() < prefix.size()) return false;
+  for (size_t i = 0; i < prefix.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(s[i])) != std::tolower(static_cast<unsigned char>(prefix[i]))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::optional<int> parseInt(std::string_view s, int min, int max) {
+  if (s.empty() || s.size() > 10) return std::nullopt;
+  for (char c : s) {
+    if (c < '0' || c > '9') return std::nullopt;
+  }
+  long long v = 0;
+  auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || ptr != s.data() + s.size() || v < min || v > max) return std::nullopt;
+  return static_cast<int>(v);
+}
+
+int hexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+std::optional<std::string> percentDecode(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '%') {
+      out += s[i];
+      continue;
+    }
+    if (i + 2 >= s.size()) return std::nullopt;
+    int hi = hexValue(s[i + 1]);
+    int lo = hexValue(s[i + 2]);
+    if (hi < 0 || lo < 0) return std::nullopt;
+    out += static_cast<char>(hi * 16 + lo);
+    i += 2;
+  }
+  return out;
+}
+
+bool validHostname(std::string_view h) {
+  if (h.empty() || h.size() > 253) return false;
+  return std::all_of(h.begin(), h.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_';
+  });
+}
+
+bool validIpv6(std::string_view h) {
+  if (h.empty() || h.find(':') == std::string_view::npos) return false;
+  return std::all_of(h.begin(), h.end(), [](char c) {
+    return std::isxdigit(static_cast<unsigned char>(c)) || c == ':' || c == '.';
+  });
+}
+
+std::optional<RedisUrl> fail(std::string* error, std::string message) {
+  if (error) *error = "redis url: " + std::move(message);
+  return std::nullopt;
+}
+
+constexpr int kMaxDb = 1 << 20;
+
+// unix:PATH[?db=N&password=P] or unix://PATH[?...]
+std::optional<RedisUrl> parseUnixUrl(std::string_view rest, std::string* error) {
+  if (rest.substr(0, 2) == "//") rest.remove_prefix(2);
+  RedisUrl url;
+  std::string_view query;
+  if (auto q = rest.find('?'); q != std::string_view::npos) {
+    query = rest.substr(q + 1);
+    rest = rest.substr(0, q);
+  }
+  if (rest.empty()) return fail(error, "unix: needs a socket path (unix:/run/redis/redis.sock)");
+  auto path = percentDecode(rest);
+  if (!path || path->find('\0') != std::string::npos) return fail(error, "invalid %-escape in the socket path");
+  url.unix_path = *path;
+  while (!query.empty()) {
+    std::string_view param = query.substr(0, query.find('&'));
+    query.remove_prefix(std::min(query.size(), param.size() + 1));
+    if (param.empty()) continue;
+    auto eq = param.find('=');
+    std::string_view name = param.substr(0, eq);
+    std::string_view value = eq == std::string_view::npos ? std::string_view() : param.substr(eq + 1);
+    if (name == "db") {
+      auto db = parseInt(value, 0, kMaxDb);
+      if (!db) return fail(error, "db must be a database number (0, 1, ...)");
+      url.db = *db;
+    } else if (name == "password") {
+      auto pw = percentDecode(value);
+      if (!pw) return fail(error, "invalid %-escape in the password");
+      url.password = std::move(*pw);
+    } else {
+      return fail(error, "unknown parameter '" + std::string(name) + "' (expected db or password)");
+    }
+  }
+  return url;
+}
+
+// redis://[:password@]host[:port][/db]
+std::optional<RedisUrl> parseTcpUrl(std::string_view rest, std::string* error) {
+  RedisUrl url;
+  if (rest.find('?') != std::string_view::npos || rest.find('#') != std::string_view::npos) {
+    return fail(error, "query parameters are not supported in redis:// URLs");
+  }
+  std::string_view authority = rest.substr(0, rest.find('/'));
+  std::string_view path = rest.substr(authority.size());
+
+  if (auto at = authority.rfind('@'); at != std::string_view::npos) {
+    std::string_view userinfo = authority.substr(0, at);
+    authority.remove_prefix(at + 1);
+    auto colon = userinfo.find(':');
+    std::string_view user = userinfo.substr(0, colon);
+    if (colon == std::string_view::npos) {
+      return fail(error, "a user name without a password is not supported; use redis://:PASSWORD@host");
+    }
+    // AUTH <password> authenticates the "default" user, so that one name is
+    // the same as none; other ACL users need AUTH <user> <password>, which we
+    // do not send.
+    if (!user.empty() && user != "default") {
+      return fail(error, "ACL user names are not supported (only the default user); use redis://:PASSWORD@host");
+    }
+    auto pw = percentDecode(userinfo.substr(colon + 1));
+    if (!pw) return fail(error, "invalid %-escape in the password");
+    url.password = std::move(*pw);
+  }
+
+  std::string_view port_text;
+  if (!authority.empty() && authority.front() == '[') {
+    auto close = authority.find(']');
+    if (close == std::string_view::npos) return fail(error, "unterminated [IPv6] host");
+    url.host = std::string(authority.substr(1, close - 1));
+    if (!validIpv6(url.host)) return fail(error, "invalid IPv6 host");
+    std::string_view after = authority.substr(close + 1);
+    if (!after.empty()) {
+      if (after.front() != ':') return fail(error, "unexpected characters after the [IPv6] host");
+      port_text = after.substr(1);
+      if (port_text.empty()) return fail(error, "empty port");
+    }
+  } else {
+    auto colon = authority.find(':');
+    url.host = std::string(authority.substr(0, colon));
+    if (colon != std::string_view::npos) {
+      port_text = authority.substr(colon + 1);
+      if (port_text.empty()) return fail(error, "empty port");
+    }
+    if (url.host.empty()) return fail(error, "missing host (redis://host:port/db)");
+    if (!validHostname(url.host)) return fail(error, "invalid host name");
+  }
+  if (!port_text.empty()) {
+    auto port = parseInt(port_text, 1, 65535);
+    if (!port) return fail(error, "port must be a number from 1 to 65535");
+    url.port = *port;
+  }
+
+  if (!path.empty()) path.remove_prefix(1);  // the '/'
+  if (!path.empty()) {
+    auto db = parseInt(path, 0, kMaxDb);
+    if (!db) return fail(error, "the path must be a database number (redis://host:port/0)");
+    url.db = *db;
+  }
+  return url;
+}
+
+}  // namespace
+
+std::optional<RedisUrl> parseRedisUrl(std::string_view url, std::string* error) {
+  if (startsWithNoCase(url, "redis://")) return parseTcpUrl(url.substr(8), error);
+  if (startsWithNoCase(url, "unix:")) return parseUnixUrl(url.substr(5), error);
+  if (startsWithNoCase(url, "rediss://")) {
+    return fail(error, "rediss:// (TLS) is not supported by hiredis 0.14; use redis:// or unix:");
+  }
+  return fail(error, "expected redis://[:password@]host[:port][/db] or unix:PATH");
+}
+
+// ---------------------------------------------------------------------------
+// The client
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::duration_cast;
+using std::chrono::microseconds;
+using std::chrono::milliseconds;
+
+constexpr milliseconds kBackoffMin{100};
+constexpr milliseconds kBackoffMax{5000};
+constexpr milliseconds kProbeInterval{200};
+constexpr size_t kMaxPending = 10000;
+
+RedisReply copyReply(const redisReply* r) {
+  RedisReply out;
+  switch (r->type) {
+    case REDIS_REPLY_STATUS:
+      out.type = RedisReply::Type::Status;
+      out.str.assign(r->str, r->len);
+      break;
+    case REDIS_REPLY_ERROR:
+      out.type = RedisReply::Type::Error;
+      out.str.assign(r->str, r->len);
+      break;
+    case REDIS_REPLY_STRING:
+      out.type = RedisReply::Type::String;
+      out.str.assign(r->str, r->len);
+      break;
+    case REDIS_REPLY_INTEGER:
+      out.type = RedisReply::Type::Integer;
+      out.integer = r->integer;
+      break;
+    case REDIS_REPLY_ARRAY:
+      out.type = RedisReply::Type::Array;
+      out.elements.reserve(r->elements);
+      for (size_t i = 0; i < r->elements; ++i) out.elements.push_back(copyReply(r->element[i]));
+      break;
+    case REDIS_REPLY_NIL:
+    default:
+      out.type = RedisReply::Type::Nil;
+      break;
+  }
+  return out;
+}
+
+// Internal (non-user) replies carry (generation, link, kind) in privdata.
+enum class Kind : uintptr_t { Auth = 1, Select = 2, Hello = 3, Probe = 4, SubAuth = 5, Subscribe = 6 };
+
+void* packInternal(uint64_t gen, bool sub, Kind kind) {
+  return reinterpret_cast<void*>(static_cast<uintptr_t>((gen << 4) | (sub ? 8u : 0u) | static_cast<uintptr_t>(kind)));
+}
+
+struct Internal {
+  uint64_t gen;
+  bool sub;
+  Kind kind;
+};
+
+Internal unpackInternal(void* p) {
+  auto v = reinterpret_cast<uintptr_t>(p);
+  return Internal{v >> 4, (v & 8u) != 0, static_cast<Kind>(v & 7u)};
+}
+
+bool isAuthError(std::string_view msg) {
+  return msg.starts_with("NOAUTH") || msg.starts_with("WRONGPASS") || msg.starts_with("ERR invalid password") ||
+         msg.starts_with("ERR invalid username-password");
+}
+
+std::string contextError(const redisAsyncContext* ac) {
+  if (ac->c.err != 0 && ac->c.errstr[0] != '\0') return ac->c.errstr;
+  if (ac->errstr != nullptr && ac->errstr[0] != '\0') return ac->errstr;
+  return "connection closed";
+}
+
+template <typename Fn>
+void guarded(const char* what, Fn&& fn) noexcept {
+  try {
+    fn();
+  } catch (const std::exception& e) {
+    spdlog::error("redis: uncaught exception in {}: {}", what, e.what());
+  } catch (...) {
+    spdlog::error("redis: uncaught exception in {}", what);
+  }
+}
+
+}  // namespace
+
+struct RedisClient::Impl {
+  enum class State { Idle, Connecting, Handshaking, Ready, Stalled };
+
+  struct Link {
+    bool sub = false;
+    redisAsyncContext* ac = nullptr;
+    uint64_t gen = 0;  // bumped on every connect and close: stale replies don't match
+    State state = State::Idle;
+    milliseconds backoff = kBackoffMin;
+    std::unique_ptr<Timer> reconnect_timer;
+    std::unique_ptr<Timer> connect_timer;  // deadline for connect + handshake
+    int outstanding = 0;                   // replies hiredis still owes us on `ac`
+    Clock::time_point last_progress;       // last reply, or first send after silence
+    bool probe_in_flight = false;
+  };
+
+  struct Pending {
+    Callback cb;
+    bool sent = false;
+  };
+
+  EventLoop& loop;
+  RedisOptions opts;
+  std::string where;  // host:port or unix:path, for logs (never the password)
+  milliseconds timeout;
+  milliseconds connect_timeout;
+  milliseconds stall_limit;
+
+  Link cmd;
+  Link sub;
+  std::vector<redisAsyncContext*> zombies;  // detached, freed on the next pass
+
+  std::unordered_map<uint64_t, Pending> pending;
+  std::deque<std::pair<Clock::time_point, uint64_t>> deadlines;  // sent commands, in deadline order
+  std::vector<uint64_t> failing;                                 // to fail on the next pass
+  uint64_t next_id = 1;
+
+  std::unordered_map<std::string, std::shared_ptr<MessageCallback>> channels;
+  std::function<void()> on_connect;
+
+  // False once the destructor started: code that ran a user callback checks
+  // it before touching members again (a callback may destroy the client).
+  std::shared_ptr<bool> alive = std::make_shared<bool>(true);
+
+  bool up = false;
+  bool outage_logged = false;
+  bool auth_logged = false;
+  bool nopass_logged = false;
+
+  Timer timeout_timer;
+  Timer fail_timer;
+  Timer reap_timer;
+  Timer probe_timer;
+
+  Impl(EventLoop& l, RedisOptions o)
+      : loop(l),
+        opts(std::move(o)),
+        timeout(std::max(1, opts.timeout_ms)),
+        connect_timeout(std::max<milliseconds::rep>(1000, 4 * timeout.count())),
+        stall_limit(std::max<milliseconds::rep>(2000, 5 * timeout.count())),
+        timeout_timer(l, [this] { sweepTimeouts(); }),
+        fail_timer(l, [this] { failQueued(); }),
+        reap_timer(l, [this] { reapZombies(); }),
+        probe_timer(l, [this] { probeTick(); }) {
+    if (!opts.url.unix_path.empty()) {
+      where = "unix:" + opts.url.unix_path;
+    } else if (opts.url.host.find(':') != std::string::npos) {
+      where = "[" + opts.url.host + "]:" + std::to_string(opts.url.port);
+    } else {
+      where = opts.url.host + ":" + std::to_string(opts.url.port);
+    }
+    sub.sub = true;
+    for (Link* link : {&cmd, &sub}) {
+      link->reconnect_timer = std::make_unique<Timer>(loop, [this, link] { connect(*link); });
+      link->connect_timer = std::make_unique<Timer>(loop, [this, link] { connectTimedOut(*link); });
+    }
+    connect(cmd);
+  }
+
+  ~Impl() {
+    *alive = false;
+    // Pending callbacks are dropped. Clearing ac->data first makes the NULL
+    // callbacks redisAsyncFree runs (and onDisconnect) no-ops.
+    for (Link* link : {&cmd, &sub}) {
+      if (link->ac) {
+        link->ac->data = nullptr;
+        redisAsyncFree(link->ac);
+        link->ac = nullptr;
+      }
+    }
+    reapZombies();
+    pending.clear();
+  }
+
+  // --- connections ---------------------------------------------------------
+
+  const char* name(const Link& link) const { return link.sub ? "pub/sub connection" : "connection"; }
+
+  void connect(Link& link) {
+    if (link.ac) return;
+    if (link.sub && channels.empty()) {
+      link.state = State::Idle;  // connected lazily by the next subscribe()
+      return;
+    }
+    ++link.gen;
+    redisAsyncContext* ac = opts.url.unix_path.empty() ? redisAsyncConnect(opts.url.host.c_str(), opts.url.port)
+                                                      : redisAsyncConnectUnix(opts.url.unix_path.c_str());
+    if (ac == nullptr) {
+      linkFailed(link, "cannot allocate a connection");
+      return;
+    }
+    if (ac->err) {
+      std::string err = contextError(ac);
+      redisAsyncFree(ac);  // never attached: no callbacks run
+      linkFailed(link, "connect to " + where + " failed: " + err);
+      return;
+    }
+    ac->data = this;
+    if (redisLibeventAttach(ac, loop.base()) != REDIS_OK) {
+      redisAsyncFree(ac);
+      linkFailed(link, "cannot attach to the event loop");
+      return;
+    }
+    redisAsyncSetConnectCallback(ac, &Impl::onConnectC);
+    redisAsyncSetDisconnectCallback(ac, &Impl::onDisconnectC);
+    link.ac = ac;
+    link.state = State::Connecting;
+    link.outstanding = 0;
+    link.probe_in_flight = false;
+    link.connect_timer->start(connect_timeout);
+  }
+
+  // Detach a live context (it may be inside one of its own callbacks) and
+  // free it on the next loop pass.
+  void detach(Link& link) {
+    if (!link.ac) return;
+    zombies.push_back(link.ac);
+    link.ac = nullptr;
+    if (!reap_timer.pending()) reap_timer.start(microseconds(0));
+  }
+
+  void reapZombies() {
+    auto batch = std::move(zombies);
+    zombies.clear();
+    for (redisAsyncContext* ac : batch) {
+      ac->data = nullptr;
+      redisAsyncFree(ac);
+    }
+  }
+
+  bool forgetZombie(const redisAsyncContext* ac) {
+    auto it = std::find(zombies.begin(), zombies.end(), ac);
+    if (it == zombies.end()) return false;
+    zombies.erase(it);
+    return true;
+  }
+
+  Link* linkOf(const redisAsyncContext* ac) {
+    if (ac == nullptr) return nullptr;
+    if (ac == cmd.ac) return &cmd;
+    if (ac == sub.ac) return &sub;
+    return nullptr;
+  }
+
+  // We give up on a connection that is still open (timeouts, AUTH failure).
+  void closeLink(Link& link, const std::string& reason) {
+    detach(link);
+    linkFailed(link, reason);
+  }
+
+  // The link has no context any more (hiredis freed it, or we detached it):
+  // fail what was sent on it and try again after the backoff.
+  void linkFailed(Link& link, const std::string& reason) {
+    ++link.gen;
+    link.state = State::Idle;
+    link.outstanding = 0;
+    link.probe_in_flight = false;
+    link.connect_timer->cancel();
+    link.reconnect_timer->start(link.backoff);
+    auto delay = link.backoff;
+    link.backoff = std::min(kBackoffMax, link.backoff * 2);
+    if (link.sub) {
+      spdlog::debug("redis: pub/sub retry in {} ms ({})", delay.count(), reason);
+      return;
+    }
+    probe_timer.cancel();
+    spdlog::debug("redis: retry in {} ms ({})", delay.count(), reason);
+    auto guard = alive;
+    markDown(reason);
+    if (*guard) failSent();
+  }
+
+  void connectTimedOut(Link& link) {
+    if (link.state != State::Connecting && link.state != State::Handshaking) return;
+    closeLink(link, "no answer from " + where + " within " + std::to_string(connect_timeout.count()) +
+                        " ms of connecting");
+  }
+
+  void onConnect(redisAsyncContext* ac, int status) {
+    Link* link = linkOf(ac);
+    if (!link) {
+      if (status != REDIS_OK) forgetZombie(ac);  // hiredis frees it now
+      return;
+    }
+    if (status != REDIS_OK) {
+      std::string err = contextError(ac);
+      link->ac = nullptr;  // hiredis frees it when we return
+      linkFailed(*link, "connect to " + where + " failed: " + err);
+      return;
+    }
+    link->state = State::Handshaking;
+    // Pipelined: AUTH, SELECT, then PING whose PONG means all of it is done.
+    // On the pub/sub connection: AUTH, then SUBSCRIBE (sent from its reply).
+    if (!opts.url.password.empty()) {
+      const char* argv[] = {"AUTH", opts.url.password.data()};
+      size_t lens[] = {4, opts.url.password.size()};
+      sendInternal(*link, link->sub ? Kind::SubAuth : Kind::Auth, 2, argv, lens);
+    } else if (link->sub) {
+      subReady(*link);
+      return;
+    }
+    if (link->sub) return;
+    if (opts.url.db != 0) {
+      std::string db = std::to_string(opts.url.db);
+      const char* argv[] = {"SELECT", db.c_str()};
+      size_t lens[] = {6, db.size()};
+      sendInternal(*link, Kind::Select, 2, argv, lens);
+    }
+    const char* argv[] = {"PING"};
+    size_t lens[] = {4};
+    sendInternal(*link, Kind::Hello, 1, argv, lens);
+  }
+
+  void onDisconnect(const redisAsyncContext* ac) {
+    Link* link = linkOf(ac);
+    if (!link) {
+      forgetZombie(ac);
+      return;
+    }
+    std::string err = contextError(ac);
+    link->ac = nullptr;  // hiredis frees it when we return
+    linkFailed(*link, "connection to " + where + " lost: " + err);
+  }
+
+  void sendInternal(Link& link, Kind kind, int argc, const char** argv, const size_t* lens) {
+    if (redisAsyncCommandArgv(link.ac, &Impl::onInternalReplyC, packInternal(link.gen, link.sub, kind), argc, argv,
+                              lens) == REDIS_OK) {
+      noteSent(link);
+    }
+  }
+
+  void noteSent(Link& link) {
+    if (link.outstanding++ == 0) link.last_progress = Clock::now();
+  }
+
+  void noteReply(Link& link) {
+    if (link.outstanding > 0) --link.outstanding;
+    link.last_progress = Clock::now();
+  }
+
+  void onInternalReply(redisAsyncContext* ac, redisReply* r, void* privdata) {
+    Internal in = unpackInternal(privdata);
+    Link& link = in.sub ? sub : cmd;
+    if (ac != link.ac || in.gen != link.gen || r == nullptr) return;  // stale, or being freed
+    noteReply(link);
+    std::string_view err = r->type == REDIS_REPLY_ERROR ? std::string_view(r->str, r->len) : std::string_view();
+    bool is_error = r->type == REDIS_REPLY_ERROR;
+    switch (in.kind) {
+      case Kind::Auth:
+      case Kind::SubAuth:
+        if (is_error && (err.find("without any password configured") != std::string_view::npos ||
+                         err.find("no password is set") != std::string_view::npos)) {
+          // A password is configured but the server has none: harmless.
+          if (!nopass_logged) {
+            nopass_logged = true;
+            spdlog::warn("redis: a password is configured but {} requires none", where);
+          }
+        } else if (is_error) {
+          authFailed(link, err);
+          return;
+        }
+        if (in.kind == Kind::SubAuth) subReady(link);
+        return;
+      case Kind::Select:
+        if (is_error) {
+          if (isAuthError(err)) {
+            authFailed(link, err);
+          } else {
+            closeLink(link, "SELECT " + std::to_string(opts.url.db) + " failed: " + std::string(err));
+          }
+        }
+        return;
+      case Kind::Hello:
+        if (is_error) {
+          if (isAuthError(err)) {
+            authFailed(link, err);
+          } else {
+            closeLink(link, "PING failed: " + std::string(err));
+          }
+          return;
+        }
+        commandReady();
+        return;
+      case Kind::Probe:
+        link.probe_in_flight = false;
+        if (!is_error && cmd.state == State::Stalled) {
+          cmd.state = State::Ready;
+          probe_timer.cancel();
+          markUp(where + " answering again", false);
+        }
+        return;
+      case Kind::Subscribe:
+        return;
+    }
+  }
+
+  void authFailed(Link& link, std::string_view server_message) {
+    if (!link.sub && !auth_logged) {
+      auth_logged = true;
+      outage_logged = true;  // this is the outage's warning
+      spdlog::error(
+          "redis: authentication failed at {} ({}): check the password in redis.url; requests continue "
+          "without Redis",
+          where, server_message.substr(0, 200));
+    }
+    closeLink(link, "authentication failed");
+  }
+
+  void commandReady() {
+    cmd.state = State::Ready;
+    cmd.connect_timer->cancel();
+    cmd.backoff = kBackoffMin;
+    auth_logged = false;
+    markUp("connected to " + where + (opts.url.db != 0 ? " db " + std::to_string(opts.url.db) : std::string()), true);
+  }
+
+  // `reconnected`: a new connection (runs the on_connect hook), rather than
+  // a stalled one answering again.
+  void markUp(const std::string& what, bool reconnected) {
+    if (up) return;
+    up = true;
+    outage_logged = false;
+    spdlog::info("redis: up ({})", what);
+    auto guard = alive;
+    if (reconnected && on_connect) guarded("redis on_connect hook", on_connect);
+    if (*guard && opts.on_state) guarded("redis on_state", [&] { opts.on_state(true); });
+  }
+
+  void markDown(const std::string& reason) {
+    bool was_up = up;
+    up = false;
+    if (!outage_logged) {
+      outage_logged = true;
+      spdlog::warn("redis: down ({}), requests continue without it", reason);
+    }
+    if (was_up && opts.on_state) guarded("redis on_state", [&] { opts.on_state(false); });
+  }
+
+  // --- the pub/sub connection ---------------------------------------------
+
+  void subReady(Link& link) {
+    link.state = State::Ready;
+    link.connect_timer->cancel();
+    link.backoff = kBackoffMin;
+    spdlog::debug("redis: pub/sub connected to {}", where);
+    if (channels.empty()) return;
+    std::vector<const char*> argv{"SUBSCRIBE"};
+    std::vector<size_t> lens{9};
+    for (const auto& [channel, cb] : channels) {
+      argv.push_back(channel.data());
+      lens.push_back(channel.size());
+    }
+    redisAsyncCommandArgv(link.ac, &Impl::onSubReplyC, packInternal(link.gen, true, Kind::Subscribe),
+                          static_cast<int>(argv.size()), argv.data(), lens.data());
+  }
+
+  void sendSub(const char* verb, const std::string& channel) {
+    if (sub.state != State::Ready || !sub.ac) return;
+    const char* argv[] = {verb, channel.data()};
+    size_t lens[] = {std::char_traits<char>::length(verb), channel.size()};
+    // UNSUBSCRIBE registers no callback in hiredis 0.14; its confirmation is
+    // routed to the channel's SUBSCRIBE callback (ignored there).
+    redisAsyncCommandArgv(sub.ac, &Impl::onSubReplyC, packInternal(sub.gen, true, Kind::Subscribe), 2, argv, lens);
+  }
+
+  void onSubReply(redisAsyncContext* ac, redisReply* r) {
+    if (ac != sub.ac || r == nullptr || r->type != REDIS_REPLY_ARRAY || r->elements < 3) return;
+    const redisReply* kind = r->element[0];
+    const redisReply* ch = r->element[1];
+    const redisReply* msg = r->element[2];
+    if (kind->type != REDIS_REPLY_STRING || ch->type != REDIS_REPLY_STRING || msg->type != REDIS_REPLY_STRING) return;
+    if (std::string_view(kind->str, kind->len) != "message") return;
+    std::string channel(ch->str, ch->len);
+    auto it = channels.find(channel);
+    if (it == channels.end()) return;  // unsubscribed while the message was on its way
+    std::shared_ptr<MessageCallback> cb = it->second;  // survives an unsubscribe from inside
+    std::string message(msg->str, msg->len);
+    guarded("redis message callback", [&] { (*cb)(channel, message); });
+  }
+
+  // --- commands ------------------------------------------------------------
+
+  uint64_t command(std::vector<std::string> argv, Callback callback) {
+    uint64_t id = next_id++;
+    if (cmd.state != State::Ready || !cmd.ac || argv.empty() || pending.size() >= kMaxPending) {
+      failSoon(id, std::move(callback));
+      return id;
+    }
+    std::vector<const char*> args;
+    std::vector<size_t> lens;
+    args.reserve(argv.size());
+    lens.reserve(argv.size());
+    for (const auto& a : argv) {
+      args.push_back(a.data());
+      lens.push_back(a.size());
+    }
+    if (redisAsyncCommandArgv(cmd.ac, &Impl::onCommandReplyC, reinterpret_cast<void*>(static_cast<uintptr_t>(id)),
+                              static_cast<int>(args.size()), args.data(), lens.data()) != REDIS_OK) {
+      failSoon(id, std::move(callback));
+      return id;
+    }
+    noteSent(cmd);
+    pending.emplace(id, Pending{std::move(callback), true});
+    deadlines.emplace_back(Clock::now() + timeout, id);
+    if (!timeout_timer.pending()) timeout_timer.start(timeout);
+    return id;
+  }
+
+  void failSoon(uint64_t id, Callback callback) {
+    pending.emplace(id, Pending{std::move(callback), false});
+    failing.push_back(id);
+    if (!fail_timer.pending()) fail_timer.start(microseconds(0));
+  }
+
+  // Runs the callback of `id` once, if it is still pending.
+  void complete(uint64_t id, std::optional<RedisReply> reply) {
+    auto node = pending.extract(id);
+    if (node.empty()) return;
+    Callback cb = std::move(node.mapped().cb);
+    if (cb) guarded("redis command callback", [&] { cb(std::move(reply)); });
+  }
+
+  void failQueued() {
+    auto batch = std::move(failing);
+    failing.clear();
+    auto guard = alive;
+    for (uint64_t id : batch) {
+      if (!*guard) return;
+      complete(id, std::nullopt);
+    }
+  }
+
+  // Every command sent on the command connection, in the order sent.
+  void failSent() {
+    std::vector<uint64_t> ids;
+    for (const auto& [id, p] : pending) {
+      if (p.sent) ids.push_back(id);
+    }
+    std::sort(ids.begin(), ids.end());
+    deadlines.clear();
+    timeout_timer.cancel();
+    auto guard = alive;
+    for (uint64_t id : ids) {
+      if (!*guard) return;
+      complete(id, std::nullopt);  // a cancel() in between is honoured
+    }
+  }
+
+  void onCommandReply(redisAsyncContext* ac, redisReply* r, uint64_t id) {
+    // NULL: the context is being freed; its onDisconnect fails what is left,
+    // once our state says down. A reply on a zombie was already answered.
+    if (ac != cmd.ac || r == nullptr) return;
+    noteReply(cmd);
+    if (!pending.contains(id)) return;  // timed out or cancelled: a late reply
+    complete(id, copyReply(r));
+  }
+
+  void cancel(uint64_t id) { pending.erase(id); }
+
+  void sweepTimeouts() {
+    auto now = Clock::now();
+    auto guard = alive;
+    while (*guard && !deadlines.empty()) {
+      auto [deadline, id] = deadlines.front();
+      if (!pending.contains(id)) {
+        deadlines.pop_front();
+        continue;
+      }
+      if (deadline > now) {
+        timeout_timer.start(duration_cast<microseconds>(deadline - now));
+        return;
+      }
+      deadlines.pop_front();
+      stall();
+      if (*guard) complete(id, std::nullopt);
+    }
+  }
+
+  // A command timed out: the server may be paused with the TCP connection
+  // open. Stop sending; probe with PING; give up on the connection after
+  // stall_limit without any reply.
+  void stall() {
+    if (cmd.state != State::Ready) return;
+    cmd.state = State::Stalled;
+    probe_timer.start(kProbeInterval);
+    markDown("no reply from " + where + " within " + std::to_string(timeout.count()) + " ms");
+  }
+
+  void probeTick() {
+    if (cmd.state != State::Stalled || !cmd.ac) return;
+    if (cmd.outstanding > 0 && Clock::now() - cmd.last_progress > stall_limit) {
+      std::string reason = "no reply from " + where + " for " + std::to_string(stall_limit.count()) + " ms";
+      auto guard = alive;
+      closeLink(cmd, reason + ", reconnecting");
+      if (!*guard) return;
+      // The pub/sub connection cannot be probed (see the top): a server that
+      // stopped answering commands is not delivering messages either.
+      if (sub.ac) closeLink(sub, reason);
+      return;
+    }
+    if (!cmd.probe_in_flight) {
+      const char* argv[] = {"PING"};
+      size_t lens[] = {4};
+      sendInternal(cmd, Kind::Probe, 1, argv, lens);
+      cmd.probe_in_flight = true;
+    }
+    probe_timer.start(kProbeInterval);
+  }
+
+  // --- pub/sub API ---------------------------------------------------------
+
+  void subscribe(const std::string& channel, MessageCallback callback) {
+    bool inserted = channels.insert_or_assign(channel, std::make_shared<MessageCallback>(std::move(callback))).second;
+    if (!inserted) return;  // new callback, same subscription
+    if (sub.state == State::Ready) {
+      sendSub("SUBSCRIBE", channel);
+    } else if (sub.state == State::Idle && !sub.ac && !sub.reconnect_timer->pending()) {
+      connect(sub);
+    }
+  }
+
+  void unsubscribe(const std::string& channel) {
+    if (channels.erase(channel) == 0) return;
+    sendSub("UNSUBSCRIBE", channel);
+  }
+
+  // --- C trampolines: capture-less, noexcept ---------------------------------
+
+  static Impl* self(const redisAsyncContext* ac) { return ac ? static_cast<Impl*>(ac->data) : nullptr; }
+
+  static void onConnectC(const redisAsyncContext* ac, int status) noexcept {
+    if (Impl* impl = self(ac)) {
+      guarded("redis connect callback", [&] { impl->onConnect(const_cast<redisAsyncContext*>(ac), status); });
+    }
+  }
+
+  static void onDisconnectC(const redisAsyncContext* ac, int) noexcept {
+    if (Impl* impl = self(ac)) guarded("redis disconnect callback", [&] { impl->onDisconnect(ac); });
+  }
+
+  static void onCommandReplyC(redisAsyncContext* ac, void* reply, void* privdata) noexcept {
+    if (Impl* impl = self(ac)) {
+      guarded("redis reply callback", [&] {
+        impl->onCommandReply(ac, static_cast<redisReply*>(reply), reinterpret_cast<uintptr_t>(privdata));
+      });
+    }
+  }
+
+  static void onInternalReplyC(redisAsyncContext* ac, void* reply, void* privdata) noexcept {
+    if (Impl* impl = self(ac)) {
+      guarded("redis reply callback", [&] { impl->onInternalReply(ac, static_cast<redisReply*>(reply), privdata); });
+    }
+  }
+
+  static void onSubReplyC(redisAsyncContext* ac, void* reply, void*) noexcept {
+    if (Impl* impl = self(ac)) {
+      guarded("redis message callback", [&] { impl->onSubReply(ac, static_cast<redisReply*>(reply)); });
+    }
+  }
+};
+
+RedisClient::RedisClient(EventLoop& loop, RedisOptions options)
+    : impl_(std::make_unique<Impl>(loop, std::move(options))) {}
+
+RedisClient::~RedisClient() = default;
+
+bool RedisClient::up() const { return impl_->up; }
+
+uint64_t RedisClient::command(std::vector<std::string> argv, Callback callback) {
+  return impl_->command(std::move(argv), std::move(callback));
+}
+
+void RedisClient::cancel(uint64_t id) { impl_->cancel(id); }
+
+void RedisClient::subscribe(const std::string& channel, MessageCallback callback) {
+  impl_->subscribe(channel, std::move(callback));
+}
+
+void RedisClient::unsubscribe(const std::string& channel) { impl_->unsubscribe(channel); }
+
+void RedisClient::setOnConnect(std::function<void()> fn) { impl_->on_connect = std::move(fn); }
+
+}  // namespace wfp

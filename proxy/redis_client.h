@@ -1,0 +1,97 @@
+// Redis over hiredis' async API on the proxy's libevent loop (hiredis'
+// adapters/libevent.h). Redis is an optimisation, never a dependency: every
+// command either gets its reply or fails fast (nullopt), within timeout_ms.
+//
+// * Two connections: one for commands, one for pub/sub (SUBSCRIBE puts a
+//   connection in a mode where nothing else may be sent).
+// * AUTH and SELECT after every connect; reconnect by itself with backoff
+//   (100 ms doubling to 5 s) after a disconnect or a failed connect.
+// * State: up while connected and answering. A command that times out marks
+//   Redis down (a paused server keeps its TCP connection open) until a PING
+//   probe is answered again. While down, commands fail on the next loop pass
+//   without being sent, so an outage costs nothing per request.
+// * on_state(up) runs on every transition, e.g. for the
+//   workflow_proxy_redis_up gauge and for the one warning per outage.
+//
+// Callbacks: each command's callback runs exactly once, on the loop, never
+// synchronously inside command(); with the reply, or nullopt on error,
+// timeout or disconnect. After cancel(id) it does not run. hiredis frees its
+// reply when our callback returns: RedisReply is a deep copy.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "proxy/event_loop.h"
+
+namespace wfp {
+
+struct RedisUrl {
+  std::string host;       // TCP
+  int port = 6379;
+  std::string unix_path;  // unix:PATH
+  std::string password;   // never logged
+  int db = 0;
+};
+
+// redis://[:password@]host[:port][/db] or unix:PATH[?db=N&password=P].
+// nullopt (and `error`, which never contains the password) when malformed.
+std::optional<RedisUrl> parseRedisUrl(std::string_view url, std::string* error = nullptr);
+
+struct RedisReply {
+  enum class Type { Nil, Status, Error, Integer, String, Array };
+  Type type = Type::Nil;
+  long long integer = 0;
+  std::string str;  // Status, Error, String
+  std::vector<RedisReply> elements;
+
+  bool isError() const { return type == Type::Error; }
+};
+
+struct RedisOptions {
+  RedisUrl url;
+  int timeout_ms = 250;  // per command
+  std::function<void(bool up)> on_state;
+};
+
+class RedisClient {
+ public:
+  using Callback = std::function<void(std::optional<RedisReply>)>;
+  using MessageCallback = std::function<void(const std::string& channel, const std::string& message)>;
+
+  RedisClient(EventLoop& loop, RedisOptions options);
+  ~RedisClient();  // pending callbacks are dropped, not called
+  RedisClient(const RedisClient&) = delete;
+  RedisClient& operator=(const RedisClient&) = delete;
+
+  bool up() const;
+
+  // Sends a command given as its arguments (binary-safe).
+  uint64_t command(std::vector<std::string> argv, Callback callback);
+  void cancel(uint64_t id);
+
+  // Pub/sub on the second connection. Subscriptions survive reconnects. A
+  // message published while disconnected is lost: callers re-check state.
+  void subscribe(const std::string& channel, MessageCallback callback);
+  void unsubscribe(const std::string& channel);
+
+  // Runs after every (re)connect of the command connection, once AUTH/SELECT
+  // succeeded (e.g. to reload scripts).
+  void setOnConnect(std::function<void()> fn);
+
+ private:
+  // Lifetime: destroy the client outside its own callbacks (command, message,
+  // on_state and on_connect callbacks run inside hiredis' callbacks, and
+  // hiredis cannot free a context from there); EventLoop::deferDelete() does
+  // that. The loop must outlive the client: freeing a hiredis context frees
+  // its libevent events.
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace wfp
