@@ -23,6 +23,7 @@ constexpr const char* kReleaseScript =
 }  // namespace
 
 std::string encodeOutcome(const FlightOutcome& o) {
+  if (o.rejected == FlightOutcome::Rejected::RateLimited) return "Q" + std::to_string(o.retry_after_s);
   if (!o.response) return o.failure == UpstreamFailure::Timeout ? "T" : "U";
   std::string out = o.stored ? "RS" : "R-";
   out += encodeCachedResponse(*o.response);
@@ -38,6 +39,11 @@ std::optional<FlightOutcome> decodeOutcome(const std::string& m) {
   }
   if (m == "U") {
     o.failure = UpstreamFailure::Unavailable;
+    return o;
+  }
+  if (m.size() >= 2 && m[0] == 'Q') {
+    o.rejected = FlightOutcome::Rejected::RateLimited;
+    o.retry_after_s = std::atoi(m.c_str() + 1);
     return o;
   }
   if (m.size() < 2 || m[0] != 'R') return std::nullopt;
@@ -146,7 +152,8 @@ void Coalescer::lead(Flight& f) {
   } else {
     f.timer.reset();
   }
-  if (hooks_.on_lead) hooks_.on_lead(id, f.key);
+  // A copy of the key: on_lead may complete (and free) the flight.
+  if (hooks_.on_lead) hooks_.on_lead(id, std::string(f.key));
 }
 
 void Coalescer::renew(uint64_t flight_id) {
@@ -214,7 +221,9 @@ void Coalescer::markStarted(uint64_t flight) {
 void Coalescer::complete(uint64_t flight_id, FlightOutcome outcome) {
   Flight* f = find(flight_id);
   if (!f) return;
-  if (redis_ && f->lock_held) {
+  // A leader that is shutting down announces nothing: releasing the lock
+  // lets a follower take the run over.
+  if (redis_ && f->lock_held && outcome.rejected != FlightOutcome::Rejected::ShuttingDown) {
     // Stored first (by the owner), then announced, then unlocked: one
     // connection keeps the order, so a follower that sees the lock gone
     // finds the entry.

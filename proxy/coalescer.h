@@ -39,12 +39,16 @@ struct FlightOutcome {
   bool stored = false;   // the response went into the cache
   bool remote = false;   // another instance ran it
   double upstream_ms = 0;  // time the upstream took (0 when remote)
+  double queue_ms = 0;     // time the run waited for the budget
+  // Never started: the organisation's queue refused it.
+  enum class Rejected { No, RateLimited, ShuttingDown } rejected = Rejected::No;
+  int retry_after_s = 0;
 };
 
 struct FlightHooks {
   // This instance runs the flight: start the upstream exchange (possibly via
   // the queue) and call complete() when done.
-  std::function<void(uint64_t flight, const std::string& key)> on_lead;
+  std::function<void(uint64_t flight, std::string key)> on_lead;  // may complete the flight at once
   // Every waiter left before the run started: drop the queued work.
   std::function<void(uint64_t flight, const std::string& key)> on_abandon;
   // Follower re-check: look the key up in the shared cache.

@@ -55,6 +55,8 @@ class EventLoop {
 class Timer {
  public:
   Timer(EventLoop& loop, std::function<void()> fn);
+  Timer(const Timer&) = delete;  // the event points at this object
+  Timer& operator=(const Timer&) = delete;
   void start(std::chrono::microseconds delay);
   void startSeconds(double seconds);
   void cancel();
@@ -70,6 +72,8 @@ class Timer {
 class FdWatch {
  public:
   FdWatch(EventLoop& loop, int fd, short events, std::function<void(short)> fn);
+  FdWatch(const FdWatch&) = delete;
+  FdWatch& operator=(const FdWatch&) = delete;
   void cancel();
 
  private:
@@ -82,6 +86,8 @@ class FdWatch {
 class SignalWatch {
  public:
   SignalWatch(EventLoop& loop, int signo, std::function<void()> fn);
+  SignalWatch(const SignalWatch&) = delete;
+  SignalWatch& operator=(const SignalWatch&) = delete;
 
  private:
   static void onSignal(int, short, void* arg) noexcept;

@@ -44,8 +44,10 @@ Proxy::Proxy(EventLoop& loop, ConfigPtr config)
       cache_(std::make_unique<CacheStore>(
           config_->cache.backend == CacheConfig::Backend::Redis ? redis_.get() : nullptr,
           config_->redis ? config_->redis->key_prefix : std::string("wfp:"), config_->cache.memory_max_bytes)),
+      scheduler_(loop, clock_, metrics_),
       upstream_(loop, upstreamOptions(*config_)),
-      handler_(loop, upstream_, access_log_, metrics_, *cache_, redis_.get()) {
+      handler_(loop, upstream_, scheduler_, access_log_, metrics_, *cache_, redis_.get()) {
+  scheduler_.configure(config_);
   handler_.setConfig(config_);
 }
 
@@ -87,6 +89,7 @@ void Proxy::reload(ConfigPtr config) {
   if (auto level = parseLogLevel(config->log.level)) setLogLevel(*level);
   upstream_.setOptions(upstreamOptions(*config));
   cache_->setMemoryMaxBytes(config->cache.memory_max_bytes);
+  scheduler_.configure(config);
   if (server_) server_->setLimits(serverLimits(*config));
   handler_.setConfig(config);
   config_ = std::move(config);

@@ -15,6 +15,7 @@
 #include "proxy/http_server.h"
 #include "proxy/metrics.h"
 #include "proxy/run_handler.h"
+#include "proxy/scheduler.h"
 #include "proxy/upstream_client.h"
 
 namespace wfp {
@@ -46,6 +47,8 @@ class Proxy {
   AccessLog access_log_;
   std::unique_ptr<RedisClient> redis_;  // when `redis` is configured
   std::unique_ptr<CacheStore> cache_;
+  SystemClock clock_;
+  Scheduler scheduler_;
   UpstreamClient upstream_;
   RunHandler handler_;
   std::unique_ptr<HttpServer> server_;

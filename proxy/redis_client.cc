@@ -279,7 +279,7 @@ RedisReply copyReply(const redisReply* r) {
 }
 
 // Internal (non-user) replies carry (generation, link, kind) in privdata.
-enum class Kind : uintptr_t { Auth = 1, Select = 2, Hello = 3, Probe = 4, SubAuth = 5, Subscribe = 6 };
+enum class Kind : uintptr_t { Auth = 1, Select = 2, Handshake = 3, Probe = 4, SubAuth = 5, Subscribe = 6 };
 
 void* packInternal(uint64_t gen, bool sub, Kind kind) {
   return reinterpret_cast<void*>(static_cast<uintptr_t>((gen << 4) | (sub ? 8u : 0u) | static_cast<uintptr_t>(kind)));
@@ -416,8 +416,6 @@ struct RedisClient::Impl {
 
   // --- connections ---------------------------------------------------------
 
-  const char* name(const Link& link) const { return link.sub ? "pub/sub connection" : "connection"; }
-
   void connect(Link& link) {
     if (link.ac) return;
     if (link.sub && channels.empty()) {
@@ -550,7 +548,7 @@ struct RedisClient::Impl {
     }
     const char* argv[] = {"PING"};
     size_t lens[] = {4};
-    sendInternal(*link, Kind::Hello, 1, argv, lens);
+    sendInternal(*link, Kind::Handshake, 1, argv, lens);
   }
 
   void onDisconnect(const redisAsyncContext* ac) {
@@ -612,7 +610,7 @@ struct RedisClient::Impl {
           }
         }
         return;
-      case Kind::Hello:
+      case Kind::Handshake:
         if (is_error) {
           if (isAuthError(err)) {
             authFailed(link, err);

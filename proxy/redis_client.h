@@ -85,11 +85,13 @@ class RedisClient {
   void setOnConnect(std::function<void()> fn);
 
  private:
-  // Lifetime: destroy the client outside its own callbacks (command, message,
-  // on_state and on_connect callbacks run inside hiredis' callbacks, and
-  // hiredis cannot free a context from there); EventLoop::deferDelete() does
-  // that. The loop must outlive the client: freeing a hiredis context frees
-  // its libevent events.
+  // Lifetime: prefer destroying the client outside its own callbacks
+  // (EventLoop::deferDelete()): they run inside hiredis' and the loop's
+  // callbacks. Destruction from inside one is tolerated (hiredis defers the
+  // free of a context that is in a reply callback; Impl re-checks that it is
+  // alive after every user callback) and tested, but it is not the design.
+  // The loop must outlive the client: freeing a hiredis context frees its
+  // libevent events.
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

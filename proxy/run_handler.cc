@@ -39,9 +39,9 @@ namespace wfp {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using SteadyClock = std::chrono::steady_clock;
 
-double millisSince(Clock::time_point start, Clock::time_point end = Clock::now()) {
+double millisSince(SteadyClock::time_point start, SteadyClock::time_point end = SteadyClock::now()) {
   return std::chrono::duration<double, std::milli>(end - start).count();
 }
 
@@ -157,7 +157,7 @@ struct RunHandler::Request {
   std::string request_id;
   std::string method;
   std::string path;
-  Clock::time_point started = Clock::now();
+  SteadyClock::time_point started = SteadyClock::now();
   double queue_ms = 0;
   double upstream_ms = 0;
   std::string cache = "-";
@@ -165,11 +165,15 @@ struct RunHandler::Request {
   // The upstream exchange in progress (0: none).
   uint64_t upstream_id = 0;
   Delivery delivery = Delivery::Buffered;
-  Clock::time_point upstream_started;
+  SteadyClock::time_point upstream_started;
   UpstreamHead head;
   std::string body;      // Buffered: the whole upstream body
   bool paused = false;   // Streamed: upstream paused for client back-pressure
   bool fetching_token = false;
+  UpstreamRequest pending;   // what goes upstream (again, on a 429 retry)
+  uint64_t ticket = 0;       // scheduler ticket while queued or running
+  SteadyClock::time_point queued_at{};
+  bool got_429 = false;      // the current exchange answered 429
 
   // The run path.
   std::string body_sha;   // hex SHA-256 of the canonical body
@@ -181,6 +185,7 @@ struct RunHandler::Request {
   bool may_store = false;
   CachedResponsePtr stale;  // expired entry still within stale_if_error_s
   uint64_t waiter = 0;      // coalescer waiter id
+  uint64_t stream_sub = 0;  // stream fan-out subscriber id
   bool flight_creator = false;
 };
 
@@ -188,26 +193,44 @@ struct RunHandler::Request {
 // completes (and is stored) even when every waiter has left.
 struct RunHandler::RunWork {
   uint64_t flight = 0;
+  Admission admission;
+  uint64_t ticket = 0;
+  SteadyClock::time_point queued_at;
+  double queue_ms = 0;
+  bool got_429 = false;
   std::string org_label;
   UpstreamRequest request;
   bool may_store = false;
   int64_t keep_ms = 0;
   uint64_t upstream_id = 0;
-  Clock::time_point started;
+  SteadyClock::time_point started;
   UpstreamHead head;
   std::string body;
 };
 
-RunHandler::RunHandler(EventLoop& loop, UpstreamClient& upstream, AccessLog& access_log, Metrics& metrics,
-                       CacheStore& cache, RedisClient* redis)
-    : loop_(loop), upstream_(upstream), access_log_(access_log), metrics_(metrics), cache_(cache), redis_(redis) {
+RunHandler::RunHandler(EventLoop& loop, UpstreamClient& upstream, Scheduler& scheduler, AccessLog& access_log,
+                       Metrics& metrics, CacheStore& cache, RedisClient* redis)
+    : loop_(loop),
+      upstream_(upstream),
+      scheduler_(scheduler),
+      access_log_(access_log),
+      metrics_(metrics),
+      cache_(cache),
+      redis_(redis) {
   FlightHooks hooks;
-  hooks.on_lead = [this](uint64_t flight, const std::string& key) { leadRun(flight, key); };
-  hooks.on_abandon = [this](uint64_t, const std::string& key) { runs_.erase(key); };
+  hooks.on_lead = [this](uint64_t flight, std::string key) { leadRun(flight, std::move(key)); };
+  hooks.on_abandon = [this](uint64_t, const std::string& key) {
+    // Every waiter left while the run was still queued: it spends nothing.
+    auto it = runs_.find(key);
+    if (it == runs_.end()) return;
+    if (it->second->ticket) scheduler_.cancel(it->second->ticket);
+    runs_.erase(it);
+  };
   hooks.lookup_shared = [this](const std::string& key, std::function<void(CachedResponsePtr)> fn) {
     cache_.lookup(key, toMillis(3600), std::move(fn));
   };
   coalescer_ = std::make_unique<Coalescer>(loop, redis, cache.prefix(), std::move(hooks));
+  fanout_ = std::make_unique<StreamFanout>(upstream, scheduler, cache);
 }
 
 RunHandler::~RunHandler() {
@@ -359,8 +382,8 @@ void RunHandler::dispatch(Request& r) {
 void RunHandler::startStream(Request& r) {
   CanonicalJson canonical = canonicalizeJson(r.exchange->body());
   if (!canonical.ok) return replyError(r, invalidJson(canonical.error));
-  r.cache = "MISS";
-  fetchStreamToken(r);
+  r.body_sha = sha256Hex(canonical.canonical);
+  startRun(r);
 }
 
 // --- the run path: cache, coalescing ----------------------------------------------
@@ -371,15 +394,23 @@ void RunHandler::startRun(Request& r) {
   r.cc = parseCacheControl(r.exchange->headers());
   r.ttl_s = cfg.cache.ttlFor(wf);
   r.stale_s = cfg.cache.staleIfErrorFor(wf);
-  r.bypass = cfg.cache.backend == CacheConfig::Backend::Off || r.ttl_s <= 0 || r.cc.no_store;
+  bool stream = r.route.kind == RouteKind::Stream;
+  r.bypass = cfg.cache.backend == CacheConfig::Backend::Off || r.ttl_s <= 0 || r.cc.no_store ||
+             (stream && !cfg.cache.streams);
   r.may_store = !r.bypass;
   r.cache = r.bypass ? "BYPASS" : "MISS";
+  if (stream && r.bypass) {
+    // Not shared, not stored: this client's own stream, relayed with
+    // back-pressure on the upstream transfer.
+    return fetchStreamToken(r);
+  }
   uint64_t id = r.id;
   cache_.generation(r.principal.namespace_id, wf, [this, id](uint64_t generation) {
     Request* rq = live(id);
     if (!rq) return;
-    rq->cache_key = cacheKey(cache_.prefix(), rq->principal.namespace_id, "run", rq->route.workflow_id, generation,
-                             rq->body_sha);
+    const char* route = rq->route.kind == RouteKind::Stream ? "stream" : "run";
+    rq->cache_key =
+        cacheKey(cache_.prefix(), rq->principal.namespace_id, route, rq->route.workflow_id, generation, rq->body_sha);
     if (rq->bypass || rq->cc.no_cache) {
       // Not read; still coalesced with an identical run in flight.
       onLookup(id, nullptr);
@@ -398,16 +429,19 @@ void RunHandler::onLookup(uint64_t id, CachedResponsePtr entry) {
     if (age_ms < 0) age_ms = 0;
     bool fresh = age_ms < toMillis(r->ttl_s);
     bool young_enough = !r->cc.max_age || age_ms <= *r->cc.max_age * 1000;
-    if (fresh && young_enough) {
+    if (fresh && young_enough && entry->stream == (r->route.kind == RouteKind::Stream)) {
       int64_t ttl_left = (toMillis(r->ttl_s) - age_ms) / 1000;
       r->cache = "HIT";
       return replyCached(*r, *entry, "HIT", "workflow-proxy; hit; ttl=" + std::to_string(ttl_left));
     }
-    if (age_ms < toMillis(r->ttl_s + r->stale_s)) r->stale = entry;
+    if (age_ms < toMillis(r->ttl_s + r->stale_s) && r->route.kind == RouteKind::Run) r->stale = entry;
   }
-  if (r->cc.only_if_cached && !coalescer_->inFlight(r->cache_key)) {
+  bool stream = r->route.kind == RouteKind::Stream;
+  bool in_flight = stream ? fanout_->joinable(r->cache_key) : coalescer_->inFlight(r->cache_key);
+  if (r->cc.only_if_cached && !in_flight) {
     return replyError(*r, notCached());
   }
+  if (stream) return joinStream(*r);
   joinFlight(*r);
 }
 
@@ -423,6 +457,7 @@ void RunHandler::joinFlight(Request& r) {
     opts.identity_encoding = true;
     if (!r.principal.pass_through) opts.authorization = "Bearer " + r.principal.org->api_key;
     work->org_label = r.principal.org_label;
+    work->admission = admissionFor(r.principal);
     work->request.method = "POST";
     work->request.url = r.config->upstream.base_url + r.exchange->target();
     work->request.headers = upstreamRequestHeaders(r.exchange->headers(), opts);
@@ -447,18 +482,145 @@ void RunHandler::joinFlight(Request& r) {
   }
 }
 
-void RunHandler::leadRun(uint64_t flight, const std::string& key) {
+void RunHandler::joinStream(Request& r) {
+  const Config& cfg = *r.config;
+  uint64_t id = r.id;
+  StreamWork work;
+  work.key = r.cache_key;
+  work.admission = admissionFor(r.principal);
+  work.store = r.may_store;
+  work.keep_ms = toMillis(r.ttl_s + r.stale_s);
+  // The token request: the organisation key, the request id, x-user-id.
+  UpstreamHeaderOptions token_opts;
+  token_opts.request_id = r.request_id;
+  if (!r.principal.pass_through) token_opts.authorization = "Bearer " + r.principal.org->api_key;
+  HttpHeaders subset;
+  for (const auto& h : r.exchange->headers()) {
+    if (equalsIgnoreCase(h.name, "authorization") || equalsIgnoreCase(h.name, "x-user-id") ||
+        equalsIgnoreCase(h.name, "user-agent")) {
+      subset.push_back(h);
+    }
+  }
+  work.token.method = "GET";
+  work.token.url = cfg.upstream.base_url + "/api/v1/token?ttl=60";
+  work.token.headers = upstreamRequestHeaders(subset, token_opts);
+  // The stream itself carries no key: the token is its credential.
+  HttpHeaders client_headers = r.exchange->headers();
+  removeHeader(client_headers, "authorization");
+  UpstreamHeaderOptions stream_opts;
+  stream_opts.request_id = r.request_id;
+  stream_opts.identity_encoding = true;
+  work.stream.method = "POST";
+  work.stream.url = cfg.upstream.base_url + r.exchange->target();
+  work.stream.headers = upstreamRequestHeaders(client_headers, stream_opts);
+  work.stream.body = r.exchange->body();
+
+  if (fanout_->joinable(work.key)) {
+    r.cache = "COALESCED";
+    metrics_.countCoalesced(r.principal.org_label);
+  }
+  r.upstream_started = SteadyClock::now();
+  StreamSubscriber sub;
+  sub.begin = [this, id](const UpstreamHead& head) {
+    Request* rr = live(id);
+    if (!rr) return;
+    rr->upstream_ms += millisSince(rr->upstream_started);
+    HttpHeaders headers = responseHeaders(*rr, head.headers);
+    headers.push_back({"X-Cache", rr->cache});
+    headers.push_back({"Cache-Status", rr->cache == "COALESCED" ? "workflow-proxy; fwd=miss; collapsed"
+                                                                : "workflow-proxy; fwd=miss"});
+    rr->exchange->begin(head.status, head.reason, headers);
+    rr->exchange->setOnDrain([this, id] {
+      Request* q = find(id);
+      if (q && q->stream_sub) fanout_->resume(q->stream_sub);
+    });
+  };
+  sub.write = [this, id](std::string_view data) {
+    Request* rr = find(id);
+    if (!rr || !rr->exchange) return true;
+    return rr->exchange->write(data);
+  };
+  sub.end = [this, id](bool complete) {
+    Request* rr = find(id);
+    if (!rr || !rr->exchange) return;
+    rr->stream_sub = 0;
+    if (complete) {
+      rr->exchange->end();
+    } else {
+      HttpExchange* ex = rr->exchange;
+      finish(id, false);
+      ex->abortResponse();
+    }
+  };
+  sub.refused = [this, id](const UpstreamHead& head, const std::string& body) {
+    Request* rr = live(id);
+    if (!rr) return;
+    rr->stream_sub = 0;
+    rr->head = head;
+    rr->body = body;
+    replyUpstream(*rr);
+  };
+  sub.failed = [this, id](UpstreamFailure failure) {
+    Request* rr = live(id);
+    if (!rr) return;
+    rr->stream_sub = 0;
+    replyError(*rr, failure == UpstreamFailure::Timeout ? upstreamTimeout() : upstreamUnavailable());
+  };
+  sub.rejected = [this, id](RejectReason why, int retry_after) {
+    Request* rr = live(id);
+    if (!rr) return;
+    rr->stream_sub = 0;
+    if (why == RejectReason::ShuttingDown) return replyError(*rr, shuttingDown());
+    replyError(*rr, rateLimited(), {{"Retry-After", std::to_string(retry_after)}});
+  };
+  bool created = false;
+  uint64_t sub_id = fanout_->join(work, std::move(sub), &created);
+  // join() may have answered already (a full queue).
+  if (Request* again = find(id); again && again->exchange) again->stream_sub = sub_id;
+}
+
+void RunHandler::leadRun(uint64_t flight, std::string key) {
   auto it = runs_.find(key);
   if (it == runs_.end()) {
     // Taking over a flight another instance abandoned, after our own work
     // was already completed: nothing to run with. Should not happen.
-    coalescer_->complete(flight, FlightOutcome{nullptr, UpstreamFailure::Unavailable, false, false, 0});
+    FlightOutcome failed;
+    failed.failure = UpstreamFailure::Unavailable;
+    coalescer_->complete(flight, failed);
     return;
   }
   RunWork& w = *it->second;
   w.flight = flight;
-  w.started = Clock::now();
-  coalescer_->markStarted(flight);
+  w.queued_at = SteadyClock::now();
+  AdmissionCallbacks cb;
+  cb.start = [this, key] { startRunUpstream(key); };
+  cb.reject = [this, key, flight](RejectReason why, int retry_after) {
+    auto wit = runs_.find(key);
+    if (wit == runs_.end()) return;
+    runs_.erase(wit);
+    FlightOutcome o;
+    o.rejected = why == RejectReason::ShuttingDown ? FlightOutcome::Rejected::ShuttingDown
+                                                   : FlightOutcome::Rejected::RateLimited;
+    o.retry_after_s = retry_after;
+    coalescer_->complete(flight, o);
+  };
+  uint64_t ticket = scheduler_.submit(w.admission, std::move(cb));
+  if (auto again = runs_.find(key); again != runs_.end() && again->second->flight == flight) {
+    again->second->ticket = ticket;
+  }
+}
+
+void RunHandler::startRunUpstream(const std::string& key) {
+  auto it = runs_.find(key);
+  if (it == runs_.end()) return;
+  RunWork& w = *it->second;
+  w.queue_ms += millisSince(w.queued_at);
+  w.started = SteadyClock::now();
+  w.head = UpstreamHead{};
+  w.body.clear();
+  w.got_429 = false;
+  coalescer_->markStarted(w.flight);  // from now on it completes even if every waiter leaves
+  uint64_t flight = w.flight;
   UpstreamCallbacks cb;
   cb.on_head = [this, key](const UpstreamHead& head) {
     auto wit = runs_.find(key);
@@ -476,12 +638,28 @@ void RunHandler::leadRun(uint64_t flight, const std::string& key) {
 void RunHandler::onRunDone(const std::string& key, uint64_t flight, const UpstreamResult& result) {
   auto it = runs_.find(key);
   if (it == runs_.end()) return;
+  RunWork& cur = *it->second;
+  cur.upstream_id = 0;
+  metrics_.countUpstream(cur.org_label, result.head_received ? cur.head.status : 0);
+  metrics_.observeUpstreamSeconds(millisSince(cur.started) / 1000.0);
+  if (cur.ticket) {
+    UpstreamSignals signals =
+        result.head_received ? signalsFrom(cur.head.status, cur.head.headers) : UpstreamSignals{};
+    uint64_t ticket = cur.ticket;
+    if (result.failure == UpstreamFailure::None && cur.head.status == 429) {
+      cur.queued_at = SteadyClock::now();
+      if (scheduler_.retry(ticket, signals)) return;  // runs again after the pause
+    } else {
+      scheduler_.finish(ticket, signals);
+    }
+    it = runs_.find(key);
+    if (it == runs_.end()) return;
+  }
   std::unique_ptr<RunWork> w = std::move(it->second);
   runs_.erase(it);
   FlightOutcome outcome;
   outcome.upstream_ms = millisSince(w->started);
-  metrics_.countUpstream(w->org_label, result.head_received ? w->head.status : 0);
-  metrics_.observeUpstreamSeconds(outcome.upstream_ms / 1000.0);
+  outcome.queue_ms = w->queue_ms;
   if (result.failure != UpstreamFailure::None) {
     spdlog::warn("upstream run failed: {}", result.detail);
     outcome.failure = result.failure;
@@ -510,15 +688,22 @@ void RunHandler::onFlightOutcome(uint64_t id, const FlightOutcome& o) {
   if (!r) return;
   r->waiter = 0;
   r->upstream_ms = o.upstream_ms;
+  r->queue_ms = o.queue_ms;
   if (o.remote && r->cache != "COALESCED") {
     // Another instance ran it for us.
     r->cache = "COALESCED";
     metrics_.countCoalesced(r->principal.org_label);
   }
-  bool upstream_failed = !o.response || o.response->status >= 500;
+  // Upstream failed (5xx, timeout, unreachable) or the queue was full.
+  bool upstream_failed = (!o.response && o.rejected != FlightOutcome::Rejected::ShuttingDown) ||
+                         (o.response && o.response->status >= 500);
   if (upstream_failed && r->stale) {
     r->cache = "STALE";
     return replyCached(*r, *r->stale, "STALE", "workflow-proxy; hit; fwd=stale");
+  }
+  if (o.rejected == FlightOutcome::Rejected::ShuttingDown) return replyError(*r, shuttingDown());
+  if (o.rejected == FlightOutcome::Rejected::RateLimited) {
+    return replyError(*r, rateLimited(), {{"Retry-After", std::to_string(o.retry_after_s)}});
   }
   if (!o.response) {
     return replyError(*r, o.failure == UpstreamFailure::Timeout ? upstreamTimeout() : upstreamUnavailable());
@@ -552,6 +737,14 @@ void RunHandler::replyCached(Request& r, const CachedResponse& entry, const std:
   headers.push_back({"X-Cache", x_cache});
   headers.push_back({"Cache-Status", cache_status});
   headers.push_back({"Age", std::to_string(age)});
+  if (entry.stream) {
+    // Replayed as a stream: chunked, the same bytes and headers.
+    HttpExchange* ex = r.exchange;
+    ex->begin(entry.status, entry.reason, headers);
+    ex->write(entry.body);  // never dropped; the server flushes it as the client reads
+    ex->end();
+    return;
+  }
   r.exchange->respond(entry.status, entry.reason, headers, entry.body);
 }
 
@@ -591,7 +784,16 @@ void RunHandler::handlePurge(Request& r) {
   cache_.purgeWorkflow(org, wf, done);
 }
 
-// --- upstream -----------------------------------------------------------------
+// --- upstream: one request, one exchange ----------------------------------------
+
+Admission RunHandler::admissionFor(const Principal& p) const {
+  Admission a;
+  a.budget = p.namespace_id;
+  a.org_label = p.org_label;
+  a.client = p.client;
+  a.weight = p.weight;
+  return a;
+}
 
 void RunHandler::fetchStreamToken(Request& r) {
   const Config& cfg = *r.config;
@@ -612,29 +814,14 @@ void RunHandler::fetchStreamToken(Request& r) {
   req.url = cfg.upstream.base_url + "/api/v1/token?ttl=60";
   req.headers = upstreamRequestHeaders(client_subset, opts);
   r.fetching_token = true;
-  r.delivery = Delivery::Buffered;
-  r.body.clear();
-  r.upstream_started = Clock::now();
-  uint64_t id = r.id;
-  UpstreamCallbacks cb;
-  cb.on_head = [this, id](const UpstreamHead& head) { onHead(id, head); };
-  cb.on_data = [this, id](std::string_view data) { return onData(id, data); };
-  cb.on_done = [this, id](const UpstreamResult& result) { onTokenDone(id, result); };
-  r.upstream_id = upstream_.start(std::move(req), std::move(cb));
+  admit(r, std::move(req), Delivery::Buffered, true);
 }
 
-void RunHandler::onTokenDone(uint64_t id, const UpstreamResult& result) {
-  Request* r = find(id);
-  if (!r || !r->exchange) return;
-  r->upstream_id = 0;
-  r->fetching_token = false;
-  r->upstream_ms += millisSince(r->upstream_started);
-  metrics_.countUpstream(r->principal.org_label, result.head_received ? r->head.status : 0);
-  if (result.failure == UpstreamFailure::Timeout) return replyError(*r, upstreamTimeout());
-  if (result.failure != UpstreamFailure::None) return replyError(*r, upstreamUnavailable());
+void RunHandler::onTokenDone(Request& r) {
+  r.fetching_token = false;
   std::string token;
-  if (r->head.status == 200) {
-    auto j = nlohmann::json::parse(r->body, nullptr, false);
+  if (r.head.status == 200) {
+    auto j = nlohmann::json::parse(r.body, nullptr, false);
     if (j.is_object() && j.contains("token") && j["token"].is_string()) token = j["token"].get<std::string>();
     for (char c : token) {
       if (!isTokenChar(c)) token.clear();
@@ -643,12 +830,13 @@ void RunHandler::onTokenDone(uint64_t id, const UpstreamResult& result) {
   if (token.empty()) {
     // The upstream refused the token (401/402/429/500...): that answer is the
     // client's answer, unchanged.
-    return replyUpstream(*r);
+    return replyUpstream(r);
   }
-  std::string target = std::string(r->exchange->target());
+  // Used once, right now: never stored, never replayed on a retry.
+  std::string target = std::string(r.exchange->target());
   target += target.find('?') == std::string::npos ? "?token=" : "&token=";
   target += token;
-  forward(*r, std::move(target), Delivery::Streamed);
+  forward(r, std::move(target), Delivery::Streamed);
 }
 
 void RunHandler::forward(Request& r, std::string target, Delivery delivery) {
@@ -659,10 +847,13 @@ void RunHandler::forward(Request& r, std::string target, Delivery delivery) {
   HttpHeaders client_headers = ex.headers();
   bool is_run = r.route.kind == RouteKind::Run || r.route.kind == RouteKind::Stream;
   opts.identity_encoding = is_run;
+  bool spends_quota = true;
   if (r.route.kind == RouteKind::Options || r.route.kind == RouteKind::Stream) {
     // Preflights and token-authenticated streams carry no key of ours, and a
-    // client key has no business upstream.
+    // client key has no business upstream. Neither spends quota: the
+    // stream's token did when it was issued.
     removeHeader(client_headers, "authorization");
+    spends_quota = false;
   } else if (!r.principal.pass_through) {
     opts.authorization = "Bearer " + r.principal.org->api_key;
   }
@@ -672,22 +863,61 @@ void RunHandler::forward(Request& r, std::string target, Delivery delivery) {
   req.url = cfg.upstream.base_url + target;
   req.headers = upstreamRequestHeaders(client_headers, opts);
   req.body = ex.body();
+  admit(r, std::move(req), delivery, spends_quota);
+}
+
+void RunHandler::admit(Request& r, UpstreamRequest request, Delivery delivery, bool queued) {
+  r.pending = std::move(request);
   r.delivery = delivery;
-  r.body.clear();
-  r.head = UpstreamHead{};
-  r.upstream_started = Clock::now();
   uint64_t id = r.id;
+  if (!queued) {
+    startUpstream(id);
+    return;
+  }
+  r.queued_at = SteadyClock::now();
+  AdmissionCallbacks cb;
+  cb.start = [this, id] { startUpstream(id); };
+  cb.reject = [this, id](RejectReason why, int retry_after) { onRejected(id, why, retry_after); };
+  uint64_t ticket = scheduler_.submit(admissionFor(r.principal), std::move(cb));
+  // submit() may have started or rejected it already.
+  if (Request* again = find(id); again && again->exchange) again->ticket = ticket;
+}
+
+void RunHandler::startUpstream(uint64_t id) {
+  Request* r = find(id);
+  if (!r || !r->exchange) return;
+  if (r->queued_at != SteadyClock::time_point{}) {
+    r->queue_ms += millisSince(r->queued_at);
+    r->queued_at = {};
+  }
+  r->head = UpstreamHead{};
+  r->body.clear();
+  r->got_429 = false;
+  r->upstream_started = SteadyClock::now();
   UpstreamCallbacks cb;
   cb.on_head = [this, id](const UpstreamHead& head) { onHead(id, head); };
   cb.on_data = [this, id](std::string_view data) { return onData(id, data); };
   cb.on_done = [this, id](const UpstreamResult& result) { onDone(id, result); };
-  r.upstream_id = upstream_.start(std::move(req), std::move(cb));
+  r->upstream_id = upstream_.start(r->pending, std::move(cb));
+}
+
+void RunHandler::onRejected(uint64_t id, RejectReason why, int retry_after_s) {
+  Request* r = live(id);
+  if (!r) return;
+  r->ticket = 0;
+  if (why == RejectReason::ShuttingDown) return replyError(*r, shuttingDown());
+  replyError(*r, rateLimited(), {{"Retry-After", std::to_string(retry_after_s)}});
 }
 
 void RunHandler::onHead(uint64_t id, const UpstreamHead& head) {
   Request* r = find(id);
   if (!r || !r->exchange) return;
   r->head = head;
+  if (head.status == 429 && r->ticket) {
+    // Maybe retried after a pause: nothing reaches the client yet.
+    r->got_429 = true;
+    return;
+  }
   if (r->delivery != Delivery::Streamed) return;
   int64_t length = -1;
   if (const std::string* cl = findHeader(head.headers, "content-length")) {
@@ -695,8 +925,12 @@ void RunHandler::onHead(uint64_t id, const UpstreamHead& head) {
     long long v = strtoll(cl->c_str(), &end, 10);
     if (end && *end == '\0' && v >= 0) length = v;
   }
-  r->upstream_ms = millisSince(r->upstream_started);
+  r->upstream_ms += millisSince(r->upstream_started);
   HttpHeaders headers = responseHeaders(*r, head.headers);
+  if (r->route.kind == RouteKind::Stream) {
+    headers.push_back({"X-Cache", r->cache});
+    headers.push_back({"Cache-Status", "workflow-proxy; fwd=bypass"});
+  }
   r->exchange->begin(head.status, head.reason, headers, head.status == 204 || head.status == 304 ? -1 : length);
   uint64_t upstream_id = r->upstream_id;
   r->exchange->setOnDrain([this, id, upstream_id] {
@@ -711,7 +945,7 @@ void RunHandler::onHead(uint64_t id, const UpstreamHead& head) {
 bool RunHandler::onData(uint64_t id, std::string_view data) {
   Request* r = find(id);
   if (!r || !r->exchange) return true;  // nobody to give it to: let it drain
-  if (r->delivery == Delivery::Buffered) {
+  if (r->delivery == Delivery::Buffered || r->got_429) {
     r->body.append(data);
     return true;
   }
@@ -728,13 +962,28 @@ void RunHandler::onDone(uint64_t id, const UpstreamResult& result) {
   if (!r) return;
   r->upstream_id = 0;
   if (!r->exchange) return;
-  if (r->delivery == Delivery::Buffered) r->upstream_ms += millisSince(r->upstream_started);
+  bool streaming = r->delivery == Delivery::Streamed && r->exchange->responseStarted();
+  if (!streaming) r->upstream_ms += millisSince(r->upstream_started);
   metrics_.countUpstream(r->principal.org_label, result.head_received ? r->head.status : 0);
   metrics_.observeUpstreamSeconds(std::chrono::duration<double>(result.elapsed).count());
   if (result.failure != UpstreamFailure::None) {
     spdlog::warn("upstream {} {} failed: {} (request {})", r->method, r->path, result.detail, r->request_id);
   }
-  if (r->delivery == Delivery::Streamed && r->exchange->responseStarted()) {
+  if (r->ticket) {
+    UpstreamSignals signals =
+        result.head_received ? signalsFrom(r->head.status, r->head.headers) : UpstreamSignals{};
+    uint64_t ticket = r->ticket;
+    if (result.failure == UpstreamFailure::None && r->got_429) {
+      // Back to the head of the queue after the organisation's pause.
+      if (scheduler_.retry(ticket, signals)) return;
+    } else {
+      scheduler_.finish(ticket, signals);
+    }
+    r = find(id);  // the scheduler may have started other work meanwhile
+    if (!r || !r->exchange) return;
+    r->ticket = 0;
+  }
+  if (streaming) {
     if (result.failure == UpstreamFailure::None) {
       r->exchange->end();
     } else {
@@ -748,6 +997,7 @@ void RunHandler::onDone(uint64_t id, const UpstreamResult& result) {
   }
   if (result.failure == UpstreamFailure::Timeout) return replyError(*r, upstreamTimeout());
   if (result.failure != UpstreamFailure::None) return replyError(*r, upstreamUnavailable());
+  if (r->fetching_token) return onTokenDone(*r);
   replyUpstream(*r);
 }
 
@@ -787,11 +1037,13 @@ std::string RunHandler::readyBody() const {
   if (config_) {
     for (const auto& org : config_->organisations) queues[org.name] = 0;
   }
+  for (const auto& [org, depth] : scheduler_.depths()) queues[org] = depth;
   j["queues"] = queues;
   return j.dump();
 }
 
 void RunHandler::cancelAll() {
+  scheduler_.rejectAll(RejectReason::ShuttingDown);
   std::vector<uint64_t> ids;
   for (auto& [id, r] : requests_) ids.push_back(id);
   for (uint64_t id : ids) {
@@ -804,6 +1056,10 @@ void RunHandler::cancelAll() {
     if (r->waiter) {
       coalescer_->leave(r->waiter);
       r->waiter = 0;
+    }
+    if (r->stream_sub) {
+      fanout_->leave(r->stream_sub);
+      r->stream_sub = 0;
     }
     if (!r->exchange) continue;
     if (r->exchange->responseStarted()) {
@@ -828,7 +1084,9 @@ void RunHandler::finish(uint64_t id, bool aborted) {
     upstream_.cancel(r->upstream_id);
     r->upstream_id = 0;
   }
+  if (r->ticket) scheduler_.cancel(r->ticket);  // still queued: spends nothing
   if (r->waiter) coalescer_->leave(r->waiter);  // a run already started goes on
+  if (r->stream_sub) fanout_->leave(r->stream_sub);
   HttpExchange* ex = r->exchange;
   r->exchange = nullptr;
   int status = aborted ? 499 : (ex ? ex->status() : 0);

@@ -21,6 +21,8 @@
 #include "proxy/key_store.h"
 #include "proxy/metrics.h"
 #include "proxy/routes.h"
+#include "proxy/scheduler.h"
+#include "proxy/stream_fanout.h"
 #include "proxy/upstream_client.h"
 
 namespace wfp {
@@ -31,8 +33,8 @@ class RedisClient;
 class RunHandler {
  public:
   // `redis` (may be null) carries cross-instance coalescing.
-  RunHandler(EventLoop& loop, UpstreamClient& upstream, AccessLog& access_log, Metrics& metrics, CacheStore& cache,
-             RedisClient* redis);
+  RunHandler(EventLoop& loop, UpstreamClient& upstream, Scheduler& scheduler, AccessLog& access_log,
+             Metrics& metrics, CacheStore& cache, RedisClient* redis);
   ~RunHandler();
   RunHandler(const RunHandler&) = delete;
   RunHandler& operator=(const RunHandler&) = delete;
@@ -63,7 +65,8 @@ class RunHandler {
   void startRun(Request& r);
   void onLookup(uint64_t id, CachedResponsePtr entry);
   void joinFlight(Request& r);
-  void leadRun(uint64_t flight, const std::string& key);
+  void joinStream(Request& r);
+  void leadRun(uint64_t flight, std::string key);
   void onRunDone(const std::string& key, uint64_t flight, const UpstreamResult& result);
   void onFlightOutcome(uint64_t id, const FlightOutcome& outcome);
   void replyCached(Request& r, const CachedResponse& entry, const std::string& x_cache, const std::string& status);
@@ -76,7 +79,12 @@ class RunHandler {
   void onHead(uint64_t id, const UpstreamHead& head);
   bool onData(uint64_t id, std::string_view data);
   void onDone(uint64_t id, const UpstreamResult& result);
-  void onTokenDone(uint64_t id, const UpstreamResult& result);
+  void onTokenDone(Request& r);
+  void admit(Request& r, UpstreamRequest request, Delivery delivery, bool queued);
+  void startUpstream(uint64_t id);
+  void onRejected(uint64_t id, RejectReason why, int retry_after_s);
+  Admission admissionFor(const Principal& p) const;
+  void startRunUpstream(const std::string& key);
 
   void replyError(Request& r, const ProxyError& error, HttpHeaders extra = {});
   void replyJson(Request& r, int status, std::string_view reason, std::string_view body, HttpHeaders extra = {});
@@ -88,11 +96,13 @@ class RunHandler {
 
   EventLoop& loop_;
   UpstreamClient& upstream_;
+  Scheduler& scheduler_;
   AccessLog& access_log_;
   Metrics& metrics_;
   CacheStore& cache_;
   RedisClient* redis_;
   std::unique_ptr<Coalescer> coalescer_;
+  std::unique_ptr<StreamFanout> fanout_;
   ConfigPtr config_;
   std::shared_ptr<const KeyStore> keys_;
   // Runs this instance leads, by cache key (one flight per key at a time).

@@ -115,6 +115,9 @@ size_t tryParse(const std::string& raw, HttpResponse& resp, bool head_request, b
   auto te = r.header("transfer-encoding");
   auto cl = r.header("content-length");
   if (te && iequals(*te, "chunked")) {
+    // Cheap test first: a complete chunked body ends with the last chunk
+    // (no trailers here); avoids re-parsing a large body on every read.
+    if (!eof && (raw.size() < 5 || raw.compare(raw.size() - 5, 5, "0\r\n\r\n") != 0)) return 0;
     std::string body;
     size_t p = pos;
     for (;;) {

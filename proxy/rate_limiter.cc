@@ -1,0 +1,153 @@
+#include "proxy/rate_limiter.h"
+
+#include <algorithm>
+
+namespace wfp {
+
+namespace {
+
+using Seconds = std::chrono::duration<double>;
+
+// window_s comes validated (> 0) from the config; the bounds only keep a bad
+// value from overflowing the conversion to Clock::duration.
+constexpr double kMaxWindowS = 86400.0 * 365;
+// x-ratelimit-limit is network input: keep it in int range.
+constexpr int64_t kMaxLearnedLimit = 1'000'000;
+// A Retry-After outside (0, 1 h] is treated as absent.
+constexpr double kMaxRetryAfterS = 3600;
+
+Clock::duration toDuration(double seconds) {
+  if (!(seconds > 0)) return Clock::duration::zero();  // also NaN
+  return std::chrono::round<Clock::duration>(Seconds(std::min(seconds, kMaxWindowS)));
+}
+
+// A timer armed at the returned time (libevent counts in µs) must not fire
+// before the start is allowed, so round up, never down.
+Clock::time_point ceilMicros(Clock::time_point t) {
+  return std::chrono::ceil<std::chrono::microseconds>(t);
+}
+
+uint64_t splitmix64(uint64_t& state) {
+  uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+}  // namespace
+
+RateLimiter::RateLimiter(BudgetConfig config, const Clock& clock, uint64_t jitter_seed)
+    : config_(config), clock_(clock), rng_(jitter_seed) {}
+
+void RateLimiter::configure(const BudgetConfig& config) {
+  // Starts already made still count against the upstream's window, and a
+  // pause reflects what the upstream told us: both survive a reload.
+  config_ = config;
+}
+
+Clock::duration RateLimiter::window() const { return toDuration(config_.window_s); }
+
+Clock::duration RateLimiter::span() const { return window() + kSafetyMargin; }
+
+void RateLimiter::prune() const {
+  const Clock::time_point now = clock_.now();
+  const Clock::duration s = span();
+  // A start at t counts during [t, t + span).
+  while (!starts_.empty() && starts_.front() + s <= now) starts_.pop_front();
+}
+
+int RateLimiter::effectiveLimit() const {
+  if (config_.requests_auto && learned_limit_) return *learned_limit_;
+  // The upstream is authoritative: a configured budget above what it
+  // announces would only buy 429s.
+  if (learned_limit_) return std::max(1, std::min(config_.requests, *learned_limit_));
+  return std::max(1, config_.requests);
+}
+
+int RateLimiter::startsInWindow() const {
+  prune();
+  return static_cast<int>(starts_.size());
+}
+
+bool RateLimiter::concurrencyFull() const { return in_flight_ >= std::max(1, config_.max_concurrent); }
+
+bool RateLimiter::canStart() const {
+  return !paused(clock_.now()) && startsInWindow() < effectiveLimit() && !concurrencyFull();
+}
+
+Clock::time_point RateLimiter::nextStartTime() const {
+  const Clock::time_point now = clock_.now();
+  const auto limit = static_cast<size_t>(effectiveLimit());
+  prune();
+  const bool window_full = starts_.size() >= limit;
+  if (!paused(now) && !window_full) return now;  // max_concurrent is not ours to predict
+
+  Clock::time_point t = std::max(now, paused_until_);
+  if (window_full) {
+    // The window admits a start once at most limit − 1 starts remain in it,
+    // i.e. once the limit-th newest start has aged out.
+    t = std::max(t, starts_[starts_.size() - limit] + span());
+  }
+  return ceilMicros(t);
+}
+
+void RateLimiter::onStart() {
+  prune();
+  starts_.push_back(clock_.now());
+  const auto limit = static_cast<size_t>(effectiveLimit());
+  while (starts_.size() > limit) starts_.pop_front();
+  ++in_flight_;
+}
+
+void RateLimiter::onFinish(const UpstreamSignals& signals) {
+  in_flight_ = std::max(0, in_flight_ - 1);
+  const Clock::time_point now = clock_.now();
+
+  if (signals.ratelimit_limit) {
+    learned_limit_ = static_cast<int>(std::clamp<int64_t>(*signals.ratelimit_limit, 1, kMaxLearnedLimit));
+  }
+  // The upstream's window was full when this request arrived, so it frees
+  // up by arrival + window_s at the latest (SPEC §5.2). The arrival is
+  // before the response, and within the margin after our start. Under
+  // saturation every window-filling request reads 0; pausing from the
+  // response would idle the budget for one latency per window.
+  if (signals.ratelimit_remaining && *signals.ratelimit_remaining <= 0) {
+    Clock::time_point arrival_bound = now;
+    if (signals.started) arrival_bound = std::min(now, *signals.started + kSafetyMargin);
+    paused_until_ = std::max(paused_until_, arrival_bound + window());
+  }
+  if (signals.status_429) {
+    Clock::duration pause;
+    if (signals.retry_after_s && *signals.retry_after_s > 0 && *signals.retry_after_s <= kMaxRetryAfterS) {
+      pause = toDuration(*signals.retry_after_s);
+    } else {
+      // The upstream's 429 carries no Retry-After (upstream-api.md §7): wait
+      // out one window, jittered so instances sharing a key spread out.
+      pause = window() + jitter();
+    }
+    paused_until_ = std::max(paused_until_, now + pause);
+  }
+}
+
+void RateLimiter::onAbandon() { in_flight_ = std::max(0, in_flight_ - 1); }
+
+int RateLimiter::remaining() const {
+  if (paused(clock_.now())) return 0;
+  return std::max(0, effectiveLimit() - startsInWindow());
+}
+
+std::optional<Clock::time_point> RateLimiter::pausedUntil() const {
+  if (!paused(clock_.now())) return std::nullopt;
+  return paused_until_;
+}
+
+Clock::duration RateLimiter::jitter() {
+  const Clock::duration::rep range = window().count() / 10;
+  if (range <= 0) return Clock::duration::zero();
+  // 53 random bits → [0, 1); the product stays below range.
+  const double unit = static_cast<double>(splitmix64(rng_) >> 11) * 0x1.0p-53;
+  const auto j = static_cast<Clock::duration::rep>(unit * static_cast<double>(range));
+  return Clock::duration(std::min(j, range - 1));
+}
+
+}  // namespace wfp

@@ -1,0 +1,101 @@
+// One organisation's upstream budget (SPEC §5.1, §5.2). Pure: no I/O, no
+// timers; the caller asks when the next start may happen and arms a timer.
+//
+// * At most `requests` starts in any sliding window of `window_s` (plus a
+//   small safety margin, so that the upstream — which counts arrivals, a
+//   little later than our starts — never sees more), and at most
+//   `max_concurrent` in flight.
+// * `requests: auto` adopts the upstream's x-ratelimit-limit.
+// * x-ratelimit-remaining: 0 → no start until window_s after that response
+//   (after the request's arrival, bounded by its start + margin, when the
+//   caller passes `started`).
+// * An upstream 429 pauses every start of the organisation for Retry-After,
+//   else one window plus jitter.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <optional>
+
+#include "proxy/clock.h"
+
+namespace wfp {
+
+struct BudgetConfig {
+  int requests = 10;
+  bool requests_auto = false;
+  double window_s = 1;
+  int max_concurrent = 16;
+};
+
+// What an upstream response tells the budget.
+struct UpstreamSignals {
+  std::optional<int64_t> ratelimit_limit;      // x-ratelimit-limit
+  std::optional<int64_t> ratelimit_remaining;  // x-ratelimit-remaining
+  bool status_429 = false;
+  std::optional<double> retry_after_s;         // Retry-After, seconds
+  // When this request was started (the clock at its onStart()). Optional;
+  // with it a remaining: 0 pauses until window_s after the request reached
+  // the upstream rather than after the response came back, which under
+  // saturation is the difference between ~100 % and window/(window +
+  // latency) of the budget.
+  std::optional<Clock::time_point> started;
+};
+
+class RateLimiter {
+ public:
+  RateLimiter(BudgetConfig config, const Clock& clock, uint64_t jitter_seed = 0);
+
+  // Reload: keeps the start history and pauses.
+  void configure(const BudgetConfig& config);
+
+  // True when a start is allowed now.
+  bool canStart() const;
+  // The earliest time a start may happen, ignoring max_concurrent (which
+  // frees up only when a request finishes). now() when canStart().
+  Clock::time_point nextStartTime() const;
+  bool concurrencyFull() const;
+
+  void onStart();                                  // spends one unit; in flight + 1
+  void onFinish(const UpstreamSignals& signals);   // in flight − 1; learns
+  // A request that counted as started but was given up before it reached
+  // the upstream (e.g. cancelled): in flight − 1, the unit stays spent.
+  void onAbandon();
+
+  int effectiveLimit() const;  // requests, or the learned limit under auto
+  int inFlight() const { return in_flight_; }
+  int startsInWindow() const;  // starts within the current window
+  // Budget left in the window now, as the proxy sees it (for Retry-After and metrics).
+  int remaining() const;
+  std::optional<Clock::time_point> pausedUntil() const;
+
+  static constexpr std::chrono::milliseconds kSafetyMargin{10};
+
+ private:
+  // Drops starts that no longer count (older than span()). Lazy: called by
+  // every query, so the deque never outgrows one span of starts.
+  void prune() const;
+  Clock::duration window() const;  // window_s
+  // The window the budget is enforced over: window_s + kSafetyMargin. We
+  // count our starts; the upstream counts arrivals, a little later. Spacing
+  // the limit-th previous start by span() rather than window() keeps every
+  // upstream window within the limit as long as the start→arrival delay
+  // varies by less than the margin.
+  Clock::duration span() const;
+  bool paused(Clock::time_point now) const { return now < paused_until_; }
+  Clock::duration jitter();  // uniform in [0, window/10)
+
+  BudgetConfig config_;
+  const Clock& clock_;
+  uint64_t rng_;                      // splitmix64 state
+  std::optional<int> learned_limit_;  // last x-ratelimit-limit, clamped to ≥ 1
+  // Our starts, oldest first, within span() of now once pruned. Trimmed to
+  // the newest effectiveLimit() on each start: only those decide canStart()
+  // and nextStartTime(), so an older one is never needed.
+  mutable std::deque<Clock::time_point> starts_;
+  int in_flight_ = 0;
+  Clock::time_point paused_until_{};  // no start before this (remaining: 0, 429)
+};
+
+}  // namespace wfp

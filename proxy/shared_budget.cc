@@ -1,0 +1,415 @@
+// Shared budgets in Redis (SPEC §5.4). Key layout, per budget B, all with the
+// configured prefix P and the hash tag {B}, so a budget's keys share a Redis
+// Cluster slot and one script may touch them all:
+//
+//   P rl:{B}:starts    sorted set: member "<instance>:<n>", score = start (ms,
+//                      Redis server time); pruned by the script, PEXPIRE 2×window
+//   P rl:{B}:inflight  sorted set of leases: same member as its start, score =
+//                      lease expiry (ms). A lease is removed by finish(),
+//                      renewed by its owner every kLeaseRenewEvery, and simply
+//                      expires when its owner died mid-request, so in-flight
+//                      counts never leak.
+//   P rl:{B}:pause     "1" with PX = the pause still in force
+//
+// and per instance:
+//
+//   P instance:<id>    "1" PX 3000, refreshed every second (the heartbeat key)
+//   P instances        sorted set: member = instance id, score = last heartbeat
+//                      (ms); members older than 3 s are pruned by every
+//                      heartbeat, whose script returns the ZCARD.
+//
+// The heartbeat key and the instances set live in different slots, so they
+// are written by two commands rather than one script (Cluster forbids a
+// script across slots).
+//
+// Every time is Redis' own (TIME inside the scripts: Redis 7 replicates a
+// script's effects, not the script), so the instances' clocks do not matter.
+// Times are whole milliseconds: Lua hands numbers to redis.call() formatted
+// with "%.14g", which keeps a 13-digit millisecond timestamp exact.
+//
+// Lifetime: every command we wait for is recorded with its RedisClient id and
+// cancelled in the destructor, so no reply reaches a destroyed SharedBudget.
+// Fire-and-forget commands carry no callback.
+#include "proxy/shared_budget.h"
+
+#include <sys/random.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <chrono>
+#include <exception>
+#include <optional>
+#include <random>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "proxy/redis_client.h"
+
+namespace wfp {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Same as RateLimiter::kSafetyMargin: a start counts for window + margin.
+constexpr int64_t kMarginMs = 10;
+// A lease outlives its last renewal by this much; an instance that dies
+// mid-request holds its concurrency slots at most this long.
+constexpr int64_t kLeaseMs = 60'000;
+constexpr int kLeaseRenewEvery = 20;  // heartbeats (seconds)
+constexpr int64_t kHeartbeatTtlMs = 3'000;
+constexpr auto kHeartbeatInterval = 1s;
+constexpr auto kHeartbeatRetry = 250ms;  // until the first heartbeat is answered
+constexpr auto kErrorLogInterval = 10s;
+
+// KEYS: starts, inflight, pause.
+// ARGV: limit, span_ms (window + margin), max_concurrent, member, lease_ms,
+//       starts_ttl_ms.
+// Returns {admitted 0|1, wait_ms, remaining}.
+//
+// A start at millisecond S counts while now − S ≤ span (strictly older ones
+// are dropped): S is TIME rounded down, so in real time a start counts for at
+// least span, never less.
+constexpr std::string_view kTryStartScript = R"lua(
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit = tonumber(ARGV[1])
+local span = tonumber(ARGV[2])
+local max_concurrent = tonumber(ARGV[3])
+local lease = tonumber(ARGV[5])
+local paused = redis.call('PTTL', KEYS[3])
+if paused > 0 then
+  return {0, paused, 0}
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('ZCARD', KEYS[2]) >= max_concurrent then
+  return {0, 0, 0}
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - span))
+local n = redis.call('ZCARD', KEYS[1])
+if n >= limit then
+  -- The start whose departure brings the count below the limit (the oldest
+  -- unless the limit was lowered meanwhile).
+  local first = redis.call('ZRANGE', KEYS[1], n - limit, n - limit, 'WITHSCORES')
+  local wait = span
+  if first[2] then
+    wait = tonumber(first[2]) + span + 1 - now
+  end
+  if wait < 1 then
+    wait = 1
+  end
+  return {0, wait, 0}
+end
+redis.call('ZADD', KEYS[1], now, ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('ZADD', KEYS[2], now + lease, ARGV[4])
+redis.call('PEXPIRE', KEYS[2], 2 * lease)
+return {1, 0, limit - n - 1}
+)lua";
+
+// KEYS: pause. ARGV: pause_ms. Never shortens a longer pause.
+constexpr std::string_view kPauseScript = R"lua(
+local ms = tonumber(ARGV[1])
+if redis.call('PTTL', KEYS[1]) < ms then
+  redis.call('SET', KEYS[1], '1', 'PX', ms)
+  return 1
+end
+return 0
+)lua";
+
+// KEYS: instances. ARGV: instance id, ttl_ms. Returns the live count.
+constexpr std::string_view kHeartbeatScript = R"lua(
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - ttl))
+redis.call('PEXPIRE', KEYS[1], 2 * ttl)
+return redis.call('ZCARD', KEYS[1])
+)lua";
+
+// KEYS: inflight. ARGV: lease_ms, members… Re-adds leases that expired while
+// Redis was unreachable (or lost in a Redis restart): they are still in flight.
+constexpr std::string_view kRenewScript = R"lua(
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[1])
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], now + lease, ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], 2 * lease)
+return #ARGV - 1
+)lua";
+
+std::string randomInstanceId() {
+  std::array<unsigned char, 8> bytes{};
+  size_t got = 0;
+  while (got < bytes.size()) {
+    ssize_t n = ::getrandom(bytes.data() + got, bytes.size() - got, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += static_cast<size_t>(n);
+  }
+  if (got < bytes.size()) {  // no getrandom(): still unique enough per process
+    std::random_device rd;
+    for (auto& b : bytes) b = static_cast<unsigned char>(rd());
+  }
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string id;
+  id.reserve(16);
+  for (unsigned char b : bytes) {
+    id.push_back(kHex[b >> 4]);
+    id.push_back(kHex[b & 0xf]);
+  }
+  return id;
+}
+
+std::optional<int64_t> integerAt(const RedisReply& reply, size_t i) {
+  if (i >= reply.elements.size() || reply.elements[i].type != RedisReply::Type::Integer) return std::nullopt;
+  return reply.elements[i].integer;
+}
+
+bool isNoScript(const std::optional<RedisReply>& reply) {
+  return reply && reply->isError() && reply->str.starts_with("NOSCRIPT");
+}
+
+}  // namespace
+
+struct SharedBudget::Impl {
+  using Callback = RedisClient::Callback;
+
+  // A script run with EVALSHA once SCRIPT LOAD told us its digest; EVAL until
+  // then and again after a NOSCRIPT (Redis restarted or SCRIPT FLUSH).
+  struct Script {
+    std::string_view body;
+    std::string sha;
+    bool loading = false;
+  };
+
+  // A command we wait for. `member`: the start a tryStart may have recorded,
+  // released in the destructor if its answer never came.
+  struct Pending {
+    uint64_t redis_id = 0;
+    std::string inflight_key;
+    std::string member;
+  };
+
+  Impl(SharedBudget& owner, EventLoop& loop, RedisClient& redis, std::string prefix)
+      : owner(owner),
+        redis(redis),
+        prefix(std::move(prefix)),
+        instance_id(randomInstanceId()),
+        heartbeat_timer(loop, [this] { heartbeat(); }) {
+    heartbeat_timer.start(0us);
+  }
+
+  ~Impl() {
+    heartbeat_timer.cancel();
+    auto pending_now = std::move(pending);
+    pending.clear();
+    for (auto& [token, p] : pending_now) {
+      redis.cancel(p.redis_id);
+      if (!p.member.empty()) redis.command({"ZREM", p.inflight_key, p.member}, nullptr);
+    }
+    // Best effort: requests still counted as ours no longer run through us.
+    for (auto& [budget, members] : leases) {
+      std::vector<std::string> argv{"ZREM", inflightKey(budget)};
+      argv.insert(argv.end(), members.begin(), members.end());
+      redis.command(std::move(argv), nullptr);
+    }
+    redis.command({"ZREM", prefix + "instances", instance_id}, nullptr);
+    redis.command({"DEL", prefix + "instance:" + instance_id}, nullptr);
+  }
+
+  std::string budgetKey(const std::string& budget, std::string_view what) const {
+    std::string key;
+    key.reserve(prefix.size() + budget.size() + what.size() + 6);
+    key.append(prefix).append("rl:{").append(budget).append("}:").append(what);
+    return key;
+  }
+  std::string startsKey(const std::string& budget) const { return budgetKey(budget, "starts"); }
+  std::string inflightKey(const std::string& budget) const { return budgetKey(budget, "inflight"); }
+  std::string pauseKey(const std::string& budget) const { return budgetKey(budget, "pause"); }
+
+  // Sends a command whose reply we wait for; `cb` runs unless the
+  // SharedBudget is destroyed first. RedisClient never calls back inside
+  // command(), so the entry exists by the time the reply comes.
+  void send(std::vector<std::string> argv, Callback cb, std::string inflight_key = {}, std::string member = {}) {
+    uint64_t token = next_token++;
+    uint64_t id = redis.command(std::move(argv), [this, token, cb = std::move(cb)](std::optional<RedisReply> reply) {
+      pending.erase(token);
+      try {
+        cb(std::move(reply));  // may destroy us: nothing after this
+      } catch (const std::exception& e) {
+        spdlog::error("shared budget: uncaught exception in a reply callback: {}", e.what());
+      } catch (...) {
+        spdlog::error("shared budget: uncaught exception in a reply callback");
+      }
+    });
+    pending.emplace(token, Pending{id, std::move(inflight_key), std::move(member)});
+  }
+
+  // EVALSHA (or EVAL) `script` with `keys` and `args`; one NOSCRIPT retry with EVAL.
+  void runScript(Script& script, std::vector<std::string> keys, std::vector<std::string> args, Callback cb,
+                 std::string inflight_key = {}, std::string member = {}) {
+    if (script.sha.empty() && !script.loading) load(script);
+    const bool by_sha = !script.sha.empty();
+    std::vector<std::string> argv;
+    argv.reserve(3 + keys.size() + args.size());
+    argv.emplace_back(by_sha ? "EVALSHA" : "EVAL");
+    argv.emplace_back(by_sha ? script.sha : std::string(script.body));
+    argv.push_back(std::to_string(keys.size()));
+    argv.insert(argv.end(), keys.begin(), keys.end());
+    argv.insert(argv.end(), args.begin(), args.end());
+    if (!by_sha) {
+      send(std::move(argv), std::move(cb), std::move(inflight_key), std::move(member));
+      return;
+    }
+    auto retry = [this, &script, keys = std::move(keys), args = std::move(args), cb = std::move(cb), inflight_key,
+                  member](std::optional<RedisReply> reply) mutable {
+      if (!isNoScript(reply)) {
+        cb(std::move(reply));
+        return;
+      }
+      script.sha.clear();  // EVAL caches it again; the next call reloads the digest
+      std::vector<std::string> again{"EVAL", std::string(script.body), std::to_string(keys.size())};
+      again.insert(again.end(), keys.begin(), keys.end());
+      again.insert(again.end(), args.begin(), args.end());
+      send(std::move(again), std::move(cb), std::move(inflight_key), std::move(member));
+    };
+    send(std::move(argv), std::move(retry), std::move(inflight_key), std::move(member));
+  }
+
+  void load(Script& script) {
+    script.loading = true;
+    send({"SCRIPT", "LOAD", std::string(script.body)}, [&script](std::optional<RedisReply> reply) {
+      script.loading = false;
+      if (reply && reply->type == RedisReply::Type::String) script.sha = reply->str;
+    });
+  }
+
+  void logError(std::string_view what, const std::optional<RedisReply>& reply) {
+    if (!reply || !reply->isError()) return;  // outages are RedisClient's to report
+    auto now = std::chrono::steady_clock::now();
+    if (last_error_log && now - *last_error_log < kErrorLogInterval) return;
+    last_error_log = now;
+    spdlog::warn("shared budget: {} failed: {}", what, reply->str);
+  }
+
+  // --- decisions --------------------------------------------------------------
+
+  void tryStart(const std::string& budget, int limit, int64_t window_ms, int max_concurrent,
+                std::function<void(SharedDecision)> done) {
+    std::string member = instance_id + ":" + std::to_string(next_member++);
+    std::string inflight = inflightKey(budget);
+    const int64_t span = std::max<int64_t>(window_ms, 1) + kMarginMs;
+    runScript(
+        try_start_script, {startsKey(budget), inflight, pauseKey(budget)},
+        {std::to_string(std::max(limit, 1)), std::to_string(span), std::to_string(std::max(max_concurrent, 1)),
+         member, std::to_string(kLeaseMs), std::to_string(2 * span)},
+        [this, budget, inflight, member, done = std::move(done)](std::optional<RedisReply> reply) {
+          SharedDecision d;
+          auto admitted = reply && !reply->isError() ? integerAt(*reply, 0) : std::nullopt;
+          auto wait = reply && !reply->isError() ? integerAt(*reply, 1) : std::nullopt;
+          auto remaining = reply && !reply->isError() ? integerAt(*reply, 2) : std::nullopt;
+          if (admitted && wait && remaining) {
+            d.reachable = true;
+            d.admitted = *admitted == 1;
+            if (d.admitted) {
+              d.remaining = std::max<int64_t>(*remaining, 0);
+              leases[budget].push_back(member);  // before done(), which may finish() at once
+            } else {
+              d.wait_ms = std::max<int64_t>(*wait, 0);
+            }
+          } else {
+            // No answer, or one we cannot read: the script may still have run
+            // (a timeout), so give back the lease it may have taken. Harmless
+            // if it did not; if this fails too, the lease expires.
+            logError("tryStart", reply);
+            redis.command({"ZREM", inflight, member}, nullptr);
+          }
+          if (done) done(d);  // may destroy us: nothing after this
+        },
+        inflight, member);
+  }
+
+  void finish(const std::string& budget) {
+    auto it = leases.find(budget);
+    if (it == leases.end()) return;  // nothing of ours in flight: never below 0
+    std::string member = std::move(it->second.back());
+    it->second.pop_back();
+    if (it->second.empty()) leases.erase(it);
+    redis.command({"ZREM", inflightKey(budget), std::move(member)}, nullptr);
+  }
+
+  void pause(const std::string& budget, int64_t pause_ms) {
+    if (pause_ms <= 0) return;
+    runScript(pause_script, {pauseKey(budget)}, {std::to_string(pause_ms)},
+              [this](std::optional<RedisReply> reply) { logError("pause", reply); });
+  }
+
+  // --- heartbeats -------------------------------------------------------------
+
+  void heartbeat() {
+    redis.command({"SET", prefix + "instance:" + instance_id, "1", "PX", std::to_string(kHeartbeatTtlMs)}, nullptr);
+    runScript(heartbeat_script, {prefix + "instances"}, {instance_id, std::to_string(kHeartbeatTtlMs)},
+              [this](std::optional<RedisReply> reply) {
+                if (reply && reply->type == RedisReply::Type::Integer) {
+                  owner.instances_alive_ = static_cast<int>(std::max<long long>(reply->integer, 1));
+                  heard_once = true;
+                } else {
+                  logError("heartbeat", reply);  // down: keep the last count
+                }
+              });
+    if (++ticks % kLeaseRenewEvery == 0) renewLeases();
+    heartbeat_timer.start(heard_once ? std::chrono::duration_cast<std::chrono::microseconds>(kHeartbeatInterval)
+                                     : std::chrono::duration_cast<std::chrono::microseconds>(kHeartbeatRetry));
+  }
+
+  void renewLeases() {
+    for (const auto& [budget, members] : leases) {
+      std::vector<std::string> args{std::to_string(kLeaseMs)};
+      args.insert(args.end(), members.begin(), members.end());
+      runScript(renew_script, {inflightKey(budget)}, std::move(args),
+                [this](std::optional<RedisReply> reply) { logError("lease renewal", reply); });
+    }
+  }
+
+  SharedBudget& owner;
+  RedisClient& redis;
+  const std::string prefix;
+  const std::string instance_id;
+  uint64_t next_member = 0;
+  uint64_t next_token = 0;
+  uint64_t ticks = 0;
+  bool heard_once = false;
+  std::optional<std::chrono::steady_clock::time_point> last_error_log;
+  Script try_start_script{kTryStartScript, {}, false};
+  Script pause_script{kPauseScript, {}, false};
+  Script heartbeat_script{kHeartbeatScript, {}, false};
+  Script renew_script{kRenewScript, {}, false};
+  std::unordered_map<uint64_t, Pending> pending;  // token → command
+  // Our admitted starts not yet finished, per budget (interchangeable).
+  std::unordered_map<std::string, std::vector<std::string>> leases;
+  Timer heartbeat_timer;  // last: cancelled first
+};
+
+SharedBudget::SharedBudget(EventLoop& loop, RedisClient& redis, std::string key_prefix)
+    : impl_(std::make_unique<Impl>(*this, loop, redis, std::move(key_prefix))) {}
+
+SharedBudget::~SharedBudget() = default;
+
+void SharedBudget::tryStart(const std::string& budget, int limit, int64_t window_ms, int max_concurrent,
+                            std::function<void(SharedDecision)> done) {
+  impl_->tryStart(budget, limit, window_ms, max_concurrent, std::move(done));
+}
+
+void SharedBudget::finish(const std::string& budget) { impl_->finish(budget); }
+
+void SharedBudget::pause(const std::string& budget, int64_t pause_ms) { impl_->pause(budget, pause_ms); }
+
+}  // namespace wfp

@@ -1,0 +1,61 @@
+// Budgets held in Redis by every instance together (SPEC §5.4,
+// `rate_limit.shared: true`): the sliding-window start log and the in-flight
+// count of each organisation live in Redis and are updated by one Lua script
+// per admission decision, so N instances together stay under the limit.
+//
+// Each instance also writes a heartbeat key; instancesAlive() is the number
+// of instances seen alive, used for the 1/N fallback when Redis is down.
+//
+// Callbacks run exactly once, on the loop, never inside the call.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "proxy/event_loop.h"
+
+namespace wfp {
+
+class RedisClient;
+
+struct SharedDecision {
+  bool reachable = false;  // false: Redis did not answer; use the local 1/N fallback
+  bool admitted = false;   // a start was recorded (window + in flight)
+  int64_t wait_ms = 0;     // not admitted: when to ask again (0: wait for a release)
+  int64_t remaining = 0;   // admitted: budget left in the window after this start
+};
+
+class SharedBudget {
+ public:
+  SharedBudget(EventLoop& loop, RedisClient& redis, std::string key_prefix);
+  ~SharedBudget();
+  SharedBudget(const SharedBudget&) = delete;
+  SharedBudget& operator=(const SharedBudget&) = delete;
+
+  // One atomic decision for `budget` (an organisation name or "pt:<sha>"):
+  // admit iff fewer than `limit` starts in the last `window_ms` (+ margin),
+  // fewer than `max_concurrent` in flight, and no shared pause in force.
+  void tryStart(const std::string& budget, int limit, int64_t window_ms, int max_concurrent,
+                std::function<void(SharedDecision)> done);
+  // A started request ended (or was abandoned): in flight − 1.
+  void finish(const std::string& budget);
+  // An upstream 429 / remaining: 0 pauses every instance's starts for the budget.
+  void pause(const std::string& budget, int64_t pause_ms);
+
+  // Instances whose heartbeat is fresh (≥ 1; this one included).
+  int instancesAlive() const { return instances_alive_; }
+
+ private:
+  // Lifetime: `redis` and `loop` must outlive this object. The destructor
+  // cancels every command it waits for (a pending tryStart's callback is
+  // dropped, not called, like RedisClient's), stops the heartbeat, and
+  // releases, best effort, this instance's leases and heartbeat in Redis.
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  int instances_alive_ = 1;
+  friend struct Impl;
+};
+
+}  // namespace wfp

@@ -1,0 +1,510 @@
+// Operations (SPEC §6, §7): /metrics checked by the real promtool, the
+// sd_notify protocol on a real notification socket, SIGHUP under load, the
+// systemd unit checked by systemd-analyze, and the `cmake --install` layout.
+//
+// promtool (Debian package prometheus), systemd-analyze (systemd) and cmake
+// are installed by scripts/install-deps; a missing one is a failure, not a skip.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <poll.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "proxy/hash.h"
+#include "tests/integration/harness.h"
+
+namespace wfp::test {
+namespace {
+
+namespace fs = std::filesystem;
+
+const Headers kAcme{{"Authorization", "Bearer acme-client-key"}, {"Content-Type", "application/json"}};
+
+// --- helpers -------------------------------------------------------------------
+
+std::string shellQuote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) {
+    if (c == '\'') {
+      out += "'\\''";
+    } else {
+      out += c;
+    }
+  }
+  return out + "'";
+}
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr together
+};
+
+// Runs `command` with /bin/sh, collecting stdout and stderr.
+CommandResult runCommand(const std::string& command) {
+  CommandResult r;
+  FILE* f = ::popen((command + " 2>&1").c_str(), "r");
+  if (!f) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) r.output.append(buf, n);
+  int status = ::pclose(f);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  return r;
+}
+
+// The full path of `name` on $PATH (plus the sbin directories), or "".
+std::string findProgram(const std::string& name) {
+  std::string path = std::getenv("PATH") ? std::getenv("PATH") : "";
+  path += ":/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
+  std::istringstream dirs(path);
+  std::string dir;
+  while (std::getline(dirs, dir, ':')) {
+    if (dir.empty()) continue;
+    std::string candidate = dir + "/" + name;
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return "";
+}
+
+// One sample of the Prometheus text format: name{labels} value.
+struct Sample {
+  std::string name;
+  std::map<std::string, std::string> labels;
+  double value = 0;
+};
+
+std::vector<Sample> parseSamples(const std::string& text) {
+  std::vector<Sample> out;
+  std::istringstream in(text);
+  std::string line;
+  static const std::regex sample_re(R"(^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)( \S+)?$)");
+  static const std::regex label_re(R"re(([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)")re");
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::smatch m;
+    if (!std::regex_match(line, m, sample_re)) continue;
+    Sample s;
+    s.name = m[1];
+    std::string labels = m[3];
+    for (std::sregex_iterator it(labels.begin(), labels.end(), label_re), end; it != end; ++it) {
+      s.labels[(*it)[1]] = (*it)[2];
+    }
+    s.value = std::strtod(m[4].str().c_str(), nullptr);
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+// Sum of the samples named `name` whose labels include all of `want`.
+double sampleSum(const std::vector<Sample>& samples, const std::string& name,
+                 const std::map<std::string, std::string>& want) {
+  double sum = 0;
+  for (const auto& s : samples) {
+    if (s.name != name) continue;
+    bool match = true;
+    for (const auto& [k, v] : want) {
+      auto it = s.labels.find(k);
+      match &= it != s.labels.end() && it->second == v;
+    }
+    if (match) sum += s.value;
+  }
+  return sum;
+}
+
+uint64_t monotonicMicros() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000u + static_cast<uint64_t>(ts.tv_nsec) / 1000u;
+}
+
+// A bound AF_UNIX datagram socket standing in for systemd's NOTIFY_SOCKET.
+class NotifySocket {
+ public:
+  explicit NotifySocket(const std::string& path) : path_(path) {
+    fd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd_ < 0) throw std::runtime_error("socket(AF_UNIX) failed");
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (path.size() >= sizeof addr.sun_path) throw std::runtime_error("socket path too long");
+    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+    if (::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+      throw std::runtime_error(std::string("bind failed: ") + std::strerror(errno));
+    }
+  }
+  ~NotifySocket() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  // The next datagram within `timeout`, or nullopt.
+  std::optional<std::string> receive(std::chrono::milliseconds timeout) {
+    pollfd p{fd_, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(timeout.count())) <= 0) return std::nullopt;
+    char buf[4096];
+    ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+    if (n < 0) return std::nullopt;
+    std::string msg(buf, static_cast<size_t>(n));
+    received_.push_back(msg);
+    return msg;
+  }
+  // Receives until a datagram satisfies `pred` (others are kept in history).
+  std::optional<std::string> waitFor(const std::function<bool(const std::string&)>& pred,
+                                     std::chrono::milliseconds timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return std::nullopt;
+      auto msg = receive(left);
+      if (!msg) return std::nullopt;
+      if (pred(*msg)) return msg;
+    }
+  }
+  std::string history() const {
+    std::string out;
+    for (const auto& m : received_) out += "[" + m + "] ";
+    return out;
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+  std::vector<std::string> received_;
+};
+
+bool hasLine(const std::string& msg, const std::string& line) {
+  std::istringstream in(msg);
+  std::string l;
+  while (std::getline(in, l)) {
+    if (l == line) return true;
+  }
+  return false;
+}
+
+// The directory of the CMake build that produced the proxy binary.
+std::string buildDir() { return fs::path(WFP_PROXY_BIN).parent_path().string(); }
+
+// --- metrics -------------------------------------------------------------------
+
+TEST(Operations, MetricsMoveAndPassPromtool) {
+  std::string promtool = findProgram("promtool");
+  ASSERT_FALSE(promtool.empty()) << "promtool not found: install the Debian package prometheus (scripts/install-deps)";
+
+  Simulator sim;
+  ProxyProcess proxy(baseConfig(), sim.url());
+
+  // A MISS, then a HIT of the same input.
+  HttpResponse r = httpRequest(proxy.port(), "POST", "/api/v1/run/wf_metrics", kAcme, R"({"story":"metrics"})");
+  ASSERT_EQ(r.status, 200) << r.raw;
+  EXPECT_EQ(r.header("X-Cache").value_or(""), "MISS");
+  r = httpRequest(proxy.port(), "POST", "/api/v1/run/wf_metrics", kAcme, R"({"story":"metrics"})");
+  ASSERT_EQ(r.status, 200) << r.raw;
+  EXPECT_EQ(r.header("X-Cache").value_or(""), "HIT");
+  // A 401 (unknown client key) and a 404 (a workflow id the proxy refuses).
+  const std::string unknown_key = "not-a-client-key-0123456789";
+  r = httpRequest(proxy.port(), "POST", "/api/v1/run/wf_metrics", {{"Authorization", "Bearer " + unknown_key}}, "{}");
+  EXPECT_EQ(r.status, 401) << r.raw;
+  r = httpRequest(proxy.port(), "POST", "/api/v1/run/wf%2Fmetrics", kAcme, "{}");
+  EXPECT_EQ(r.status, 404) << r.raw;
+  EXPECT_EQ(sim.stats()["total"], 1);
+
+  HttpResponse m;
+  std::vector<Sample> samples;
+  // Counters are updated when a response is complete; poll until all four are in.
+  ASSERT_TRUE(eventually([&] {
+    m = httpRequest(proxy.adminPort(), "GET", "/metrics");
+    samples = parseSamples(m.body);
+    return m.status == 200 && sampleSum(samples, "workflow_proxy_requests_total", {}) >= 4;
+  }, std::chrono::seconds(5))) << m.raw;
+  EXPECT_NE(m.header("Content-Type").value_or("").find("text/plain"), std::string::npos);
+  EXPECT_NE(m.header("Content-Type").value_or("").find("version=0.0.4"), std::string::npos);
+
+  EXPECT_EQ(sampleSum(samples, "workflow_proxy_requests_total",
+                      {{"org", "acme"}, {"route", "run"}, {"code", "200"}, {"cache", "MISS"}}), 1) << m.body;
+  EXPECT_EQ(sampleSum(samples, "workflow_proxy_requests_total",
+                      {{"org", "acme"}, {"route", "run"}, {"code", "200"}, {"cache", "HIT"}}), 1) << m.body;
+  EXPECT_EQ(sampleSum(samples, "workflow_proxy_requests_total", {{"code", "401"}}), 1) << m.body;
+  EXPECT_EQ(sampleSum(samples, "workflow_proxy_requests_total", {{"code", "404"}}), 1) << m.body;
+  EXPECT_EQ(sampleSum(samples, "workflow_proxy_requests_total", {}), 4) << m.body;
+  EXPECT_EQ(sampleSum(samples, "workflow_proxy_upstream_requests_total", {{"org", "acme"}, {"code", "200"}}), 1)
+      << m.body;
+  EXPECT_EQ(sampleSum(samples, "workflow_proxy_upstream_requests_total", {}), 1) << m.body;
+  EXPECT_EQ(sampleSum(samples, "workflow_proxy_upstream_duration_seconds_count", {}), 1) << m.body;
+  EXPECT_EQ(sampleSum(samples, "workflow_proxy_cache_entries", {}), 1) << m.body;
+  EXPECT_EQ(sampleSum(samples, "workflow_proxy_redis_up", {}), 0) << m.body;
+  // Every family the spec names is present.
+  for (const char* family :
+       {"workflow_proxy_requests_total", "workflow_proxy_upstream_requests_total",
+        "workflow_proxy_upstream_duration_seconds", "workflow_proxy_queue_depth", "workflow_proxy_queue_wait_seconds",
+        "workflow_proxy_cache_entries", "workflow_proxy_coalesced_total", "workflow_proxy_upstream_429_total",
+        "workflow_proxy_redis_up", "workflow_proxy_ratelimit_remaining", "workflow_proxy_overhead_seconds"}) {
+    EXPECT_NE(m.body.find(std::string("# TYPE ") + family + " "), std::string::npos) << family;
+  }
+
+  // No line carries a key: not the client keys, not the upstream secrets,
+  // not the key a stranger sent, nor their digests.
+  for (const std::string& key : {std::string("acme-client-key"), std::string("acme-other-key"),
+                                 std::string("globex-client-key"), std::string("sk_sim_acme"),
+                                 std::string("sk_sim_globex"), unknown_key}) {
+    EXPECT_EQ(m.body.find(key), std::string::npos) << key;
+    EXPECT_EQ(m.body.find(sha256Hex(key)), std::string::npos) << "digest of " << key;
+  }
+
+  // The real promtool, fed on stdin; only its exit code counts (it prints
+  // lint findings to stdout).
+  TempDir dir;
+  dir.write("metrics.txt", m.body);
+  CommandResult check =
+      runCommand(shellQuote(promtool) + " check metrics < " + shellQuote(dir.file("metrics.txt")));
+  EXPECT_EQ(check.exit_code, 0) << "promtool check metrics:\n" << check.output << "\nmetrics:\n" << m.body;
+}
+
+// --- sd_notify -----------------------------------------------------------------
+
+TEST(Operations, SdNotifyReadyWatchdogReloadStopping) {
+  // sd_watchdog_enabled() ignores WATCHDOG_USEC when WATCHDOG_PID names
+  // another process; this test runner must not pass one on.
+  ::unsetenv("WATCHDOG_PID");
+  TempDir dir;
+  NotifySocket notify(dir.file("notify.sock"));
+  Simulator sim;
+  ProxyProcess proxy(baseConfig(), sim.url(), {"NOTIFY_SOCKET=" + notify.path(), "WATCHDOG_USEC=200000"});
+
+  auto is = [](const std::string& line) { return [line](const std::string& m) { return hasLine(m, line); }; };
+
+  ASSERT_TRUE(notify.waitFor(is("READY=1"), std::chrono::seconds(5))) << notify.history();
+  // Watchdog pings at half of WATCHDOG_USEC: 100 ms. Two in a row, each well within 0.5 s.
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(notify.waitFor(is("WATCHDOG=1"), std::chrono::milliseconds(500))) << notify.history();
+  }
+
+  // SIGHUP: RELOADING=1 with the monotonic time of the reload, then READY=1.
+  uint64_t before = monotonicMicros();
+  proxy.process().signal(SIGHUP);
+  auto reloading = notify.waitFor(is("RELOADING=1"), std::chrono::seconds(5));
+  uint64_t after = monotonicMicros();
+  ASSERT_TRUE(reloading) << notify.history();
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(*reloading, m, std::regex("(^|\n)MONOTONIC_USEC=([0-9]+)(\n|$)"))) << *reloading;
+  uint64_t usec = std::stoull(m[2]);
+  EXPECT_GE(usec, before);
+  EXPECT_LE(usec, after);
+  ASSERT_TRUE(notify.waitFor(is("READY=1"), std::chrono::seconds(5))) << notify.history();
+  EXPECT_TRUE(proxy.process().running());
+  EXPECT_EQ(httpRequest(proxy.port(), "POST", "/api/v1/run/wf_notify", kAcme, "{}").status, 200);
+  // The watchdog keeps going after a reload.
+  ASSERT_TRUE(notify.waitFor(is("WATCHDOG=1"), std::chrono::milliseconds(500))) << notify.history();
+
+  proxy.process().signal(SIGTERM);
+  ASSERT_TRUE(notify.waitFor(is("STOPPING=1"), std::chrono::seconds(5))) << notify.history();
+  auto code = proxy.process().wait(std::chrono::seconds(5));
+  ASSERT_TRUE(code.has_value());
+  EXPECT_EQ(*code, 0) << proxy.log();
+}
+
+// --- reload under load ---------------------------------------------------------
+
+TEST(Operations, ReloadUnderLoadLosesNoRequest) {
+  // No upstream limit and a generous proxy budget: every request must be a 200.
+  Simulator sim({"--key", "sk_sim_acme=acme:1000", "--key", "sk_sim_globex=globex:1000", "--quiet"});
+  std::string config = baseConfig();
+  const std::string anchor = "    api_key: sk_sim_acme\n";
+  ASSERT_NE(config.find(anchor), std::string::npos);
+  config.replace(config.find(anchor), anchor.size(),
+                 anchor + "    rate_limit: {requests: 1000, window_s: 1, max_concurrent: 64}\n");
+  ProxyProcess proxy(config, sim.url());
+  const std::string written = readFile(proxy.configPath());  // with {{UPSTREAM}} etc. filled in
+  const std::string clients_anchor = "    clients:\n      - name: billing\n";
+  ASSERT_NE(written.find(clients_anchor), std::string::npos) << written;
+  const Headers probe{{"Authorization", "Bearer reload-probe-key"}};
+  ASSERT_EQ(httpRequest(proxy.port(), "POST", "/api/v1/run/wf_probe", probe, "{}").status, 401);
+
+  constexpr int kConnections = 4;
+  constexpr int kPerConnection = 75;
+  std::atomic<int> ok{0};
+  std::atomic<bool> stop{false};
+  std::mutex failures_mu;
+  std::vector<std::string> failures;
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kConnections; ++c) {
+    clients.emplace_back([&, c] {
+      try {
+        Connection conn(proxy.port());
+        for (int i = 0; i < kPerConnection && !stop; ++i) {
+          std::string body = R"({"conn":)" + std::to_string(c) + R"(,"i":)" + std::to_string(i) + "}";
+          conn.send("POST /api/v1/run/wf_load HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    "Authorization: Bearer acme-client-key\r\nContent-Type: application/json\r\n"
+                    "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
+          HttpResponse r = conn.readResponse(std::chrono::seconds(10));
+          if (!r.ok || r.status != 200) {
+            std::lock_guard<std::mutex> lock(failures_mu);
+            failures.push_back("conn " + std::to_string(c) + " request " + std::to_string(i) + ": status " +
+                               std::to_string(r.status) + " raw: " + r.raw.substr(0, 300));
+            return;  // the connection is unusable after a failure
+          }
+          ++ok;
+          std::this_thread::sleep_for(std::chrono::milliseconds(25));
+        }
+      } catch (const std::exception& e) {
+        std::lock_guard<std::mutex> lock(failures_mu);
+        failures.push_back("conn " + std::to_string(c) + ": " + e.what());
+      }
+    });
+  }
+
+  // Ten reloads while the load runs, toggling a client entry each time. The
+  // file is replaced atomically, so every reload reads a whole file.
+  constexpr int kReloads = 10;
+  for (int n = 0; n < kReloads; ++n) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(150));
+    std::string text = written;
+    if (n % 2 == 0) {
+      text.replace(text.find(clients_anchor), clients_anchor.size(),
+                   "    clients:\n      - name: reload-probe\n        key: reload-probe-key\n      - name: billing\n");
+    }
+    proxy.dir().write("proxy.yaml.next", text);
+    fs::rename(proxy.dir().file("proxy.yaml.next"), proxy.configPath());
+    proxy.process().signal(SIGHUP);
+  }
+  for (auto& t : clients) t.join();
+
+  std::string all_failures;
+  for (const auto& f : failures) all_failures += f + "\n";
+  EXPECT_TRUE(failures.empty()) << all_failures;
+  EXPECT_EQ(ok.load(), kConnections * kPerConnection);
+  EXPECT_TRUE(proxy.process().running());
+  // The last reload (n = 9) removed the probe client again; the one before added it.
+  ASSERT_TRUE(eventually([&] {
+    std::string log = proxy.log();
+    size_t count = 0;
+    for (size_t pos = 0; (pos = log.find("configuration reloaded", pos)) != std::string::npos; ++pos) ++count;
+    return count >= static_cast<size_t>(kReloads);
+  }, std::chrono::seconds(5))) << proxy.log();
+  EXPECT_EQ(proxy.log().find("reload rejected"), std::string::npos) << proxy.log();
+  EXPECT_EQ(httpRequest(proxy.port(), "POST", "/api/v1/run/wf_probe", probe, "{}").status, 401);
+  // Each distinct input was one upstream run (plus none for the 401s).
+  EXPECT_EQ(sim.stats()["total"], kConnections * kPerConnection);
+}
+
+// --- systemd unit --------------------------------------------------------------
+
+TEST(Operations, SystemdUnitPassesVerify) {
+  std::string analyze = findProgram("systemd-analyze");
+  ASSERT_FALSE(analyze.empty()) << "systemd-analyze not found: install the Debian package systemd (scripts/install-deps)";
+
+  std::string unit = readFile(std::string(WFP_SOURCE_DIR) + "/systemd/workflow-proxy.service");
+  ASSERT_FALSE(unit.empty());
+  // What SPEC §7 requires of the unit.
+  for (const char* line : {"Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "EnvironmentFile=-/etc/workflow-proxy/env",
+                           "DynamicUser=yes", "ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes",
+                           "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX", "Restart=on-failure",
+                           "#LoadCredential=acme:/etc/workflow-proxy/acme.key",
+                           "ExecStart=/usr/bin/workflow-proxy --config /etc/workflow-proxy/workflow-proxy.yaml"}) {
+    EXPECT_NE(unit.find(std::string("\n") + line + "\n"), std::string::npos) << line;
+  }
+  EXPECT_NE(unit.find("api_key_file: ${CREDENTIALS_DIRECTORY}/acme"), std::string::npos);
+
+  // verify insists that ExecStart's binary exists: point it at the build.
+  const std::string installed_bin = "/usr/bin/workflow-proxy";
+  std::string local = unit;
+  local.replace(local.find("ExecStart=" + installed_bin), std::string("ExecStart=" + installed_bin).size(),
+                std::string("ExecStart=") + WFP_PROXY_BIN);
+  TempDir dir;
+  dir.write("workflow-proxy.service", local);
+  CommandResult r = runCommand(shellQuote(analyze) + " verify " + shellQuote(dir.file("workflow-proxy.service")));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  // Warnings (unknown keys, bad values) leave the exit code at 0 but name the file.
+  EXPECT_EQ(r.output.find(dir.file("workflow-proxy.service")), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("workflow-proxy.service:"), std::string::npos) << r.output;
+}
+
+// --- cmake --install -----------------------------------------------------------
+
+TEST(Operations, InstalledLayoutAndExampleConfig) {
+  std::string cmake = findProgram("cmake");
+  ASSERT_FALSE(cmake.empty()) << "cmake not found";
+  std::string build = buildDir();
+  ASSERT_TRUE(fs::exists(build + "/cmake_install.cmake")) << build;
+
+  TempDir root;
+  std::string prefix = root.file("usr");
+  CommandResult install =
+      runCommand("env -u DESTDIR " + shellQuote(cmake) + " --install " + shellQuote(build) + " --prefix " +
+                 shellQuote(prefix));
+  ASSERT_EQ(install.exit_code, 0) << install.output;
+
+  const std::string bin = prefix + "/bin/workflow-proxy";
+  const std::string unit = prefix + "/lib/systemd/system/workflow-proxy.service";
+  const std::string conf = root.file("etc/workflow-proxy/workflow-proxy.yaml");
+  const std::string doc = prefix + "/share/doc/workflow-proxy";
+  EXPECT_EQ(::access(bin.c_str(), X_OK), 0) << bin << "\n" << install.output;
+  EXPECT_TRUE(fs::exists(unit)) << install.output;
+  EXPECT_TRUE(fs::exists(conf)) << install.output;
+  for (const char* f : {"README.md", "examples/workflow-proxy.yaml", "examples/sidecar.yaml", "examples/fleet.yaml",
+                        "examples/env.example"}) {
+    EXPECT_TRUE(fs::exists(doc + "/" + f)) << f << "\n" << install.output;
+  }
+  EXPECT_EQ(readFile(unit), readFile(std::string(WFP_SOURCE_DIR) + "/systemd/workflow-proxy.service"));
+  EXPECT_EQ(readFile(conf), readFile(std::string(WFP_SOURCE_DIR) + "/conf/workflow-proxy.yaml"));
+  // Nothing escaped the staged root.
+  for (const auto& entry : fs::directory_iterator(root.path)) {
+    std::string name = entry.path().filename().string();
+    EXPECT_TRUE(name == "usr" || name == "etc") << name;
+  }
+
+  // Every variable the daemon configuration needs without a default is
+  // documented in env.example.
+  std::string env_example = readFile(doc + "/examples/env.example");
+  std::set<std::string> needed;
+  {
+    std::istringstream in(readFile(conf));
+    std::string line;
+    std::regex var_re(R"(\$\{([A-Za-z_][A-Za-z0-9_]*)\})");
+    while (std::getline(in, line)) {
+      line = line.substr(0, line.find('#'));
+      for (std::sregex_iterator it(line.begin(), line.end(), var_re), end; it != end; ++it) needed.insert((*it)[1]);
+    }
+  }
+  EXPECT_FALSE(needed.empty());
+  std::string env_assignments;
+  for (const auto& var : needed) {
+    EXPECT_NE(env_example.find("\n#" + var + "="), std::string::npos) << var << " missing from env.example";
+    env_assignments += var + "=check-config-" + var + " ";
+  }
+
+  // The installed binary accepts the installed configurations.
+  struct Case {
+    std::string file;
+    std::string env;
+  };
+  for (const Case& c : {Case{conf, env_assignments},
+                        Case{doc + "/examples/sidecar.yaml", "AITUTOR_API_KEY=sk_check"},
+                        Case{doc + "/examples/fleet.yaml", "ACME_API_KEY=sk_a GLOBEX_API_KEY=sk_g"}}) {
+    CommandResult r = runCommand("env -u WORKFLOW_PROXY_CONFIG " + c.env + " " + shellQuote(bin) +
+                                 " --check-config --config " + shellQuote(c.file));
+    EXPECT_EQ(r.exit_code, 0) << c.file << ":\n" << r.output;
+    EXPECT_EQ(r.output, "config OK\n") << c.file;
+  }
+  // Without its keys the daemon configuration is refused, naming the variable.
+  CommandResult missing = runCommand("env -u ACME_API_KEY -u TUTOR_WEB_KEY -u GLOBEX_API_KEY " + shellQuote(bin) +
+                                     " --check-config --config " + shellQuote(conf));
+  EXPECT_EQ(missing.exit_code, 2) << missing.output;
+  EXPECT_NE(missing.output.find("ACME_API_KEY"), std::string::npos) << missing.output;
+}
+
+}  // namespace
+}  // namespace wfp::test

@@ -1,0 +1,479 @@
+#include "proxy/rate_limiter.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <deque>
+#include <limits>
+#include <map>
+#include <set>
+#include <vector>
+
+namespace wfp {
+namespace {
+
+using namespace std::chrono_literals;
+using TimePoint = Clock::time_point;
+
+class FakeClock final : public Clock {
+ public:
+  TimePoint now() const override { return now_; }
+  void advance(Clock::duration d) { now_ += d; }
+  void set(TimePoint t) { now_ = t; }
+
+ private:
+  TimePoint now_ = TimePoint(1000s);  // away from the epoch, like a real steady clock
+};
+
+constexpr auto kMargin = RateLimiter::kSafetyMargin;
+
+BudgetConfig budget(int requests, double window_s = 1, int max_concurrent = 1000) {
+  BudgetConfig c;
+  c.requests = requests;
+  c.window_s = window_s;
+  c.max_concurrent = max_concurrent;
+  return c;
+}
+
+UpstreamSignals ok() { return {}; }
+
+UpstreamSignals status429(std::optional<double> retry_after = std::nullopt) {
+  UpstreamSignals s;
+  s.status_429 = true;
+  s.retry_after_s = retry_after;
+  return s;
+}
+
+// Starts and immediately finishes one request; the unit stays spent.
+void startOne(RateLimiter& rl) {
+  ASSERT_TRUE(rl.canStart());
+  rl.onStart();
+  rl.onFinish(ok());
+}
+
+// True when no half-open interval [x, x + window) holds more than `limit`
+// of the sorted times.
+bool withinLimit(const std::vector<TimePoint>& sorted, size_t limit, Clock::duration window) {
+  for (size_t i = 0; i + limit < sorted.size(); ++i) {
+    if (sorted[i + limit] - sorted[i] < window) return false;
+  }
+  return true;
+}
+
+uint64_t splitmix(uint64_t& s) {
+  uint64_t z = (s += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+TEST(RateLimiter, ExactlyRequestsPerWindowThenBlocked) {
+  FakeClock clock;
+  const TimePoint t0 = clock.now();
+  RateLimiter rl(budget(10), clock);
+  EXPECT_EQ(rl.remaining(), 10);
+  EXPECT_EQ(rl.nextStartTime(), t0);
+  for (int i = 0; i < 10; ++i) startOne(rl);
+  EXPECT_FALSE(rl.canStart());
+  EXPECT_EQ(rl.startsInWindow(), 10);
+  EXPECT_EQ(rl.remaining(), 0);
+  EXPECT_FALSE(rl.pausedUntil());  // blocked by the window, not paused
+  EXPECT_EQ(rl.nextStartTime(), t0 + 1s + kMargin);
+
+  clock.set(t0 + 1s + kMargin - 1ns);
+  EXPECT_FALSE(rl.canStart());
+  EXPECT_EQ(rl.nextStartTime(), t0 + 1s + kMargin);
+  clock.set(t0 + 1s + kMargin);
+  EXPECT_TRUE(rl.canStart());
+  EXPECT_EQ(rl.nextStartTime(), clock.now());
+  EXPECT_EQ(rl.startsInWindow(), 0);  // all ten were at t0
+  EXPECT_EQ(rl.remaining(), 10);
+}
+
+TEST(RateLimiter, SlidesWithStartsSpreadOverTheWindow) {
+  FakeClock clock;
+  const TimePoint t0 = clock.now();
+  RateLimiter rl(budget(4), clock);
+  for (int i = 0; i < 4; ++i) {
+    clock.set(t0 + i * 200ms);
+    startOne(rl);
+  }
+  // Starts at 0, 200, 400, 600 ms: the window frees one unit as each ages out.
+  clock.set(t0 + 700ms);
+  EXPECT_FALSE(rl.canStart());
+  EXPECT_EQ(rl.nextStartTime(), t0 + 1s + kMargin);
+  clock.set(t0 + 1s + kMargin);
+  EXPECT_EQ(rl.startsInWindow(), 3);
+  startOne(rl);
+  EXPECT_FALSE(rl.canStart());
+  EXPECT_EQ(rl.nextStartTime(), t0 + 200ms + 1s + kMargin);
+  clock.set(t0 + 200ms + 1s + kMargin);
+  startOne(rl);
+  EXPECT_EQ(rl.nextStartTime(), t0 + 400ms + 1s + kMargin);
+}
+
+TEST(RateLimiter, NextStartTimeIsRoundedUpToTheMicrosecond) {
+  FakeClock clock;
+  clock.advance(1ns);  // a start off the µs grid
+  const TimePoint t0 = clock.now();
+  RateLimiter rl(budget(1), clock);
+  startOne(rl);
+  const TimePoint next = rl.nextStartTime();
+  EXPECT_GE(next, t0 + 1s + kMargin);
+  EXPECT_LT(next, t0 + 1s + kMargin + 1us);
+  EXPECT_EQ(next.time_since_epoch() % 1us, 0ns);  // a µs timer armed at it fires in time
+  clock.set(next);
+  EXPECT_TRUE(rl.canStart());
+}
+
+// 5× overload for 60 s, every start as early as the limiter allows: no window
+// of window_s (exact) ever sees more than `requests` starts, nor more than
+// `requests` arrivals when each start reaches the upstream up to the margin
+// later, and at least 98 % of the budget is used.
+TEST(RateLimiter, SustainedOverloadStaysWithinAndUsesTheBudget) {
+  FakeClock clock;
+  const TimePoint t0 = clock.now();
+  const TimePoint end = t0 + 60s;
+  const int requests = 10;
+  RateLimiter rl(budget(requests, 1, 16), clock);
+
+  const auto arrival_interval = std::chrono::microseconds(1s) / (5 * requests);  // 5× the budget
+  TimePoint next_arrival = t0;
+  size_t backlog = 0;
+  std::multiset<TimePoint> finishes;
+  std::vector<TimePoint> starts;
+  std::vector<TimePoint> arrivals;
+  uint64_t rng = 42;
+
+  for (int guard = 0;; ++guard) {
+    ASSERT_LT(guard, 100'000) << "the simulation does not advance";
+    TimePoint t = next_arrival;
+    if (!finishes.empty()) t = std::min(t, *finishes.begin());
+    if (backlog > 0 && !rl.concurrencyFull()) t = std::min(t, rl.nextStartTime());
+    if (t >= end) break;
+    ASSERT_GE(t, clock.now());
+    clock.set(t);
+    while (next_arrival <= t) {
+      ++backlog;
+      next_arrival += arrival_interval;
+    }
+    while (!finishes.empty() && *finishes.begin() <= t) {
+      finishes.erase(finishes.begin());
+      rl.onFinish(ok());
+    }
+    while (backlog > 0 && rl.canStart()) {
+      rl.onStart();
+      --backlog;
+      starts.push_back(t);
+      arrivals.push_back(t + std::chrono::microseconds(splitmix(rng) % 10'001));  // 0..10 ms
+      finishes.insert(t + 50ms + std::chrono::milliseconds(splitmix(rng) % 400));
+    }
+  }
+
+  std::sort(arrivals.begin(), arrivals.end());
+  EXPECT_TRUE(withinLimit(starts, requests, 1s));
+  EXPECT_TRUE(withinLimit(starts, requests, 1s + kMargin));
+  EXPECT_TRUE(withinLimit(arrivals, requests, 1s));
+  EXPECT_GE(starts.size(), static_cast<size_t>(std::ceil(0.98 * 60 * requests))) << starts.size();
+  EXPECT_LE(starts.size(), static_cast<size_t>(60 * requests));
+}
+
+// The same overload against a model of the upstream (an exact sliding 1 s
+// window over arrivals, sending x-ratelimit-* like tests/upstream_sim): the
+// remaining: 0 that every window-filling request reads must not idle the
+// budget, and no request may be refused.
+TEST(RateLimiter, SaturatedAgainstAnUpstreamModelGetsNo429) {
+  FakeClock clock;
+  const TimePoint t0 = clock.now();
+  const TimePoint end = t0 + 60s;
+  const int requests = 10;
+  RateLimiter rl(budget(requests, 1, 16), clock);
+
+  struct Pending {
+    TimePoint started;
+    int remaining;  // what the upstream answered
+    bool refused;
+  };
+  std::multimap<TimePoint, Pending> responses;
+  std::deque<TimePoint> upstream_window;
+  size_t starts = 0;
+  size_t refused = 0;
+  uint64_t rng = 7;
+
+  for (int guard = 0;; ++guard) {
+    ASSERT_LT(guard, 100'000) << "the simulation does not advance";
+    TimePoint t = rl.concurrencyFull() ? end : rl.nextStartTime();
+    if (!responses.empty()) t = std::min(t, responses.begin()->first);
+    if (t >= end) break;
+    clock.set(t);
+    while (!responses.empty() && responses.begin()->first <= t) {
+      const Pending p = responses.begin()->second;
+      responses.erase(responses.begin());
+      UpstreamSignals s;
+      s.started = p.started;
+      if (p.refused) {
+        s.status_429 = true;
+      } else {
+        s.ratelimit_limit = requests;
+        s.ratelimit_remaining = p.remaining;
+      }
+      rl.onFinish(s);
+    }
+    while (rl.canStart()) {  // always backlogged
+      rl.onStart();
+      ++starts;
+      // The upstream counts the arrival, 2..10 ms after our start.
+      const TimePoint arrival = t + 2ms + std::chrono::microseconds(splitmix(rng) % 8'001);
+      while (!upstream_window.empty() && upstream_window.front() <= arrival - 1s) upstream_window.pop_front();
+      Pending p{t, 0, false};
+      if (static_cast<int>(upstream_window.size()) >= requests) {
+        p.refused = true;
+        ++refused;
+      } else {
+        // Arrivals are not sorted across starts: insert in order.
+        upstream_window.insert(std::upper_bound(upstream_window.begin(), upstream_window.end(), arrival), arrival);
+        p.remaining = requests - static_cast<int>(upstream_window.size());
+      }
+      responses.emplace(arrival + 300ms, p);
+    }
+  }
+  EXPECT_EQ(refused, 0u);
+  EXPECT_GE(starts, static_cast<size_t>(std::ceil(0.98 * 60 * requests))) << starts;
+}
+
+TEST(RateLimiter, MaxConcurrentBlocksUntilAFinish) {
+  FakeClock clock;
+  RateLimiter rl(budget(10, 1, 2), clock);
+  rl.onStart();
+  rl.onStart();
+  EXPECT_EQ(rl.inFlight(), 2);
+  EXPECT_TRUE(rl.concurrencyFull());
+  EXPECT_FALSE(rl.canStart());
+  EXPECT_EQ(rl.nextStartTime(), clock.now());  // the window would admit one
+  EXPECT_EQ(rl.remaining(), 8);
+
+  rl.onFinish(ok());
+  EXPECT_FALSE(rl.concurrencyFull());
+  EXPECT_TRUE(rl.canStart());
+  rl.onStart();
+  EXPECT_FALSE(rl.canStart());
+
+  rl.onAbandon();  // gives the slot back, not the unit
+  EXPECT_EQ(rl.inFlight(), 1);
+  EXPECT_TRUE(rl.canStart());
+  EXPECT_EQ(rl.startsInWindow(), 3);
+
+  rl.onFinish(ok());
+  rl.onFinish(ok());  // more finishes than starts: never below zero
+  rl.onAbandon();
+  EXPECT_EQ(rl.inFlight(), 0);
+}
+
+TEST(RateLimiter, RemainingZeroPausesForAWindowAfterTheResponse) {
+  FakeClock clock;
+  RateLimiter rl(budget(10), clock);
+  rl.onStart();
+  clock.advance(300ms);
+  UpstreamSignals s;
+  s.ratelimit_remaining = 3;  // informative only
+  rl.onFinish(s);
+  EXPECT_TRUE(rl.canStart());
+
+  rl.onStart();
+  clock.advance(250ms);
+  const TimePoint response = clock.now();
+  s.ratelimit_remaining = 0;
+  rl.onFinish(s);
+  EXPECT_FALSE(rl.canStart());
+  EXPECT_EQ(rl.remaining(), 0);
+  ASSERT_TRUE(rl.pausedUntil());
+  EXPECT_EQ(*rl.pausedUntil(), response + 1s);
+  EXPECT_EQ(rl.nextStartTime(), response + 1s);
+
+  clock.set(response + 1s - 1us);
+  EXPECT_FALSE(rl.canStart());
+  clock.set(response + 1s);
+  EXPECT_TRUE(rl.canStart());
+  EXPECT_FALSE(rl.pausedUntil());
+  EXPECT_EQ(rl.remaining(), 10);  // both starts have aged out
+}
+
+TEST(RateLimiter, RemainingZeroWithTheStartTimePausesFromTheArrival) {
+  FakeClock clock;
+  RateLimiter rl(budget(10), clock);
+  const TimePoint started = clock.now();
+  rl.onStart();
+  clock.advance(400ms);
+  UpstreamSignals s;
+  s.ratelimit_remaining = 0;
+  s.started = started;
+  rl.onFinish(s);
+  // The request reached the upstream by started + margin at the latest.
+  EXPECT_EQ(rl.nextStartTime(), started + kMargin + 1s);
+
+  // A start time later than the response (a caller bug) is not trusted.
+  FakeClock clock2;
+  RateLimiter rl2(budget(10), clock2);
+  rl2.onStart();
+  s.started = clock2.now() + 5s;
+  rl2.onFinish(s);
+  EXPECT_EQ(rl2.nextStartTime(), clock2.now() + 1s);
+}
+
+TEST(RateLimiter, Upstream429PausesForRetryAfter) {
+  FakeClock clock;
+  RateLimiter rl(budget(10), clock);
+  rl.onStart();
+  const TimePoint now = clock.now();
+  rl.onFinish(status429(2.5));
+  EXPECT_EQ(rl.inFlight(), 0);
+  EXPECT_FALSE(rl.canStart());
+  EXPECT_EQ(rl.remaining(), 0);
+  EXPECT_EQ(rl.nextStartTime(), now + 2500ms);
+
+  // A shorter pause never shortens a longer one.
+  rl.onStart();
+  rl.onFinish(status429(1));
+  UpstreamSignals zero;
+  zero.ratelimit_remaining = 0;
+  rl.onFinish(zero);
+  EXPECT_EQ(*rl.pausedUntil(), now + 2500ms);
+
+  clock.set(now + 2500ms);
+  EXPECT_TRUE(rl.canStart());
+}
+
+TEST(RateLimiter, Upstream429WithoutRetryAfterPausesAWindowPlusJitter) {
+  const double insane[] = {0, -1, 3600.5, 1e12, std::numeric_limits<double>::quiet_NaN(),
+                           std::numeric_limits<double>::infinity()};
+  FakeClock clock;
+  RateLimiter rl(budget(10, 2), clock, 1234);
+  std::vector<Clock::duration> jitters;
+  for (int i = 0; i < 200; ++i) {
+    rl.onStart();
+    UpstreamSignals s = status429();
+    if (i % 2) s.retry_after_s = insane[(i / 2) % std::size(insane)];
+    rl.onFinish(s);
+    ASSERT_TRUE(rl.pausedUntil());
+    const Clock::duration pause = *rl.pausedUntil() - clock.now();
+    EXPECT_GE(pause, 2s);
+    EXPECT_LT(pause, 2s + 200ms);  // jitter in [0, window/10)
+    jitters.push_back(pause - 2s);
+    clock.set(*rl.pausedUntil());
+  }
+  // Spread over the range, not stuck at one end.
+  EXPECT_LT(*std::min_element(jitters.begin(), jitters.end()), 20ms);
+  EXPECT_GT(*std::max_element(jitters.begin(), jitters.end()), 180ms);
+  EXPECT_GT(std::set<Clock::duration>(jitters.begin(), jitters.end()).size(), 150u);
+}
+
+TEST(RateLimiter, JitterIsDeterministicPerSeed) {
+  auto pauses = [](uint64_t seed) {
+    FakeClock clock;
+    RateLimiter rl(budget(10), clock, seed);
+    std::vector<Clock::duration> out;
+    for (int i = 0; i < 8; ++i) {
+      rl.onStart();
+      rl.onFinish(status429());
+      out.push_back(*rl.pausedUntil() - clock.now());
+      clock.set(*rl.pausedUntil());
+    }
+    return out;
+  };
+  EXPECT_EQ(pauses(1), pauses(1));
+  EXPECT_EQ(pauses(0), pauses(0));
+  EXPECT_NE(pauses(1), pauses(2));
+}
+
+TEST(RateLimiter, RequestsAutoLearnsTheUpstreamLimit) {
+  FakeClock clock;
+  BudgetConfig c = budget(10);
+  c.requests_auto = true;
+  RateLimiter rl(c, clock);
+  EXPECT_EQ(rl.effectiveLimit(), 10);  // until a header is seen
+
+  rl.onStart();
+  UpstreamSignals s;
+  s.ratelimit_limit = 5;
+  s.ratelimit_remaining = 4;
+  rl.onFinish(s);
+  EXPECT_EQ(rl.effectiveLimit(), 5);
+  EXPECT_EQ(rl.remaining(), 4);
+
+  // Five per window from now on.
+  clock.advance(2s);
+  const TimePoint t = clock.now();
+  for (int i = 0; i < 5; ++i) startOne(rl);
+  EXPECT_FALSE(rl.canStart());
+  EXPECT_EQ(rl.nextStartTime(), t + 1s + kMargin);
+
+  // Nonsense from the network is clamped.
+  s = {};
+  s.ratelimit_limit = 0;
+  rl.onFinish(s);
+  EXPECT_EQ(rl.effectiveLimit(), 1);
+  s.ratelimit_limit = -7;
+  rl.onFinish(s);
+  EXPECT_EQ(rl.effectiveLimit(), 1);
+  s.ratelimit_limit = std::numeric_limits<int64_t>::max();
+  rl.onFinish(s);
+  EXPECT_GE(rl.effectiveLimit(), 1);
+  EXPECT_LE(rl.effectiveLimit(), std::numeric_limits<int>::max());
+}
+
+TEST(RateLimiter, AFixedBudgetNeverExceedsWhatTheUpstreamAnnounces) {
+  FakeClock clock;
+  RateLimiter rl(budget(10), clock);
+  rl.onStart();
+  UpstreamSignals s;
+  s.ratelimit_limit = 3;
+  rl.onFinish(s);
+  EXPECT_EQ(rl.effectiveLimit(), 3);  // min(configured, announced): more would only buy 429s
+  s.ratelimit_limit = 50;
+  rl.onStart();
+  rl.onFinish(s);
+  EXPECT_EQ(rl.effectiveLimit(), 10);  // but never more than configured
+  BudgetConfig c = budget(10);
+  c.requests_auto = true;
+  rl.configure(c);
+  EXPECT_EQ(rl.effectiveLimit(), 50);  // auto: what was learned
+}
+
+TEST(RateLimiter, ConfigureAppliesAtOnceAndKeepsHistoryAndPauses) {
+  FakeClock clock;
+  const TimePoint t0 = clock.now();
+  RateLimiter rl(budget(10), clock);
+  for (int i = 0; i < 10; ++i) {
+    clock.set(t0 + i * 50ms);
+    startOne(rl);
+  }
+  EXPECT_FALSE(rl.canStart());
+
+  rl.configure(budget(20));
+  EXPECT_EQ(rl.startsInWindow(), 10);
+  EXPECT_EQ(rl.remaining(), 10);
+  EXPECT_TRUE(rl.canStart());
+
+  rl.configure(budget(4));
+  EXPECT_FALSE(rl.canStart());
+  EXPECT_EQ(rl.remaining(), 0);
+  // Down to 3 in the window: the 7th start (at 300 ms) must age out.
+  EXPECT_EQ(rl.nextStartTime(), t0 + 300ms + 1s + kMargin);
+
+  rl.configure(budget(10, 2));  // a longer window holds starts longer
+  EXPECT_FALSE(rl.canStart());
+  EXPECT_EQ(rl.nextStartTime(), t0 + 2s + kMargin);
+
+  rl.configure(budget(10, 1, 1));
+  rl.onStart();
+  EXPECT_TRUE(rl.concurrencyFull());
+  rl.configure(budget(10, 1, 2));
+  EXPECT_FALSE(rl.concurrencyFull());
+  rl.onFinish(status429(30));
+  rl.configure(budget(50));
+  EXPECT_EQ(rl.nextStartTime(), clock.now() + 30s);  // the pause survives a reload
+}
+
+}  // namespace
+}  // namespace wfp
