@@ -16,6 +16,7 @@
 #include "proxy/metrics.h"
 #include "proxy/run_handler.h"
 #include "proxy/scheduler.h"
+#include "proxy/shared_budget.h"
 #include "proxy/upstream_client.h"
 
 namespace wfp {
@@ -48,6 +49,7 @@ class Proxy {
   std::unique_ptr<RedisClient> redis_;  // when `redis` is configured
   std::unique_ptr<CacheStore> cache_;
   SystemClock clock_;
+  std::unique_ptr<SharedBudget> shared_budget_;  // rate_limit.shared
   Scheduler scheduler_;
   UpstreamClient upstream_;
   RunHandler handler_;

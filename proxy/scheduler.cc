@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include "proxy/http_server.h"
+#include "proxy/shared_budget.h"
 
 namespace wfp {
 
@@ -33,14 +34,20 @@ UpstreamSignals signalsFrom(int status, const HttpHeaders& headers) {
 }
 
 struct Scheduler::Budget {
-  Budget(EventLoop& loop, const Clock& clock, BudgetConfig config, size_t queue_max)
-      : limiter(config, clock, reinterpret_cast<uintptr_t>(this)), queue(queue_max) {
-    (void)loop;
-  }
+  Budget(const Clock& clock, BudgetConfig config, size_t queue_max)
+      : config(config),
+        limiter(config, clock, reinterpret_cast<uintptr_t>(this)),
+        fallback(config, clock, reinterpret_cast<uintptr_t>(this) + 1),
+        queue(queue_max) {}
   std::string name;
   std::string org_label;
-  RateLimiter limiter;
+  BudgetConfig config;
+  RateLimiter limiter;   // this instance's budget (also in-flight bookkeeping when shared)
+  RateLimiter fallback;  // shared mode with Redis unreachable: 1/N of the budget
   FairQueue queue;
+  bool asking = false;                 // a shared decision is in flight
+  Clock::time_point shared_next{};     // shared: do not ask again before
+  Clock::time_point fallback_until{};  // shared: Redis did not answer; local 1/N until then
   std::unique_ptr<Timer> wake;    // the budget admits the next start
   std::unique_ptr<Timer> expiry;  // the oldest queued request reaches max_wait_s
   bool pumping = false;
@@ -53,13 +60,14 @@ struct Scheduler::Ticket {
   Admission admission;
   AdmissionCallbacks callbacks;
   enum class State { Queued, Started } state = State::Queued;
+  enum class Via { Local, Shared, Fallback } via = Via::Local;
   Clock::time_point enqueued;
   Clock::time_point started;  // the last onStart(), for the remaining: 0 pause
   int retries = 0;
 };
 
-Scheduler::Scheduler(EventLoop& loop, const Clock& clock, Metrics& metrics)
-    : loop_(loop), clock_(clock), metrics_(metrics) {}
+Scheduler::Scheduler(EventLoop& loop, const Clock& clock, Metrics& metrics, SharedBudget* shared)
+    : loop_(loop), clock_(clock), metrics_(metrics), shared_(shared) {}
 
 Scheduler::~Scheduler() = default;
 
@@ -79,7 +87,8 @@ BudgetConfig budgetFor(const Config& config, const std::string& name) {
 void Scheduler::configure(const ConfigPtr& config) {
   config_ = config;
   for (auto& [name, b] : budgets_) {
-    b->limiter.configure(budgetFor(*config_, name));
+    b->config = budgetFor(*config_, name);
+    b->limiter.configure(b->config);
     b->queue.setMaxEntries(static_cast<size_t>(config_->rate_limit.queue_max));
     pump(*b);
   }
@@ -88,7 +97,7 @@ void Scheduler::configure(const ConfigPtr& config) {
 Scheduler::Budget& Scheduler::budget(const Admission& a) {
   auto it = budgets_.find(a.budget);
   if (it != budgets_.end()) return *it->second;
-  auto b = std::make_unique<Budget>(loop_, clock_, budgetFor(*config_, a.budget),
+  auto b = std::make_unique<Budget>(clock_, budgetFor(*config_, a.budget),
                                     static_cast<size_t>(config_->rate_limit.queue_max));
   b->name = a.budget;
   b->org_label = a.org_label;
@@ -127,7 +136,8 @@ void Scheduler::cancel(uint64_t ticket) {
   if (t.state == Ticket::State::Queued) {
     b.queue.remove(ticket);  // spends nothing
   } else {
-    b.limiter.onAbandon();
+    limiterOf(b, t).onAbandon();
+    if (t.via == Ticket::Via::Shared) shared_->finish(b.name);
   }
   tickets_.erase(it);
   pump(b);
@@ -141,7 +151,11 @@ void Scheduler::finish(uint64_t ticket, const UpstreamSignals& signals) {
   if (it->second->state == Ticket::State::Started) {
     UpstreamSignals s = signals;
     s.started = it->second->started;
-    b.limiter.onFinish(s);
+    limiterOf(b, *it->second).onFinish(s);
+    if (it->second->via == Ticket::Via::Shared) {
+      shared_->finish(b.name);
+      sharePause(b, signals);
+    }
   } else {
     b.queue.remove(ticket);
   }
@@ -165,7 +179,11 @@ bool Scheduler::retry(uint64_t ticket, const UpstreamSignals& signals) {
   // One 429 pauses the organisation, not just this request: no retry storm.
   UpstreamSignals s = signals;
   s.started = t.started;
-  b.limiter.onFinish(s);
+  limiterOf(b, t).onFinish(s);
+  if (t.via == Ticket::Via::Shared) {
+    shared_->finish(b.name);
+    sharePause(b, signals);  // with shared budgets the pause is shared too
+  }
   metrics_.countUpstream429(b.org_label);
   ++t.retries;
   t.state = Ticket::State::Queued;
@@ -174,6 +192,29 @@ bool Scheduler::retry(uint64_t ticket, const UpstreamSignals& signals) {
   pump(b);
   report(b);
   return true;
+}
+
+RateLimiter& Scheduler::limiterOf(Budget& b, const Ticket& t) {
+  return t.via == Ticket::Via::Fallback ? b.fallback : b.limiter;
+}
+
+bool Scheduler::sharedUsable(const Budget& b) const {
+  return shared_ && clock_.now() >= b.fallback_until;
+}
+
+void Scheduler::startNext(Budget& b, int via) {
+  auto id = b.queue.pop();
+  if (!id) return;
+  auto it = tickets_.find(*id);
+  if (it == tickets_.end()) return;
+  Ticket& t = *it->second;
+  t.state = Ticket::State::Started;
+  t.via = static_cast<Ticket::Via>(via);
+  t.started = clock_.now();
+  limiterOf(b, t).onStart();
+  metrics_.observeQueueWaitSeconds(std::chrono::duration<double>(clock_.now() - t.enqueued).count());
+  auto start = t.callbacks.start;  // a copy: start() may cancel or finish this very ticket
+  if (start) start();
 }
 
 void Scheduler::pump(Budget& b) {
@@ -185,22 +226,63 @@ void Scheduler::pump(Budget& b) {
   do {
     b.repump = false;
     expire(b);
-    while (!b.queue.empty() && b.limiter.canStart()) {
-      auto id = b.queue.pop();
-      if (!id) break;
-      auto it = tickets_.find(*id);
-      if (it == tickets_.end()) continue;
-      Ticket& t = *it->second;
-      t.state = Ticket::State::Started;
-      t.started = clock_.now();
-      b.limiter.onStart();
-      metrics_.observeQueueWaitSeconds(std::chrono::duration<double>(clock_.now() - t.enqueued).count());
-      auto start = t.callbacks.start;  // a copy: start() may cancel or finish this very ticket
-      if (start) start();
+    while (!b.queue.empty()) {
+      if (sharedUsable(b)) {
+        // One atomic decision in Redis per start; it answers on the loop.
+        if (b.asking || b.limiter.concurrencyFull() || clock_.now() < b.shared_next) break;
+        askShared(b);
+        break;
+      }
+      RateLimiter& lim = shared_ ? b.fallback : b.limiter;
+      if (shared_) {
+        // Redis is away: this instance keeps to 1/N of the budget.
+        BudgetConfig share = b.config;
+        share.requests = std::max(1, b.config.requests / std::max(1, shared_->instancesAlive()));
+        share.max_concurrent = std::max(1, b.config.max_concurrent / std::max(1, shared_->instancesAlive()));
+        b.fallback.configure(share);
+      }
+      if (!lim.canStart()) break;
+      startNext(b, static_cast<int>(shared_ ? Ticket::Via::Fallback : Ticket::Via::Local));
     }
   } while (b.repump);
   b.pumping = false;
   arm(b);
+}
+
+void Scheduler::askShared(Budget& b) {
+  b.asking = true;
+  Budget* raw = &b;  // budgets are never erased
+  int64_t window_ms = static_cast<int64_t>(b.config.window_s * 1000.0);
+  shared_->tryStart(b.name, b.limiter.effectiveLimit(), window_ms, b.config.max_concurrent,
+                    [this, raw](SharedDecision d) {
+                      Budget& bb = *raw;
+                      bb.asking = false;
+                      auto now = clock_.now();
+                      if (!d.reachable) {
+                        bb.fallback_until = now + std::chrono::seconds(1);
+                      } else if (d.admitted) {
+                        metrics_.setRatelimitRemaining(bb.org_label, d.remaining);
+                        if (!bb.queue.empty()) {
+                          startNext(bb, static_cast<int>(Ticket::Via::Shared));
+                        } else {
+                          shared_->finish(bb.name);  // nobody left to use it
+                        }
+                      } else {
+                        // wait 0: another instance's finish frees the slot; ask again soon.
+                        bb.shared_next = now + std::chrono::milliseconds(d.wait_ms > 0 ? d.wait_ms : 50);
+                      }
+                      pump(bb);
+                    });
+}
+
+void Scheduler::sharePause(Budget& b, const UpstreamSignals& signals) {
+  int64_t window_ms = static_cast<int64_t>(b.config.window_s * 1000.0);
+  if (signals.status_429) {
+    int64_t ms = signals.retry_after_s ? static_cast<int64_t>(*signals.retry_after_s * 1000.0) : window_ms;
+    shared_->pause(b.name, ms);
+  } else if (signals.ratelimit_remaining && *signals.ratelimit_remaining == 0) {
+    shared_->pause(b.name, window_ms);
+  }
 }
 
 void Scheduler::expire(Budget& b) {
@@ -220,10 +302,19 @@ void Scheduler::arm(Budget& b) {
   b.expiry->cancel();
   if (b.queue.empty()) return;
   auto now = clock_.now();
-  if (!b.limiter.concurrencyFull()) {
-    // A finish wakes the queue when concurrency is the limit; else the window.
-    auto at = b.limiter.nextStartTime();
-    b.wake->start(std::chrono::duration_cast<std::chrono::microseconds>(at - now) + std::chrono::microseconds(1));
+  if (sharedUsable(b)) {
+    if (!b.asking && !b.limiter.concurrencyFull()) {
+      auto at = std::max(now, b.shared_next);
+      b.wake->start(std::chrono::duration_cast<std::chrono::microseconds>(at - now) + std::chrono::microseconds(1));
+    }
+  } else {
+    RateLimiter& lim = shared_ ? b.fallback : b.limiter;
+    if (!lim.concurrencyFull()) {
+      // A finish wakes the queue when concurrency is the limit; else the window.
+      auto at = lim.nextStartTime();
+      if (shared_) at = std::min(at, b.fallback_until);  // then try Redis again
+      b.wake->start(std::chrono::duration_cast<std::chrono::microseconds>(at - now) + std::chrono::microseconds(1));
+    }
   }
   if (auto oldest = b.queue.oldest(); oldest && config_) {
     auto deadline = *oldest + std::chrono::duration_cast<Clock::duration>(

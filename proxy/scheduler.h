@@ -27,6 +27,8 @@
 
 namespace wfp {
 
+class SharedBudget;
+
 struct Admission {
   std::string budget;      // org name, or "pt:<sha256>" in pass_through
   std::string org_label;   // for metrics
@@ -44,7 +46,8 @@ struct AdmissionCallbacks {
 
 class Scheduler {
  public:
-  Scheduler(EventLoop& loop, const Clock& clock, Metrics& metrics);
+  // `shared` (may be null): rate_limit.shared — decisions in Redis.
+  Scheduler(EventLoop& loop, const Clock& clock, Metrics& metrics, SharedBudget* shared = nullptr);
   ~Scheduler();
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
@@ -68,6 +71,11 @@ class Scheduler {
   struct Budget;
   struct Ticket;
   Budget& budget(const Admission& a);
+  RateLimiter& limiterOf(Budget& b, const Ticket& t);
+  bool sharedUsable(const Budget& b) const;
+  void startNext(Budget& b, int via);
+  void askShared(Budget& b);
+  void sharePause(Budget& b, const UpstreamSignals& signals);
   void pump(Budget& b);
   void expire(Budget& b);
   void arm(Budget& b);
@@ -77,6 +85,7 @@ class Scheduler {
   EventLoop& loop_;
   const Clock& clock_;
   Metrics& metrics_;
+  SharedBudget* shared_;
   ConfigPtr config_;
   uint64_t next_id_ = 1;
   std::unordered_map<std::string, std::unique_ptr<Budget>> budgets_;

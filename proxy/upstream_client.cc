@@ -331,7 +331,8 @@ struct UpstreamClient::Impl {
     uint64_t id = t->id;
     Transfer* raw = t.get();
     transfers.emplace(id, std::move(t));
-    if (curl_multi_add_handle(multi, raw->easy) != CURLM_OK) {
+    if (CURLMcode rc = curl_multi_add_handle(multi, raw->easy); rc != CURLM_OK) {
+      spdlog::error("upstream: cannot start a transfer: {}", curl_multi_strerror(rc));
       // Report asynchronously, like every other failure.
       loop.post([this, id] { finish(id, CURLE_FAILED_INIT); });
     }

@@ -169,3 +169,29 @@ TEST(Queue, ExhaustedRetriesForwardTheUpstream429) {
 
 }  // namespace
 }  // namespace wfp::test
+
+namespace wfp::test {
+namespace {
+
+TEST(SharedBudget, TwoInstancesTogetherStayUnderTheOrganisationsBudget) {
+  const char* url = std::getenv("WFP_REDIS_URL");
+  if (!url) GTEST_SKIP() << "WFP_REDIS_URL not set (scripts/test starts redis-server)";
+  // The simulator allows far more: only the proxies' shared budget limits.
+  Simulator sim({"--key", "sk_sim_acme=acme:100", "--key", "sk_sim_globex=globex:100"});
+  std::string prefix = "sb" + std::to_string(::getpid()) + ":";
+  std::string top = std::string("redis:\n  url: ") + url + "\n  key_prefix: \"" + prefix +
+                    "\"\nrate_limit:\n  shared: true\n";
+  ProxyProcess a(configWith(orgLimits(5, 1), top), sim.url());
+  ProxyProcess b(configWith(orgLimits(5, 1), top), sim.url());
+  auto from_a = std::async(std::launch::async, [&] { return concurrentRequests(a.port(), distinctRuns(12, kAcme, "a")); });
+  auto from_b = std::async(std::launch::async, [&] { return concurrentRequests(b.port(), distinctRuns(12, kAcme, "b")); });
+  int ok = 0;
+  for (auto& r : from_a.get()) ok += r.status == 200;
+  for (auto& r : from_b.get()) ok += r.status == 200;
+  EXPECT_EQ(ok, 24);
+  EXPECT_EQ(sim.stats()["runs"], 24);
+  EXPECT_LE(maxInWindow(sim.requests(), 1000.0), 5);
+}
+
+}  // namespace
+}  // namespace wfp::test
