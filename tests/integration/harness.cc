@@ -19,6 +19,8 @@
 #include <stdexcept>
 #include <thread>
 
+#include <gtest/gtest.h>
+
 namespace wfp::test {
 
 namespace {
@@ -486,6 +488,22 @@ ProxyProcess::ProxyProcess(const std::string& config_yaml, const std::string& up
     return port_ != 0 && (!want_admin || admin_port_ != 0);
   }, std::chrono::seconds(15));
   if (!ready) throw std::runtime_error("proxy did not start; its log:\n" + log());
+}
+
+ProxyProcess::~ProxyProcess() {
+  if (process_ && process_->running()) {
+    process_->signal(SIGTERM);
+    auto code = process_->wait(std::chrono::seconds(15));
+    if (!code) {
+      ADD_FAILURE() << "the proxy did not exit within 15 s of SIGTERM";
+    } else if (*code != 0) {
+      ADD_FAILURE() << "the proxy exited with " << *code << "; its log:\n" << log();
+    }
+  }
+  std::string text = log();
+  for (const char* marker : {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"}) {
+    if (text.find(marker) != std::string::npos) ADD_FAILURE() << "sanitizer report in the proxy's log:\n" << text;
+  }
 }
 
 std::string ProxyProcess::log() const { return readFile(dir_.file("proxy.log")); }

@@ -123,6 +123,9 @@ class ProxyProcess {
   // admin_listen are added (127.0.0.1:0) unless the text sets them.
   ProxyProcess(const std::string& config_yaml, const std::string& upstream_url,
                std::vector<std::string> env_extra = {}, std::vector<std::string> extra_args = {});
+  // Stops the proxy with SIGTERM and fails the test if it did not exit 0 or
+  // if a sanitizer reported anything in its log.
+  ~ProxyProcess();
   int port() const { return port_; }
   int adminPort() const { return admin_port_; }
   Process& process() { return *process_; }
