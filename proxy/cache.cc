@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "proxy/hash.h"
+#include "proxy/headers.h"
 
 namespace wfp {
 
@@ -54,6 +55,20 @@ size_t footprint(const std::string& key, const CachedResponse& e) {
 }
 
 }  // namespace
+
+CachedResponse storedResponse(int status, std::string reason, const HttpHeaders& upstream_headers, std::string body,
+                              bool stream, int64_t now_ms) {
+  CachedResponse e;
+  e.status = status;
+  e.reason = std::move(reason);
+  e.headers = clientResponseHeaders(upstream_headers);
+  removeHeader(e.headers, "x-request-id");
+  removeHeader(e.headers, "server-timing");
+  e.body = std::move(body);
+  e.stored_at_ms = now_ms;
+  e.stream = stream;
+  return e;
+}
 
 std::string encodeCachedResponse(const CachedResponse& e) {
   std::string payload;

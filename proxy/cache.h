@@ -29,6 +29,11 @@ struct CachedResponse {
 };
 using CachedResponsePtr = std::shared_ptr<const CachedResponse>;
 
+// What is stored of an upstream response: its end-to-end headers (without
+// the X-Request-Id and Server-Timing the proxy adds per request).
+CachedResponse storedResponse(int status, std::string reason, const HttpHeaders& upstream_headers, std::string body,
+                              bool stream, int64_t now_ms);
+
 std::string encodeCachedResponse(const CachedResponse& entry);
 std::optional<CachedResponse> decodeCachedResponse(std::string_view bytes);
 

@@ -259,7 +259,7 @@ RunHandler::Request* RunHandler::live(uint64_t id) {
 
 // --- entry points -------------------------------------------------------------
 
-void RunHandler::handleClient(HttpExchange& ex) {
+RunHandler::Request& RunHandler::adopt(HttpExchange& ex) {
   auto owned = std::make_unique<Request>();
   Request& r = *owned;
   r.id = ex.id();
@@ -269,31 +269,24 @@ void RunHandler::handleClient(HttpExchange& ex) {
   r.request_id = requestIdFor(ex.headers());
   r.method = ex.method();
   r.path = std::string(ex.path());
-  bool admin_here = !r.config->admin_listen.has_value();
-  r.route = ex.target().empty() || ex.target()[0] != '/' ? Route{}
-                                                           : routeClient(ex.method(), ex.path(), admin_here);
   uint64_t id = r.id;
   ex.setOnAbort([this, id] { finish(id, true); });
   ex.setOnComplete([this, id] { finish(id, false); });
   requests_.emplace(id, std::move(owned));
+  return r;
+}
+
+void RunHandler::handleClient(HttpExchange& ex) {
+  Request& r = adopt(ex);
+  bool admin_here = !r.config->admin_listen.has_value();
+  r.route = ex.target().empty() || ex.target()[0] != '/' ? Route{}
+                                                           : routeClient(ex.method(), ex.path(), admin_here);
   dispatch(r);
 }
 
 void RunHandler::handleAdmin(HttpExchange& ex) {
-  auto owned = std::make_unique<Request>();
-  Request& r = *owned;
-  r.id = ex.id();
-  r.exchange = &ex;
-  r.config = config_;
-  r.keys = keys_;
-  r.request_id = requestIdFor(ex.headers());
-  r.method = ex.method();
-  r.path = std::string(ex.path());
+  Request& r = adopt(ex);
   r.route = routeAdmin(ex.method(), ex.path());
-  uint64_t id = r.id;
-  ex.setOnAbort([this, id] { finish(id, true); });
-  ex.setOnComplete([this, id] { finish(id, false); });
-  requests_.emplace(id, std::move(owned));
   dispatchAdmin(r);
 }
 
@@ -490,20 +483,7 @@ void RunHandler::joinStream(Request& r) {
   work.admission = admissionFor(r.principal);
   work.store = r.may_store;
   work.keep_ms = toMillis(r.ttl_s + r.stale_s);
-  // The token request: the organisation key, the request id, x-user-id.
-  UpstreamHeaderOptions token_opts;
-  token_opts.request_id = r.request_id;
-  if (!r.principal.pass_through) token_opts.authorization = "Bearer " + r.principal.org->api_key;
-  HttpHeaders subset;
-  for (const auto& h : r.exchange->headers()) {
-    if (equalsIgnoreCase(h.name, "authorization") || equalsIgnoreCase(h.name, "x-user-id") ||
-        equalsIgnoreCase(h.name, "user-agent")) {
-      subset.push_back(h);
-    }
-  }
-  work.token.method = "GET";
-  work.token.url = cfg.upstream.base_url + "/api/v1/token?ttl=60";
-  work.token.headers = upstreamRequestHeaders(subset, token_opts);
+  work.token = tokenRequest(r);
   // The stream itself carries no key: the token is its credential.
   HttpHeaders client_headers = r.exchange->headers();
   removeHeader(client_headers, "authorization");
@@ -667,14 +647,8 @@ void RunHandler::onRunDone(const std::string& key, uint64_t flight, const Upstre
     return;
   }
   rememberRateLimit(w->org_label, w->head.headers);
-  auto entry = std::make_shared<CachedResponse>();
-  entry->status = w->head.status;
-  entry->reason = w->head.reason;
-  entry->headers = clientResponseHeaders(w->head.headers);
-  removeHeader(entry->headers, "x-request-id");
-  removeHeader(entry->headers, "server-timing");
-  entry->body = std::move(w->body);
-  entry->stored_at_ms = unixMillis();
+  auto entry = std::make_shared<CachedResponse>(
+      storedResponse(w->head.status, w->head.reason, w->head.headers, std::move(w->body), false, unixMillis()));
   if (w->may_store && isStorable(entry->status, entry->body)) {
     cache_.store(key, entry, w->keep_ms);
     outcome.stored = true;
@@ -795,26 +769,29 @@ Admission RunHandler::admissionFor(const Principal& p) const {
   return a;
 }
 
-void RunHandler::fetchStreamToken(Request& r) {
-  const Config& cfg = *r.config;
+UpstreamRequest RunHandler::tokenRequest(const Request& r) const {
   UpstreamHeaderOptions opts;
   opts.request_id = r.request_id;
   if (!r.principal.pass_through) opts.authorization = "Bearer " + r.principal.org->api_key;
   // Only what the token route needs: the key, the request id and the client's
   // x-user-id (the upstream's per-user bucket for this route).
-  HttpHeaders client_subset;
+  HttpHeaders subset;
   for (const auto& h : r.exchange->headers()) {
     if (equalsIgnoreCase(h.name, "authorization") || equalsIgnoreCase(h.name, "x-user-id") ||
         equalsIgnoreCase(h.name, "user-agent")) {
-      client_subset.push_back(h);
+      subset.push_back(h);
     }
   }
   UpstreamRequest req;
   req.method = "GET";
-  req.url = cfg.upstream.base_url + "/api/v1/token?ttl=60";
-  req.headers = upstreamRequestHeaders(client_subset, opts);
+  req.url = r.config->upstream.base_url + "/api/v1/token?ttl=60";
+  req.headers = upstreamRequestHeaders(subset, opts);
+  return req;
+}
+
+void RunHandler::fetchStreamToken(Request& r) {
   r.fetching_token = true;
-  admit(r, std::move(req), Delivery::Buffered, true);
+  admit(r, tokenRequest(r), Delivery::Buffered, true);
 }
 
 void RunHandler::onTokenDone(Request& r) {

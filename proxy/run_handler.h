@@ -56,6 +56,8 @@ class RunHandler {
   struct RunWork;
   enum class Delivery { Buffered, Streamed };
 
+  Request& adopt(HttpExchange& exchange);  // a new Request for the exchange
+  UpstreamRequest tokenRequest(const Request& r) const;
   Request* find(uint64_t id);
   // The request if it is still waiting for its response.
   Request* live(uint64_t id);

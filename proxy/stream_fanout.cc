@@ -308,16 +308,10 @@ void StreamFanout::onDone(uint64_t flight_id, const UpstreamResult& result) {
   }
   f->complete = result.failure == UpstreamFailure::None;
   if (f->complete && f->head.status == 200 && f->storable && f->work.store) {
-    auto entry = std::make_shared<CachedResponse>();
-    entry->status = f->head.status;
-    entry->reason = f->head.reason;
-    entry->headers = clientResponseHeaders(f->head.headers);
-    removeHeader(entry->headers, "x-request-id");
-    removeHeader(entry->headers, "server-timing");
-    entry->body = f->bytes;
-    entry->stored_at_ms = unixMillis();
-    entry->stream = true;
-    cache_.store(f->work.key, std::move(entry), f->work.keep_ms);
+    cache_.store(f->work.key,
+                 std::make_shared<CachedResponse>(
+                     storedResponse(f->head.status, f->head.reason, f->head.headers, f->bytes, true, unixMillis())),
+                 f->work.keep_ms);
   } else if (!f->complete) {
     spdlog::info("stream {} cut short upstream ({}): not stored", f->work.key, result.detail);
   }
