@@ -103,13 +103,29 @@ HttpHeaders clientResponseHeaders(const HttpHeaders& upstream) {
 }
 
 std::string newRequestId() {
-  std::array<uint8_t, 16> bytes{};
-  size_t got = 0;
-  while (got < bytes.size()) {
-    ssize_t n = getrandom(bytes.data() + got, bytes.size() - got, 0);
-    if (n > 0) got += static_cast<size_t>(n);
+  // Unique, not secret: a per-thread xorshift128+ seeded once from the OS
+  // (a getrandom() per request was a syscall on the hot path).
+  thread_local uint64_t state[2] = {0, 0};
+  if (state[0] == 0 && state[1] == 0) {
+    size_t got = 0;
+    auto* bytes = reinterpret_cast<uint8_t*>(state);
+    while (got < sizeof state) {
+      ssize_t n = getrandom(bytes + got, sizeof state - got, 0);
+      if (n > 0) got += static_cast<size_t>(n);
+    }
+    if (state[0] == 0 && state[1] == 0) state[0] = 1;
   }
-  return toHex(bytes.data(), bytes.size());
+  std::array<uint8_t, 16> out{};
+  for (int half = 0; half < 2; ++half) {
+    uint64_t s1 = state[0];
+    const uint64_t s0 = state[1];
+    state[0] = s0;
+    s1 ^= s1 << 23;
+    state[1] = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26);
+    uint64_t v = state[1] + s0;
+    for (int i = 0; i < 8; ++i) out[half * 8 + i] = static_cast<uint8_t>(v >> (8 * i));
+  }
+  return toHex(out.data(), out.size());
 }
 
 bool isSafeHeaderValue(std::string_view value) {

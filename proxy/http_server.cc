@@ -25,6 +25,8 @@
 // a per-connection "deferred" event, activated without a syscall.
 #include "proxy/http_server.h"
 
+#include <atomic>
+
 #include <arpa/inet.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -51,6 +53,11 @@
 #include <spdlog/spdlog.h>
 
 namespace wfp {
+
+namespace {
+std::atomic<uint64_t> g_next_exchange_id{0};
+}  // namespace
+
 
 namespace {
 
@@ -328,7 +335,6 @@ struct HttpServer::Impl {
   HttpConnection* connections = nullptr;  // intrusive list of open connections
   size_t connection_count = 0;
   size_t exchange_count = 0;
-  uint64_t next_exchange_id = 0;
   uint64_t limits_generation = 1;
   bool at_capacity = false;     // max_connections reached: listeners disabled
   bool accept_backoff = false;  // accept() failed with EMFILE & co: retry later
@@ -902,7 +908,9 @@ class HttpConnection {
   void dispatch() {
     disarm();
     state_ = State::Exchange;
-    ex_.id_ = ++server_.next_exchange_id;
+    // Unique across every HttpServer in the process: one handler serves
+    // both the client and the admin listener and keys its requests by id.
+    ex_.id_ = ++g_next_exchange_id;
     exchange_active_ = true;
     ++server_.exchange_count;
     if (applied_generation_ != server_.limits_generation) applyWriteTimeout();

@@ -58,7 +58,7 @@ class HttpConnection;
 
 class HttpExchange {
  public:
-  uint64_t id() const { return id_; }
+  uint64_t id() const { return id_; }  // unique in the process, across servers
 
   // --- the request (valid until the exchange ends) ---
   const std::string& method() const { return method_; }

@@ -272,7 +272,11 @@ RunHandler::Request& RunHandler::adopt(HttpExchange& ex) {
   uint64_t id = r.id;
   ex.setOnAbort([this, id] { finish(id, true); });
   ex.setOnComplete([this, id] { finish(id, false); });
-  requests_.emplace(id, std::move(owned));
+  if (!requests_.emplace(id, std::move(owned)).second) {
+    // Exchange ids are unique in the process; anything else is a broken invariant.
+    spdlog::critical("duplicate exchange id {}", id);
+    std::abort();
+  }
   return r;
 }
 

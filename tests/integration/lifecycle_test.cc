@@ -33,6 +33,24 @@ TEST(Lifecycle, HealthAndReadiness) {
   EXPECT_EQ(sim.stats()["total"], 1);
 }
 
+TEST(Lifecycle, AdminRequestsDuringSlowClientRequestsAreIndependent) {
+  // Regression: the client and admin servers numbered their exchanges from 1
+  // each, and the handler keyed requests by that number.
+  Simulator sim;
+  ProxyProcess proxy(baseConfig(), sim.url());
+  sim.configureWorkflows({{"wf_slow", {{"latency_ms", 500}}}});
+  auto slow = std::async(std::launch::async, [&] {
+    return httpRequest(proxy.port(), "POST", "/api/v1/run/wf_slow", kAcme, "{}");
+  });
+  ASSERT_TRUE(eventually([&] { return sim.stats()["total"] == 1; }));
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(httpRequest(proxy.adminPort(), "GET", "/readyz").status, 200);
+    EXPECT_EQ(httpRequest(proxy.adminPort(), "GET", "/healthz").status, 200);
+  }
+  EXPECT_EQ(slow.get().status, 200);
+  EXPECT_TRUE(proxy.process().running());
+}
+
 TEST(Lifecycle, IdleProxyExitsAtOnceOnSigterm) {
   Simulator sim;
   ProxyProcess proxy(baseConfig(), sim.url());
