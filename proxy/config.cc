@@ -236,6 +236,19 @@ std::string quote(std::string_view s) {
   return out + "'";
 }
 
+// Where a mapping or a list was expected: says what was found without
+// echoing it (a secret written in the wrong place must not reach the log).
+std::string describeShape(const YAML::Node& n) {
+  return n.Type() == YAML::NodeType::Scalar ? std::string("a single value") : std::string();
+}
+
+std::string describe(const YAML::Node& n);
+
+std::string shapeOf(const YAML::Node& n) {
+  std::string shape = describeShape(n);
+  return shape.empty() ? describe(n) : shape;
+}
+
 std::string describe(const YAML::Node& n) {
   switch (n.Type()) {
     case YAML::NodeType::Map:
@@ -550,7 +563,7 @@ std::optional<Section> Loader::section(const YAML::Node& node, const std::string
   if (node.IsNull()) return s;
   if (!node.IsMap()) {
     error(line,
-          (path.empty() ? std::string("top level") : path) + ": expected a mapping, got " + describe(node));
+          (path.empty() ? std::string("top level") : path) + ": expected a mapping, got " + shapeOf(node));
     return std::nullopt;
   }
   for (auto it = node.begin(); it != node.end(); ++it) {
@@ -812,8 +825,35 @@ std::optional<ListenAddress> Loader::listenAddress(const Field& f, const std::st
   return addr;
 }
 
+// yaml-cpp 0.7 (Debian 12) never returns from LoadAll() on a document that
+// starts with a flow entry ',' (it loops, allocating; yaml-cpp#1040, fixed in
+// 0.8): refuse those before handing the text over.
+std::optional<int> leadingFlowEntryLine(std::string_view yaml) {
+  bool at_doc_start = true;
+  int line_no = 0;
+  while (!yaml.empty()) {
+    ++line_no;
+    size_t nl = yaml.find('\n');
+    std::string_view line = yaml.substr(0, nl);
+    yaml = nl == std::string_view::npos ? std::string_view() : yaml.substr(nl + 1);
+    if (line.substr(0, 3) == "---") {
+      at_doc_start = true;
+      line.remove_prefix(3);
+    }
+    size_t first = line.find_first_not_of(" \t\r");
+    if (first == std::string_view::npos || line[first] == '#' || line[first] == '%') continue;
+    if (at_doc_start && line[first] == ',') return line_no;
+    at_doc_start = false;
+  }
+  return std::nullopt;
+}
+
 ConfigResult Loader::run(std::string_view yaml) {
   std::vector<YAML::Node> docs;
+  if (auto line = leadingFlowEntryLine(yaml)) {
+    error(*line, "unexpected ',' at the start of a document");
+    return finish(nullptr);
+  }
   try {
     docs = YAML::LoadAll(std::string(yaml));
   } catch (const YAML::Exception& e) {
@@ -838,7 +878,7 @@ ConfigResult Loader::run(std::string_view yaml) {
   const YAML::Node& root = docs[0];
   int root_line = lineOf(root, 1);
   if (!root.IsMap()) {
-    error(root_line, "expected a mapping at the top level, got " + describe(root));
+    error(root_line, "expected a mapping at the top level, got " + shapeOf(root));
     return finish(nullptr);
   }
 
@@ -1076,7 +1116,7 @@ void Loader::loadOrganisations(const Section& top, Config& config) {
     return;
   }
   if (!f->value.IsSequence()) {
-    error(f->line, "organisations: expected a list of organisations, got " + describe(f->value));
+    error(f->line, "organisations: expected a list of organisations, got " + shapeOf(f->value));
     return;
   }
   if (f->value.size() == 0) {
@@ -1195,7 +1235,7 @@ void Loader::loadClients(const Section& s, const std::string& path, Organisation
   const Field* f = s.find("clients");
   if (f == nullptr || f->value.IsNull()) return;
   if (!f->value.IsSequence()) {
-    error(f->line, path + ".clients: expected a list of clients, got " + describe(f->value));
+    error(f->line, path + ".clients: expected a list of clients, got " + shapeOf(f->value));
     return;
   }
   std::map<std::string, int> names;

@@ -65,6 +65,7 @@ bool Proxy::start(std::string* error) {
   if (!access_log_.open(config_->log.access_log, error)) return false;
   server_ = std::make_unique<HttpServer>(loop_, serverLimits(*config_),
                                          [this](HttpExchange& ex) { handler_.handleClient(ex); });
+  handler_.setConnectionCounter([this] { return static_cast<int64_t>(server_ ? server_->connectionCount() : 0); });
   BoundListener bound;
   if (!server_->listen(config_->listen, &bound, error)) return false;
   spdlog::info("listening on {} (client)", bound.address);

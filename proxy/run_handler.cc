@@ -303,6 +303,7 @@ void RunHandler::dispatchAdmin(Request& r) {
     case RouteKind::Ready:
       return replyJson(r, draining_ ? 503 : 200, draining_ ? "Service Unavailable" : "OK", readyBody());
     case RouteKind::Metrics: {
+      if (connections_) metrics_.setConnections(connections_());
       std::string body = metrics_.render();
       HttpHeaders headers{{"Content-Type", "text/plain; version=0.0.4; charset=utf-8"},
                           {"X-Request-Id", r.request_id}};

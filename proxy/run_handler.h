@@ -46,6 +46,8 @@ class RunHandler {
 
   // New requests get 503 shutting_down from now on; running ones finish.
   void beginDrain() { draining_ = true; }
+  // Open client connections, for the workflow_proxy_client_connections gauge.
+  void setConnectionCounter(std::function<int64_t()> fn) { connections_ = std::move(fn); }
   bool draining() const { return draining_; }
   size_t activeRequests() const { return requests_.size(); }
   // Answers everything still running with 503 (drain grace over).
@@ -112,6 +114,7 @@ class RunHandler {
   // Latest x-ratelimit-* values per organisation, replayed on cache hits.
   std::unordered_map<std::string, std::pair<std::string, std::string>> ratelimit_seen_;
   bool draining_ = false;
+  std::function<int64_t()> connections_;
   std::unordered_map<uint64_t, std::unique_ptr<Request>> requests_;
 };
 

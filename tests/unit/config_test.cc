@@ -801,7 +801,7 @@ TEST(ConfigTest, CacheBackendsAndWorkflowOverrides) {
                     "    wf_y: 5\n"));
   EXPECT_ERROR(bad, "test.yaml:3: cache.workflows: 'bad/id' is not a workflow id");
   EXPECT_ERROR(bad, "test.yaml:4: unknown key 'ttl' in cache.workflows.wf_x; did you mean 'ttl_s'?");
-  EXPECT_ERROR(bad, "test.yaml:5: cache.workflows.wf_y: expected a mapping, got '5'");
+  EXPECT_ERROR(bad, "test.yaml:5: cache.workflows.wf_y: expected a mapping, got a single value");
   EXPECT_ERROR(load(withOrgs("cache:\n  memory_max_bytes: 0\n")),
                "test.yaml:2: cache.memory_max_bytes: 0 with backend memory");
 }
@@ -1108,6 +1108,31 @@ TEST(ConfigTest, ShippedDemoConfig) {
   EXPECT_EQ(moved.config->upstream.base_url, "http://127.0.0.1:40001");
   EXPECT_EQ(moved.config->listen.port, 0);
   EXPECT_EQ(hex(moved.config->findOrganisation("acme")->clients[0].key_sha256), kTestSha256);
+}
+
+}  // namespace
+}  // namespace wfp
+
+namespace wfp {
+namespace {
+
+TEST(ConfigRegression, ASecretInThePlaceOfASectionIsNotEchoed) {
+  auto none = [](const std::string&) -> std::optional<std::string> { return std::nullopt; };
+  ConfigResult r = loadConfigString("redis: redis://:TOPSECRET@127.0.0.1:6379/0\norganisations: []\n", "t.yaml", none);
+  ASSERT_FALSE(r.errors.empty());
+  for (const auto& e : r.errors) EXPECT_EQ(e.find("TOPSECRET"), std::string::npos) << e;
+  r = loadConfigString("organisations:\n  - name: a\n    api_key: k\n    clients: plain-CLIENT-SECRET\n", "t.yaml", none);
+  ASSERT_FALSE(r.errors.empty());
+  for (const auto& e : r.errors) EXPECT_EQ(e.find("CLIENT-SECRET"), std::string::npos) << e;
+}
+
+TEST(ConfigRegression, ADocumentStartingWithACommaIsAnErrorNotAHang) {
+  // yaml-cpp 0.7 loops forever on these (yaml-cpp#1040).
+  auto none = [](const std::string&) -> std::optional<std::string> { return std::nullopt; };
+  for (const char* yaml : {",", ",\n", ", a", ",a: b\norganisations: []\n", "# c\n\n  ,x\n", "listen: x\n---\n,\n"}) {
+    ConfigResult r = loadConfigString(yaml, "t.yaml", none);
+    EXPECT_FALSE(r.errors.empty()) << yaml;
+  }
 }
 
 }  // namespace
