@@ -1,7 +1,6 @@
 #include "proxy/event_loop.h"
 
 #include <event2/event.h>
-#include <event2/thread.h>
 
 #include <cmath>
 #include <stdexcept>
@@ -28,8 +27,8 @@ void guarded(const char* what, Fn&& fn) noexcept {
 
 EventLoop::EventLoop() {
   event_config* cfg = event_config_new();
-  // EV_CLOSED (EPOLLRDHUP) is how we notice clients that hang up while their
-  // request waits; evhttp stops reading once it hands over a request.
+  // EV_CLOSED (EPOLLRDHUP) for FdWatch users that want to notice a peer's
+  // hang-up without reading; falls back to the default backend below.
   event_config_require_features(cfg, EV_FEATURE_EARLY_CLOSE);
   base_.reset(event_base_new_with_config(cfg));
   event_config_free(cfg);

@@ -34,7 +34,6 @@ struct Admission {
   std::string org_label;   // for metrics
   std::string client;      // fairness key within the organisation
   int weight = 1;
-  bool counts_concurrency = true;  // false: streams (SPEC §4.4)
 };
 
 enum class RejectReason { QueueFull, MaxWait, ShuttingDown };
