@@ -112,7 +112,9 @@ uint64_t StreamFanout::join(const StreamWork& work, StreamSubscriber subscriber,
       }
     };
     uint64_t ticket = scheduler_.submit(work.admission, std::move(cb));
-    if (Flight* fl = flightOf(flight_id); fl && fl->phase == Flight::Phase::Queued) fl->ticket = ticket;
+    // submit() usually starts the token fetch at once: keep the ticket whatever
+    // the phase, or its slot is never given back (onTokenDone finishes it).
+    if (Flight* fl = flightOf(flight_id)) fl->ticket = ticket;
   } else if (f.head_seen) {
     // A late joiner: the head, the bytes so far, then the live bytes.
     Sub& s = *subs_.at(sub_id);

@@ -234,3 +234,22 @@ TEST(Stream, LeavingMidStreamLetsAStoredStreamFinish) {
 
 }  // namespace
 }  // namespace wfp::test
+
+namespace wfp::test {
+namespace {
+
+TEST(Stream, SharedStreamsGiveTheirTokenFetchSlotBack) {
+  // Regression: the token fetch's concurrency slot was never returned, so
+  // after max_concurrent (16) streams the organisation stopped starting.
+  Simulator sim({"--key", "sk_sim_acme=acme:1000", "--key", "sk_sim_globex=globex:1000"});
+  ProxyProcess proxy(baseConfig(), sim.url());
+  for (int i = 0; i < 20; ++i) {
+    HttpResponse r = httpRequest(proxy.port(), "POST", "/api/v1/run/wf_slots/stream", kAcme,
+                                 "{\"i\":" + std::to_string(i) + "}", std::chrono::seconds(5));
+    ASSERT_EQ(r.status, 200) << i;
+  }
+  EXPECT_EQ(httpRequest(proxy.port(), "POST", "/api/v1/run/wf_slots", kAcme, "{}").status, 200);
+}
+
+}  // namespace
+}  // namespace wfp::test
