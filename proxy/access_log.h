@@ -33,6 +33,7 @@ class AccessLog {
   // cannot be opened; the previous destination is kept.
   bool open(const std::string& destination, std::string* error);
   void write(const AccessRecord& record);
+  bool enabled() const { return out_ != nullptr; }
 
   static std::string format(const AccessRecord& record, int64_t unix_micros);
 

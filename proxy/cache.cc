@@ -56,6 +56,22 @@ size_t footprint(const std::string& key, const CachedResponse& e) {
 
 }  // namespace
 
+const CachedResponse::ClientHead& CachedResponse::clientHead() const {
+  if (client_head_) return *client_head_;
+  auto head = std::make_shared<ClientHead>();
+  for (const HttpHeader& h : clientResponseHeaders(headers)) {
+    if (equalsIgnoreCase(h.name, "x-ratelimit-limit")) {
+      head->ratelimit_limit = findHeader(headers, "x-ratelimit-limit");
+    } else if (equalsIgnoreCase(h.name, "x-ratelimit-remaining")) {
+      head->ratelimit_remaining = findHeader(headers, "x-ratelimit-remaining");
+    } else if (!equalsIgnoreCase(h.name, "x-request-id") && !equalsIgnoreCase(h.name, "server-timing")) {
+      appendHeaderLine(head->lines, h.name, h.value);
+    }
+  }
+  client_head_ = std::move(head);
+  return *client_head_;
+}
+
 CachedResponse storedResponse(int status, std::string reason, const HttpHeaders& upstream_headers, std::string body,
                               bool stream, int64_t now_ms) {
   CachedResponse e;

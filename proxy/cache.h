@@ -26,6 +26,21 @@ struct CachedResponse {
   std::string body;
   int64_t stored_at_ms = 0;  // unix time
   bool stream = false;       // a stored stream: replayed chunked
+
+  // The headers as a client receives them on a hit, formatted once
+  // ("Name: value\r\n" lines, see appendHeaderLine): clientResponseHeaders()
+  // without X-Request-Id, Server-Timing, x-ratelimit-limit and
+  // x-ratelimit-remaining, which every hit writes itself. Built on first use
+  // (entries are immutable once shared, and used on the loop thread only).
+  struct ClientHead {
+    std::string lines;
+    const std::string* ratelimit_limit = nullptr;      // the stored values, if any
+    const std::string* ratelimit_remaining = nullptr;
+  };
+  const ClientHead& clientHead() const;
+
+  // Cache of clientHead(); not part of the entry's value.
+  mutable std::shared_ptr<const ClientHead> client_head_;
 };
 using CachedResponsePtr = std::shared_ptr<const CachedResponse>;
 

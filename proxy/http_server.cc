@@ -202,17 +202,7 @@ bool safeHeaderValue(std::string_view v) {
 }
 
 void appendHeaders(std::string& out, const HttpHeaders& headers) {
-  for (const HttpHeader& h : headers) {
-    if (isFramingHeader(h.name)) continue;
-    if (!isToken(h.name) || !safeHeaderValue(h.value)) {
-      spdlog::warn("http: dropping invalid response header {:?}", h.name.substr(0, 64));
-      continue;
-    }
-    out.append(h.name);
-    out.append(": ");
-    out.append(h.value);
-    out.append("\r\n");
-  }
+  for (const HttpHeader& h : headers) appendHeaderLine(out, h.name, h.value);
 }
 
 // The response head buffer, reused for every response on this thread.
@@ -274,6 +264,19 @@ bool equalsIgnoreCase(std::string_view a, std::string_view b) {
   for (size_t i = 0; i < a.size(); ++i) {
     if (asciiLower(a[i]) != asciiLower(b[i])) return false;
   }
+  return true;
+}
+
+bool appendHeaderLine(std::string& out, std::string_view name, std::string_view value) {
+  if (isFramingHeader(name)) return false;
+  if (!isToken(name) || !safeHeaderValue(value)) {
+    spdlog::warn("http: dropping invalid response header {:?}", name.substr(0, 64));
+    return false;
+  }
+  out.append(name);
+  out.append(": ");
+  out.append(value);
+  out.append("\r\n");
   return true;
 }
 
@@ -423,6 +426,7 @@ class HttpConnection {
   HttpConnection& operator=(const HttpConnection&) = delete;
 
   bool valid() const { return timer_ && deferred_; }
+  std::shared_ptr<void>& data() { return data_; }
 
   void start() {
     bufferevent_setcb(bev_, &HttpConnection::onRead, &HttpConnection::onWrite, &HttpConnection::onEvent, this);
@@ -1014,11 +1018,13 @@ class HttpConnection {
     }
   }
 
-  void respond(int status, std::string_view reason, const HttpHeaders& headers, std::string_view body) {
+  void respond(int status, std::string_view reason, std::string_view preformatted, const HttpHeaders& headers,
+               std::string_view body) {
     if (!canRespond("respond()")) return;
     const bool no_body_status = status < 200 || status == 204 || status == 304;
     std::string& head = headScratch();
     appendStatusLine(head, status, reason);
+    head.append(preformatted);
     appendHeaders(head, headers);
     if (!no_body_status) {
       head.append("Content-Length: ");
@@ -1036,11 +1042,13 @@ class HttpConnection {
     finishResponse();
   }
 
-  void begin(int status, std::string_view reason, const HttpHeaders& headers, int64_t content_length) {
+  void begin(int status, std::string_view reason, std::string_view preformatted, const HttpHeaders& headers,
+             int64_t content_length) {
     if (!canRespond("begin()")) return;
     const bool no_body_status = status < 200 || status == 204 || status == 304;
     std::string& head = headScratch();
     appendStatusLine(head, status, reason);
+    head.append(preformatted);
     appendHeaders(head, headers);
     bool framed = true;
     if (no_body_status) {
@@ -1401,6 +1409,7 @@ class HttpConnection {
   HttpConnection* next_ = nullptr;
 
   HttpExchange ex_;  // reused for every request on this connection
+  std::shared_ptr<void> data_;  // HttpExchange::connectionData()
   State state_ = State::Idle;
   TimerKind timer_kind_ = TimerKind::None;
   Framing framing_ = Framing::None;
@@ -1646,12 +1655,29 @@ std::string_view HttpExchange::query() const {
   return q == std::string_view::npos ? std::string_view() : t.substr(q + 1);
 }
 
+std::shared_ptr<void>& HttpExchange::connectionData() {
+  if (conn_) return conn_->data();
+  thread_local std::shared_ptr<void> detached;
+  detached.reset();
+  return detached;
+}
+
 void HttpExchange::respond(int status, std::string_view reason, const HttpHeaders& headers, std::string_view body) {
-  if (conn_) conn_->respond(status, reason, headers, body);
+  if (conn_) conn_->respond(status, reason, {}, headers, body);
+}
+
+void HttpExchange::respond(int status, std::string_view reason, std::string_view preformatted,
+                           const HttpHeaders& headers, std::string_view body) {
+  if (conn_) conn_->respond(status, reason, preformatted, headers, body);
 }
 
 void HttpExchange::begin(int status, std::string_view reason, const HttpHeaders& headers, int64_t content_length) {
-  if (conn_) conn_->begin(status, reason, headers, content_length);
+  if (conn_) conn_->begin(status, reason, {}, headers, content_length);
+}
+
+void HttpExchange::begin(int status, std::string_view reason, std::string_view preformatted,
+                         const HttpHeaders& headers, int64_t content_length) {
+  if (conn_) conn_->begin(status, reason, preformatted, headers, content_length);
 }
 
 bool HttpExchange::write(std::string_view data) { return conn_ ? conn_->write(data) : true; }

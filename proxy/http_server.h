@@ -42,6 +42,11 @@ using HttpHeaders = std::vector<HttpHeader>;
 bool equalsIgnoreCase(std::string_view a, std::string_view b);
 // First header with that name (case-insensitive), or nullptr.
 const std::string* findHeader(const HttpHeaders& headers, std::string_view name);
+// Appends "name: value\r\n" to a response head being built. Returns false
+// (and appends nothing) for a framing header (Connection, Content-Length,
+// Transfer-Encoding: the server writes those), a name that is not a token or
+// a value with CR, LF or NUL.
+bool appendHeaderLine(std::string& out, std::string_view name, std::string_view value);
 
 struct HttpServerLimits {
   size_t max_header_bytes = 64 * 1024;  // request line + headers; beyond → 431
@@ -78,6 +83,12 @@ class HttpExchange {
   // Streams a body: chunked on HTTP/1.1 unless `content_length` is given
   // (≥ 0), close-delimited on HTTP/1.0.
   void begin(int status, std::string_view reason, const HttpHeaders& headers, int64_t content_length = -1);
+  // The same, with `preformatted` header lines written first: lines the
+  // caller built once with appendHeaderLine() (a cached entry's headers).
+  void respond(int status, std::string_view reason, std::string_view preformatted, const HttpHeaders& headers,
+               std::string_view body);
+  void begin(int status, std::string_view reason, std::string_view preformatted, const HttpHeaders& headers,
+             int64_t content_length = -1);
   // False when the connection's unsent output is above output_high_water:
   // the caller should stop producing until onDrain. Data is never dropped.
   bool write(std::string_view data);
@@ -85,6 +96,10 @@ class HttpExchange {
   // Ends the response abnormally: the connection is closed without the final
   // chunk, so the client sees a truncated body (upstream cut mid-stream).
   void abortResponse();
+
+  // Data a handler keeps with the connection this exchange came on (the
+  // last authentication, say): dropped when the connection closes.
+  std::shared_ptr<void>& connectionData();
 
   bool responseStarted() const { return response_started_; }
   int status() const { return status_; }

@@ -1,5 +1,6 @@
 #include "proxy/metrics.h"
 
+#include <charconv>
 #include <cstdio>
 
 namespace wfp {
@@ -100,8 +101,25 @@ void Histogram::render(std::string& out, const std::string& name) const {
 
 Metrics::Metrics() : upstream_duration_(kLatencyBounds), queue_wait_(kLatencyBounds), overhead_(kLatencyBounds) {}
 
-void Metrics::countRequest(const std::string& org, const std::string& route, int code, const std::string& cache) {
-  ++requests_[labels({{"org", org}, {"route", route}, {"code", std::to_string(code)}, {"cache", cache}})];
+void Metrics::countRequest(std::string_view org, std::string_view route, int code, std::string_view cache) {
+  thread_local std::string raw;
+  raw.assign(org);
+  raw += '\x1f';
+  raw.append(route);
+  raw += '\x1f';
+  char digits[16];
+  raw.append(digits, std::to_chars(digits, digits + sizeof digits, code).ptr);
+  raw += '\x1f';
+  raw.append(cache);
+  auto it = request_index_.find(std::string_view(raw));
+  if (it == request_index_.end()) {
+    uint64_t& count = requests_[labels({{"org", std::string(org)},
+                                        {"route", std::string(route)},
+                                        {"code", std::to_string(code)},
+                                        {"cache", std::string(cache)}})];
+    it = request_index_.emplace(raw, &count).first;
+  }
+  ++*it->second;
 }
 
 void Metrics::countUpstream(const std::string& org, int code) {

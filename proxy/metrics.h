@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
 namespace wfp {
@@ -27,7 +29,8 @@ class Metrics {
  public:
   Metrics();
 
-  void countRequest(const std::string& org, const std::string& route, int code, const std::string& cache);
+  // Called once per request: no allocation once a label set has been seen.
+  void countRequest(std::string_view org, std::string_view route, int code, std::string_view cache);
   void countUpstream(const std::string& org, int code);  // code 0: no response (502/504)
   void countUpstream429(const std::string& org);
   void countCoalesced(const std::string& org);
@@ -43,7 +46,13 @@ class Metrics {
   std::string render() const;
 
  private:
+  struct ViewHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+  };
   std::map<std::string, uint64_t> requests_;  // rendered label set → count
+  // Raw label values (joined by \x1f) → the count in requests_ (map nodes are stable).
+  std::unordered_map<std::string, uint64_t*, ViewHash, std::equal_to<>> request_index_;
   std::map<std::string, uint64_t> upstream_requests_;
   std::map<std::string, uint64_t> upstream_429_;
   std::map<std::string, uint64_t> coalesced_;

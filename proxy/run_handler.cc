@@ -23,10 +23,13 @@
 // beyond onComplete/onAbort.
 #include "proxy/run_handler.h"
 
+#include <charconv>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 
 #include <nlohmann/json.hpp>
+#include <openssl/crypto.h>
 #include <spdlog/spdlog.h>
 
 #include "proxy/canonical_json.h"
@@ -40,6 +43,8 @@ namespace wfp {
 namespace {
 
 using SteadyClock = std::chrono::steady_clock;
+
+const std::string kDash = "-";
 
 double millisSince(SteadyClock::time_point start, SteadyClock::time_point end = SteadyClock::now()) {
   return std::chrono::duration<double, std::milli>(end - start).count();
@@ -62,10 +67,29 @@ const char* routeLabel(RouteKind kind) {
   return "invalid";
 }
 
-std::string formatMs(double ms) {
+// Milliseconds with three decimals ("12.345"), as "%.3f" would print them,
+// without printf's floating-point path (a tenth of a cache hit's time).
+void appendMs(std::string& out, double ms) {
+  if (!(ms > 0)) ms = 0;  // negative clock skew, NaN
+  if (ms > 1e12) ms = 1e12;
+  auto us = static_cast<uint64_t>(std::llround(ms * 1000.0));
   char buf[32];
-  snprintf(buf, sizeof buf, "%.3f", ms);
-  return buf;
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, us / 1000);
+  (void)ec;  // 32 bytes always hold a uint64_t
+  *end++ = '.';
+  uint64_t frac = us % 1000;
+  *end++ = static_cast<char>('0' + frac / 100);
+  *end++ = static_cast<char>('0' + frac / 10 % 10);
+  *end++ = static_cast<char>('0' + frac % 10);
+  out.append(buf, end);
+}
+
+std::string serverTiming(double queue_ms, double upstream_ms) {
+  std::string out = "queue;dur=";
+  appendMs(out, queue_ms);
+  out.append(", upstream;dur=");
+  appendMs(out, upstream_ms);
+  return out;
 }
 
 // The client's X-Request-Id when it is a sane token, else a new one.
@@ -353,7 +377,7 @@ void RunHandler::dispatch(Request& r) {
     return forward(r, ex.target(), Delivery::Streamed);
   }
 
-  AuthResult auth = r.keys->authenticate(findHeader(ex.headers(), "authorization"));
+  AuthResult auth = authenticate(r, findHeader(ex.headers(), "authorization"));
   if (auth.outcome != AuthOutcome::Authenticated) {
     HttpHeaders headers{{"Content-Type", "application/json"}, {"X-Request-Id", r.request_id}};
     r.exchange->respond(401, "Unauthorized", headers, kUnauthorizedBody);
@@ -375,6 +399,40 @@ void RunHandler::dispatch(Request& r) {
     default:
       return forward(r, ex.target(), Delivery::Streamed);
   }
+}
+
+namespace {
+// The last successful authentication on a connection. A keep-alive client
+// sends the same Authorization header on every request: comparing it with
+// the previous one costs less than hashing it again. Held only while the
+// connection is open, wiped when dropped; never logged.
+struct AuthMemo {
+  std::shared_ptr<const KeyStore> keys;  // the key set it was checked against
+  std::string authorization;
+  AuthResult result;
+  ~AuthMemo() { OPENSSL_cleanse(authorization.data(), authorization.size()); }
+};
+}  // namespace
+
+AuthResult RunHandler::authenticate(Request& r, const std::string* authorization) {
+  if (!authorization) return r.keys->authenticate(nullptr);
+  std::shared_ptr<void>& slot = r.exchange->connectionData();
+  auto* memo = static_cast<AuthMemo*>(slot.get());
+  if (memo && memo->keys == r.keys && memo->authorization.size() == authorization->size() &&
+      CRYPTO_memcmp(memo->authorization.data(), authorization->data(), authorization->size()) == 0) {
+    return memo->result;
+  }
+  AuthResult result = r.keys->authenticate(authorization);
+  if (result.outcome == AuthOutcome::Authenticated) {
+    auto fresh = std::make_shared<AuthMemo>();
+    fresh->keys = r.keys;
+    fresh->authorization = *authorization;
+    fresh->result = result;
+    slot = std::move(fresh);
+  } else {
+    slot.reset();
+  }
+  return result;
 }
 
 void RunHandler::startStream(Request& r) {
@@ -703,28 +761,44 @@ void RunHandler::onFlightOutcome(uint64_t id, const FlightOutcome& o) {
 
 void RunHandler::replyCached(Request& r, const CachedResponse& entry, const std::string& x_cache,
                              const std::string& cache_status) {
-  HttpHeaders headers = responseHeaders(r, entry.headers);
+  // The entry's headers were checked and formatted once (clientHead); a hit
+  // only adds its own lines.
+  const CachedResponse::ClientHead& stored = entry.clientHead();
+  thread_local std::string head;
+  head.assign(stored.lines);
   // A hit spends no quota: report the latest budget the upstream announced.
+  const std::string* limit = stored.ratelimit_limit;
+  const std::string* remaining = stored.ratelimit_remaining;
   auto seen = ratelimit_seen_.find(r.principal.org_label);
   if (seen != ratelimit_seen_.end()) {
-    for (auto& h : headers) {
-      if (equalsIgnoreCase(h.name, "x-ratelimit-limit")) h.value = seen->second.first;
-      if (equalsIgnoreCase(h.name, "x-ratelimit-remaining")) h.value = seen->second.second;
-    }
+    if (limit) limit = &seen->second.first;
+    if (remaining) remaining = &seen->second.second;
   }
+  if (limit) appendHeaderLine(head, "x-ratelimit-limit", *limit);
+  if (remaining) appendHeaderLine(head, "x-ratelimit-remaining", *remaining);
+  appendHeaderLine(head, "X-Request-Id", r.request_id);
+  head.append("Server-Timing: queue;dur=");
+  appendMs(head, r.queue_ms);
+  head.append(", upstream;dur=");
+  appendMs(head, r.upstream_ms);
+  head.append("\r\nX-Cache: ");
+  head.append(x_cache);
+  head.append("\r\nCache-Status: ");
+  head.append(cache_status);
+  head.append("\r\nAge: ");
   int64_t age = std::max<int64_t>(0, (unixMillis() - entry.stored_at_ms) / 1000);
-  headers.push_back({"X-Cache", x_cache});
-  headers.push_back({"Cache-Status", cache_status});
-  headers.push_back({"Age", std::to_string(age)});
+  char digits[24];
+  head.append(digits, std::to_chars(digits, digits + sizeof digits, age).ptr);
+  head.append("\r\n");
   if (entry.stream) {
     // Replayed as a stream: chunked, the same bytes and headers.
     HttpExchange* ex = r.exchange;
-    ex->begin(entry.status, entry.reason, headers);
+    ex->begin(entry.status, entry.reason, head, {});
     ex->write(entry.body);  // never dropped; the server flushes it as the client reads
     ex->end();
     return;
   }
-  r.exchange->respond(entry.status, entry.reason, headers, entry.body);
+  r.exchange->respond(entry.status, entry.reason, head, {}, entry.body);
 }
 
 void RunHandler::rememberRateLimit(const std::string& org, const HttpHeaders& headers) {
@@ -990,7 +1064,7 @@ HttpHeaders RunHandler::responseHeaders(Request& r, const HttpHeaders& upstream_
   removeHeader(headers, "x-request-id");
   removeHeader(headers, "server-timing");
   headers.push_back({"X-Request-Id", r.request_id});
-  headers.push_back({"Server-Timing", "queue;dur=" + formatMs(r.queue_ms) + ", upstream;dur=" + formatMs(r.upstream_ms)});
+  headers.push_back({"Server-Timing", serverTiming(r.queue_ms, r.upstream_ms)});
   return headers;
 }
 
@@ -1073,20 +1147,23 @@ void RunHandler::finish(uint64_t id, bool aborted) {
   r->exchange = nullptr;
   int status = aborted ? 499 : (ex ? ex->status() : 0);
   double total_ms = millisSince(r->started);
-  AccessRecord rec;
-  rec.request_id = r->request_id;
-  rec.org = r->principal.org_label.empty() ? "-" : r->principal.org_label;
-  rec.client = r->principal.client.empty() ? "-" : r->principal.client;
-  rec.method = r->method;
-  rec.path = r->path;
-  rec.status = status;
-  rec.cache = r->cache;
-  rec.queue_ms = r->queue_ms;
-  rec.upstream_ms = r->upstream_ms;
-  rec.bytes_in = ex ? ex->bytesIn() : 0;
-  rec.bytes_out = ex ? ex->bytesOut() : 0;
-  access_log_.write(rec);
-  metrics_.countRequest(rec.org, routeLabel(r->route.kind), status, rec.cache);
+  const std::string& org = r->principal.org_label.empty() ? kDash : r->principal.org_label;
+  if (access_log_.enabled()) {
+    AccessRecord rec;
+    rec.request_id = r->request_id;
+    rec.org = org;
+    rec.client = r->principal.client.empty() ? "-" : r->principal.client;
+    rec.method = r->method;
+    rec.path = r->path;
+    rec.status = status;
+    rec.cache = r->cache;
+    rec.queue_ms = r->queue_ms;
+    rec.upstream_ms = r->upstream_ms;
+    rec.bytes_in = ex ? ex->bytesIn() : 0;
+    rec.bytes_out = ex ? ex->bytesOut() : 0;
+    access_log_.write(rec);
+  }
+  metrics_.countRequest(org, routeLabel(r->route.kind), status, r->cache);
   metrics_.setCacheEntries(static_cast<int64_t>(cache_.entries()));
   double overhead_ms = total_ms - r->queue_ms - r->upstream_ms;
   if (overhead_ms < 0) overhead_ms = 0;

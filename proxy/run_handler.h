@@ -76,6 +76,8 @@ class RunHandler {
   void replyCached(Request& r, const CachedResponse& entry, const std::string& x_cache, const std::string& status);
   void rememberRateLimit(const std::string& org, const HttpHeaders& headers);
   void handlePurge(Request& r);
+  // Authorization → principal, remembered per connection (see AuthMemo).
+  AuthResult authenticate(Request& r, const std::string* authorization);
   void startStream(Request& r);
   void fetchStreamToken(Request& r);
   void forward(Request& r, std::string target, Delivery delivery);

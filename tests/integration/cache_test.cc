@@ -2,6 +2,8 @@
 // backends, coalescing in one process and across instances, Redis outages.
 // Redis tests use the redis-server scripts/test started (WFP_REDIS_URL) or
 // one of their own (WFP_REDIS_SERVER) when they kill it.
+#include <strings.h>
+
 #include <gtest/gtest.h>
 
 #include <signal.h>
@@ -72,6 +74,15 @@ TEST_F(MemoryCache, SecondIdenticalRequestIsAHitWithTheSameBytes) {
   EXPECT_EQ(second.header("age"), "0");
   EXPECT_EQ(second.header("content-type"), first.header("content-type"));
   EXPECT_TRUE(second.header("x-ratelimit-limit").has_value());
+  EXPECT_TRUE(second.header("x-ratelimit-remaining").has_value());
+  EXPECT_EQ(second.header("server-timing"), "queue;dur=0.000, upstream;dur=0.000");
+  EXPECT_NE(second.header("x-request-id"), first.header("x-request-id"));
+  // Every header of the stored response is there once, and no framing header twice.
+  for (const char* name : {"content-type", "x-request-id", "server-timing", "x-cache", "content-length"}) {
+    int count = 0;
+    for (const auto& [n, v] : second.headers) count += strcasecmp(n.c_str(), name) == 0;
+    EXPECT_EQ(count, 1) << name << "\n" << second.raw;
+  }
   EXPECT_EQ(runs(*sim_), 1);
 }
 

@@ -1,6 +1,12 @@
 // The drop-in path (SPEC §3, §3.1, §3.2, §4.1): the real proxy binary in
 // front of the upstream simulator, asserting on what the simulator received
 // and on the exact bytes the client gets.
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <regex>
+
 #include <gtest/gtest.h>
 
 #include "tests/integration/harness.h"
@@ -60,6 +66,8 @@ TEST_F(Forwarding, RunIsByteIdenticalToADirectCall) {
   ASSERT_TRUE(timing.has_value());
   EXPECT_NE(timing->find("queue;dur="), std::string::npos);
   EXPECT_NE(timing->find("upstream;dur="), std::string::npos);
+  EXPECT_TRUE(std::regex_match(*timing, std::regex(R"(queue;dur=[0-9]+\.[0-9]{3}, upstream;dur=[0-9]+\.[0-9]{3})")))
+      << *timing;
 
   // The simulator got the client's bytes unchanged, with the organisation key.
   auto reqs = sim_->requests();
@@ -98,6 +106,50 @@ TEST_F(Forwarding, UnauthorizedIsTheUpstreamsExactBodyAndSpendsNothing) {
   EXPECT_EQ(t.status, 401);
   EXPECT_EQ(t.body, kUnauthorized);
   EXPECT_EQ(sim_->stats()["total"], 0);
+}
+
+// The proxy remembers a connection's last accepted Authorization header to
+// skip hashing it again; every request must still be judged by its own key,
+// and by the keys configured now.
+TEST_F(Forwarding, EveryRequestOnAKeepAliveConnectionIsJudgedByItsOwnKey) {
+  Connection c(proxy_->port());
+  auto send = [&](const std::string& key, const std::string& input) {
+    std::string body = R"({"n":")" + input + R"("})";
+    c.send("POST /api/v1/run/wf_keys HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key +
+           "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" +
+           body);
+    return c.readResponse();
+  };
+  HttpResponse a = send("acme-client-key", "1");
+  ASSERT_EQ(a.status, 200) << a.raw;
+  HttpResponse g = send("globex-client-key", "1");  // same input, other organisation: its own run
+  ASSERT_EQ(g.status, 200) << g.raw;
+  EXPECT_EQ(g.header("x-cache"), "MISS");
+  HttpResponse wrong = send("acme-client-kez", "2");  // same length as the remembered key
+  EXPECT_EQ(wrong.status, 401);
+  EXPECT_EQ(wrong.body, kUnauthorized);
+  HttpResponse again = send("acme-client-key", "1");
+  ASSERT_EQ(again.status, 200);
+  EXPECT_EQ(again.header("x-cache"), "HIT");
+  auto reqs = sim_->requests();
+  ASSERT_EQ(reqs.size(), 2u);
+  EXPECT_EQ(reqs[0]["org"], "acme");
+  EXPECT_EQ(reqs[1]["org"], "globex");
+
+  // A reload that revokes the key applies to the open connection too.
+  std::ifstream in(proxy_->configPath());
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string revoked = "      - name: billing\n        key: acme-client-key\n";
+  ASSERT_NE(text.find(revoked), std::string::npos) << text;
+  text.replace(text.find(revoked), revoked.size(), "");
+  proxy_->dir().write("proxy.yaml.next", text);
+  ASSERT_EQ(std::rename(proxy_->dir().file("proxy.yaml.next").c_str(), proxy_->configPath().c_str()), 0);
+  proxy_->process().signal(SIGHUP);
+  ASSERT_TRUE(eventually([&] { return proxy_->log().find("configuration reloaded") != std::string::npos; }))
+      << proxy_->log();
+  HttpResponse revoked_now = send("acme-client-key", "1");
+  EXPECT_EQ(revoked_now.status, 401) << revoked_now.raw;
+  EXPECT_EQ(sim_->stats()["total"], 2);
 }
 
 TEST_F(Forwarding, ProxyErrorsHaveExactBodiesAndMakeNoUpstreamCall) {
