@@ -919,6 +919,12 @@ void RunHandler::forward(Request& r, std::string target, Delivery delivery) {
   req.url = cfg.upstream.base_url + target;
   req.headers = upstreamRequestHeaders(client_headers, opts);
   req.body = ex.body();
+  // libcurl may send a safe method again after a reused connection died (the
+  // upstream possibly saw it), as nginx retries an idempotent request; never
+  // a run, a stream (single-use token), a token fetch or any other method.
+  const std::string& m = req.method;
+  req.replayable = (m == "GET" || m == "HEAD" || m == "OPTIONS") &&
+                   (r.route.kind == RouteKind::PassThrough || r.route.kind == RouteKind::Options);
   admit(r, std::move(req), delivery, spends_quota);
 }
 

@@ -3,10 +3,26 @@
 // for curl's timeouts, curl_multi_socket_action on every event, and a drain of
 // curl_multi_info_read after each action. Easy handles are removed only
 // outside libcurl callbacks (STYLE: never call curl from a curl callback).
+//
+// At most once: when a reused keep-alive connection dies before any response
+// byte arrives, libcurl sends the request again on another connection by
+// itself (Curl_retry_request in lib/transfer.c, "Connection died, retrying a
+// fresh connect"), whatever the method, with or without a body, although the
+// upstream may have received and run it: a run or a token fetch billed twice,
+// a stream's single-use token replayed. So a request that is not
+// UpstreamRequest::replayable refuses any second attempt from
+// CURLOPT_PREREQFUNCTION, which libcurl calls before each attempt to send.
+// A body from a read callback that cannot seek (CURL_SEEKFUNC_CANTSEEK) would
+// not be enough: it fails the retry only once body bytes went out, so an empty
+// POST or a GET would still go twice (measured with Debian 12's libcurl 7.88.1).
 #include "proxy/upstream_client.h"
 
 #include <curl/curl.h>
 #include <event2/event.h>
+
+#if LIBCURL_VERSION_NUM < 0x075000
+#error "libcurl 7.80.0 or later is needed (CURLOPT_PREREQFUNCTION)"
+#endif
 
 #include <cmath>
 #include <cstring>
@@ -29,6 +45,9 @@ struct Transfer {
   bool head_delivered = false;
   bool cancelled = false;
   bool paused = false;
+  int attempts = 0;             // times libcurl was about to send the request
+  bool resend_refused = false;  // a second attempt was refused (not replayable)
+  std::string first_error;      // why the first attempt's connection died
   std::chrono::steady_clock::time_point started;
   char error[CURL_ERROR_SIZE] = {};
 };
@@ -186,12 +205,16 @@ struct UpstreamClient::Impl {
     UpstreamResult result;
     result.failure = classify(code);
     result.elapsed = std::chrono::steady_clock::now() - t->started;
+    if (t->resend_refused) {
+      result.failure = UpstreamFailure::Unavailable;
+      result.detail = t->first_error + " on a reused connection after the request was sent; not sent again";
+    }
     if (result.failure == UpstreamFailure::None && !t->head_delivered) {
       // A complete exchange always has a head; libcurl guarantees a status.
       deliverHead(*t);
     }
     result.head_received = t->head_delivered;
-    if (code != CURLE_OK) result.detail = t->error[0] ? t->error : curl_easy_strerror(code);
+    if (code != CURLE_OK && result.detail.empty()) result.detail = t->error[0] ? t->error : curl_easy_strerror(code);
     auto callbacks = std::move(t->callbacks);
     freeTransfer(*t);
     if (!t->cancelled && callbacks.on_done) callbacks.on_done(result);
@@ -228,6 +251,21 @@ struct UpstreamClient::Impl {
     t->head.headers.push_back(
         HttpHeader{std::string(trimmed.substr(0, colon)), std::string(trim(trimmed.substr(colon + 1)))});
     return len;
+  }
+
+  // Before each attempt to send the request, once the connection is made or
+  // picked from the pool. A second call means libcurl is about to send it
+  // again on a new connection because a reused one died (see the top).
+  static int onPrereq(void* arg, char*, char*, int, int) noexcept {
+    auto* t = static_cast<Transfer*>(arg);
+    if (++t->attempts == 1 || t->request.replayable) return CURL_PREREQFUNC_OK;
+    t->resend_refused = true;
+    try {
+      // libcurl keeps the first error in the buffer; an EOF leaves it empty.
+      t->first_error = t->error[0] ? t->error : "connection closed";
+    } catch (...) {
+    }
+    return CURL_PREREQFUNC_ABORT;  // the transfer ends with CURLE_ABORTED_BY_CALLBACK
   }
 
   static void deliverHead(Transfer& t) {
@@ -295,6 +333,8 @@ struct UpstreamClient::Impl {
     curl_easy_setopt(e, CURLOPT_HEADERDATA, t.get());
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &Impl::onBody);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, t.get());
+    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, &Impl::onPrereq);
+    curl_easy_setopt(e, CURLOPT_PREREQDATA, t.get());
 
     if (r.method == "GET" && r.body.empty()) {
       curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);

@@ -33,6 +33,13 @@ struct UpstreamRequest {
   std::string url;      // absolute; always under upstream.base_url
   HttpHeaders headers;  // sent as given; curl adds only Host and Content-Length
   std::string body;
+  // May the request go out a second time within one transfer? libcurl re-sends
+  // a request by itself when a reused keep-alive connection dies before any
+  // response byte arrives ("Connection died, retrying a fresh connect"), even
+  // though the upstream may have received and run it. Only requests that are
+  // safe to repeat set this (GET, HEAD, OPTIONS without side effects); every
+  // other one is sent at most once, and such a death fails it (Unavailable).
+  bool replayable = false;
 };
 
 struct UpstreamHead {

@@ -96,7 +96,7 @@ TEST(Faults, UpstreamResetBeforeTheHeadOnAFreshConnectionIs502) {
   }
   {
     // Stream: the token fetch opens the connection, so the stream request
-    // itself goes on a reused one; see the known bug below.
+    // itself goes on a reused one (resets there: see below).
     ProxyProcess proxy(baseConfig(), sim.url());
     sim.fault({{"mode", "reset"}, {"count", 1}, {"path", "/api/v1/token"}});
     HttpResponse r = streamOn(proxy.port(), "wf_reset", R"({"n":1})");
@@ -108,33 +108,132 @@ TEST(Faults, UpstreamResetBeforeTheHeadOnAFreshConnectionIs502) {
   }
 }
 
+// libcurl re-sends a request by itself when a reused keep-alive connection
+// dies before any response byte ("Connection died, retrying a fresh connect"),
+// although the upstream may have received and run it. Each case below first
+// runs a new input so that a live connection waits in the pool, then resets
+// the connection after the upstream has recorded the request.
+class ReusedConnection {
+ public:
+  ReusedConnection(Simulator& sim, ProxyProcess& proxy) : sim_(sim), proxy_(proxy) {}
+  // Leaves a live connection in the proxy's pool (a miss, so it goes upstream).
+  void warm() {
+    HttpResponse r = runOn(proxy_.port(), "wf_warm", "{\"w\":" + std::to_string(++warmed_) + "}");
+    ASSERT_EQ(r.status, 200) << r.raw;
+    ASSERT_EQ(r.header("x-cache"), "MISS");
+  }
+  void resetNext(const std::string& path, const std::string& method = "") {
+    nlohmann::json f{{"mode", "reset"}, {"count", 1}, {"path", path}};
+    if (!method.empty()) f["method"] = method;
+    sim_.fault(f);
+  }
+
+ private:
+  Simulator& sim_;
+  ProxyProcess& proxy_;
+  int warmed_ = 0;
+};
+
 TEST(Faults, AResetOnAReusedUpstreamConnectionNeitherReplaysTheRunNorTheToken) {
-  WFP_KNOWN_BUG(
-      "when the upstream resets a reused keep-alive connection after receiving a request, libcurl silently "
-      "re-sends it on a new connection: a POST run reaches the upstream twice (billed twice, one budget start "
-      "counted) and a stream's single-use token is replayed (SPEC 4.4: never replayed, not on retry)");
   Simulator sim;
   ProxyProcess proxy(baseConfig(), sim.url());
-  // Open (and keep) a pooled upstream connection.
-  ASSERT_EQ(runOn(proxy.port(), "wf_warm", "{}").status, 200);
+  ReusedConnection conn(sim, proxy);
 
-  sim.fault({{"mode", "reset"}, {"count", 1}, {"path", "/api/v1/run/wf_reset"}});
+  conn.warm();
+  conn.resetNext("/api/v1/run/wf_reset");
   HttpResponse r = runOn(proxy.port(), "wf_reset", R"({"n":1})");
   EXPECT_EQ(r.status, 502) << r.body;
+  EXPECT_EQ(r.body, kUnavailableBody);
   EXPECT_EQ(recordsOn(sim, "/api/v1/run/wf_reset").size(), 1u) << "the run was sent upstream more than once";
+  // Nothing was stored: the client's own retry runs it (once).
+  r = runOn(proxy.port(), "wf_reset", R"({"n":1})");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.header("x-cache"), "MISS");
+  EXPECT_EQ(recordsOn(sim, "/api/v1/run/wf_reset").size(), 2u);
 
-  ASSERT_EQ(runOn(proxy.port(), "wf_warm", "{}").status, 200);
-  sim.fault({{"mode", "reset"}, {"count", 1}, {"path", "/api/v1/run/wf_reset/stream"}});
+  // A shared stream: the token fetch opens or reuses a connection, the stream
+  // request with the single-use token goes on a reused one.
+  conn.warm();
+  size_t tokens_before = recordsOn(sim, "/api/v1/token").size();
+  conn.resetNext("/api/v1/run/wf_reset/stream");
   r = streamOn(proxy.port(), "wf_reset", R"({"n":1})");
   EXPECT_EQ(r.status, 502) << r.body;
+  EXPECT_EQ(r.body, kUnavailableBody);
   auto streams = recordsOn(sim, "/api/v1/run/wf_reset/stream");
   ASSERT_GE(streams.size(), 1u);
   EXPECT_EQ(streams.size(), 1u) << "the single-use token was replayed: " << streams.dump();
+  EXPECT_EQ(recordsOn(sim, "/api/v1/token").size(), tokens_before + 1);
 
-  ASSERT_EQ(runOn(proxy.port(), "wf_warm", "{}").status, 200);
-  sim.fault({{"mode", "reset"}, {"count", 1}, {"path", "/api/v1/token"}});
-  EXPECT_EQ(httpRequest(proxy.port(), "GET", "/api/v1/token", kAcme).status, 502);
-  EXPECT_EQ(recordsOn(sim, "/api/v1/token").size(), 1u) << "the token request (it spends quota) was sent twice";
+  // The client's GET /api/v1/token spends quota and mints a token: once.
+  conn.warm();
+  tokens_before = recordsOn(sim, "/api/v1/token").size();
+  conn.resetNext("/api/v1/token");
+  r = httpRequest(proxy.port(), "GET", "/api/v1/token", kAcme);
+  EXPECT_EQ(r.status, 502) << r.body;
+  EXPECT_EQ(r.body, kUnavailableBody);
+  EXPECT_EQ(recordsOn(sim, "/api/v1/token").size(), tokens_before + 1)
+      << "the token request (it spends quota) was sent twice";
+  expectAlive(proxy);
+}
+
+TEST(Faults, AResetOnAReusedUpstreamConnectionReplaysNoOtherUnsafeRequest) {
+  Simulator sim;
+  ProxyProcess proxy(baseConfig(), sim.url());
+  ReusedConnection conn(sim, proxy);
+
+  // An empty run body is the input {} and is billed like any other: no body
+  // bytes go out, so a body that cannot be rewound would not stop the retry.
+  conn.warm();
+  conn.resetNext("/api/v1/run/wf_empty");
+  HttpResponse r = runOn(proxy.port(), "wf_empty", "");
+  EXPECT_EQ(r.status, 502) << r.body;
+  EXPECT_EQ(r.body, kUnavailableBody);
+  EXPECT_EQ(recordsOn(sim, "/api/v1/run/wf_empty").size(), 1u);
+
+  // An unshared stream (no-store): the token fetch and the stream go through
+  // the plain forwarding path.
+  Headers no_store = kAcme;
+  no_store.emplace_back("Cache-Control", "no-store");
+  conn.warm();
+  size_t tokens_before = recordsOn(sim, "/api/v1/token").size();
+  conn.resetNext("/api/v1/run/wf_unshared/stream");
+  r = streamOn(proxy.port(), "wf_unshared", R"({"n":1})", no_store);
+  EXPECT_EQ(r.status, 502) << r.body;
+  EXPECT_EQ(recordsOn(sim, "/api/v1/run/wf_unshared/stream").size(), 1u) << "the token was replayed";
+  EXPECT_EQ(recordsOn(sim, "/api/v1/token").size(), tokens_before + 1);
+
+  // A stream with the client's own token: forwarded as given, once.
+  conn.warm();
+  conn.resetNext("/api/v1/run/wf_client_token/stream");
+  r = httpRequest(proxy.port(), "POST", "/api/v1/run/wf_client_token/stream?token=pub_tok_client", kAcme, "{}");
+  EXPECT_EQ(r.status, 502) << r.body;
+  EXPECT_EQ(recordsOn(sim, "/api/v1/run/wf_client_token/stream").size(), 1u) << "the client's token was replayed";
+
+  // Any other path with an unsafe method (here the billed chat completions).
+  conn.warm();
+  conn.resetNext("/api/v1/chat/completions");
+  r = httpRequest(proxy.port(), "POST", "/api/v1/chat/completions", kAcme, R"({"model":"m","messages":[]})");
+  EXPECT_EQ(r.status, 502) << r.body;
+  EXPECT_EQ(r.body, kUnavailableBody);
+  EXPECT_EQ(recordsOn(sim, "/api/v1/chat/completions").size(), 1u);
+  expectAlive(proxy);
+}
+
+TEST(Faults, ASafePassThroughRequestIsRetriedOnAFreshConnection) {
+  // GET, HEAD and OPTIONS on other paths may go out again, as nginx retries an
+  // idempotent request: libcurl does so only on a reused connection, so this
+  // also shows that upstream connections are still kept alive and reused.
+  Simulator sim;
+  ProxyProcess proxy(baseConfig(), sim.url());
+  ReusedConnection conn(sim, proxy);
+  conn.warm();
+  conn.resetNext("/api/v1/balance", "GET");
+  HttpResponse r = httpRequest(proxy.port(), "GET", "/api/v1/balance", kAcme);
+  EXPECT_EQ(r.status, 200) << r.body;
+  auto records = recordsOn(sim, "/api/v1/balance");
+  ASSERT_EQ(records.size(), 2u) << records.dump();
+  EXPECT_EQ(records[0]["fault"], "reset");
+  EXPECT_TRUE(records[1]["fault"].is_null());
   expectAlive(proxy);
 }
 
