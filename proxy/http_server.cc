@@ -735,6 +735,9 @@ class HttpConnection {
       }
     }
     if (count < headers.size()) headers.resize(count);
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400 (HTTP/1.0
+    // predates the header).
+    if (!seen_host && ex_.version_minor_ == 1) return badRequest("missing Host header");
 
     if (te_count > 0) {
       // Request smuggling defences (RFC 9112 §6.1, §6.3).
