@@ -331,6 +331,7 @@ struct HttpServer::Impl {
   EventLoop& loop;
   HttpServerLimits limits;
   Handler handler;
+  ErrorObserver on_error;
   std::vector<Listener> listeners;
   HttpConnection* connections = nullptr;  // intrusive list of open connections
   size_t connection_count = 0;
@@ -1328,7 +1329,20 @@ class HttpConnection {
     appendDecimal(head, body.size());
     head.append("\r\nConnection: close\r\n\r\n");
     iovec iov[2] = {{head.data(), head.size()}, {body.data(), body.size()}};
+    const size_t bytes_out = head.size() + body.size();
     output(iov, 2);
+    if (server_.on_error) {
+      HttpServerError e;
+      e.status = status;
+      e.code = code;
+      e.method = ex_.method_;  // set once the request line parsed; cleared between requests
+      e.path = ex_.path();
+      // Until the head is parsed (and counted), what was read of it is buffered.
+      e.bytes_in = ex_.bytes_in_ != 0 ? ex_.bytes_in_ : evbuffer_get_length(in_);
+      e.bytes_out = bytes_out;
+      e.peer = ex_.peer_;
+      guarded("error observer", [&] { server_.on_error(e); });
+    }
     startClose(true);
   }
 
@@ -1631,6 +1645,8 @@ void HttpServer::setLimits(const HttpServerLimits& limits) {
   impl_->computeTimeouts();
   impl_->checkCapacity();
 }
+
+void HttpServer::setErrorObserver(ErrorObserver observer) { impl_->on_error = std::move(observer); }
 
 size_t HttpServer::connectionCount() const { return impl_->connection_count; }
 size_t HttpServer::exchangeCount() const { return impl_->exchange_count; }

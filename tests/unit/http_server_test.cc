@@ -700,6 +700,62 @@ TEST_F(HttpServerTest, ExactErrorBodies) {
   });
 }
 
+// Errors the server answers itself reach the error observer (the proxy's
+// access log and metrics), with what was parsed of the request; answers of
+// the handler do not.
+TEST_F(HttpServerTest, ItsOwnErrorsReachTheErrorObserver) {
+  struct Seen {
+    int status;
+    std::string code, method, path;
+    size_t bytes_in, bytes_out;
+  };
+  std::vector<Seen> seen;
+  HttpServerLimits limits;
+  limits.max_header_bytes = 256;
+  limits.max_body_bytes = 10;
+  limits.header_timeout_s = 0.2;
+  start([&](HttpExchange& ex) { textReply(ex, "x"); }, limits);
+  server_->setErrorObserver([&](const HttpServerError& e) {
+    seen.push_back({e.status, std::string(e.code), std::string(e.method), std::string(e.path), e.bytes_in,
+                    e.bytes_out});
+  });
+  std::vector<size_t> response_sizes;
+  const std::string bad_header = "GET /a?q=1 HTTP/1.1\r\nHost: x\r\nX-A : b\r\n\r\n";
+  const std::string too_large = "POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n";
+  const std::string partial_head = "GET /slow HTTP/1.1\r\nHo";
+  run([&] {
+    {
+      Client c(port_);
+      c.send("GET /fine HTTP/1.1\r\nHost: x\r\n\r\n");
+      EXPECT_EQ(c.response().substr(0, 15), "HTTP/1.1 200 OK");
+    }
+    for (const std::string& request : {bad_header, too_large, partial_head, std::string("GET / HTTP/2.0\r\n\r\n")}) {
+      Client c(port_);
+      c.send(request);
+      response_sizes.push_back(c.readAll().size());
+    }
+  }, [&] { return seen.size() >= 4; });
+  ASSERT_EQ(seen.size(), 4u);
+  EXPECT_EQ(seen[0].status, 400);
+  EXPECT_EQ(seen[0].code, "bad_request");
+  EXPECT_EQ(seen[0].method, "GET");
+  EXPECT_EQ(seen[0].path, "/a");
+  EXPECT_EQ(seen[0].bytes_in, bad_header.size());
+  EXPECT_EQ(seen[1].status, 413);
+  EXPECT_EQ(seen[1].code, "payload_too_large");
+  EXPECT_EQ(seen[1].method, "POST");
+  EXPECT_EQ(seen[1].path, "/b");
+  EXPECT_EQ(seen[1].bytes_in, too_large.size());
+  EXPECT_EQ(seen[2].status, 408);
+  EXPECT_EQ(seen[2].code, "request_timeout");
+  EXPECT_EQ(seen[2].method, "");
+  EXPECT_EQ(seen[2].path, "");
+  EXPECT_EQ(seen[2].bytes_in, partial_head.size());
+  EXPECT_EQ(seen[3].status, 505);
+  EXPECT_EQ(seen[3].method, "");
+  for (size_t i = 0; i < seen.size(); ++i) EXPECT_EQ(seen[i].bytes_out, response_sizes[i]) << i;
+}
+
 TEST_F(HttpServerTest, SameContentLengthTwiceIsAccepted) {
   std::string body;
   start([&](HttpExchange& ex) {
