@@ -922,11 +922,10 @@ std::optional<Error> checkSingleDocument(std::string_view yaml) {
 
 ConfigResult Loader::run(std::string_view yaml) {
   YAML::Node root;
+  std::optional<Error> structure;
   try {
-    if (auto e = checkSingleDocument(yaml)) {
-      error(e->line, e->message);
-      return finish(nullptr);
-    }
+    structure = checkSingleDocument(yaml);
+    if (structure) error(structure->line, structure->message);  // and go on with the first document's errors
     // The first document only: one HandleNextDocument() call.
     root = YAML::Load(std::string(yaml));
   } catch (const YAML::Exception& e) {
@@ -938,7 +937,7 @@ ConfigResult Loader::run(std::string_view yaml) {
     return finish(nullptr);
   }
   if (!root || root.IsNull()) {
-    error(1, "empty configuration (at least `organisations` is required)");
+    if (!structure) error(1, "empty configuration (at least `organisations` is required)");
     return finish(nullptr);
   }
   int root_line = lineOf(root, 1);

@@ -1152,8 +1152,13 @@ TEST(ConfigRegression, ACommaAfterAPropertyBomOrNulIsAnErrorWithItsLine) {
                                  std::string("!<x> ,"), std::string("[a]\n,\n"), std::string("a: 1\n...\n,\n")}) {
     ConfigResult r = load(yaml);
     EXPECT_FALSE(r.config);
-    EXPECT_EQ(r.errors.size(), 1u) << joined(r.errors);
+    EXPECT_TRUE(hasError(r, "at the start of a document")) << joined(r.errors);
   }
+  // The first document's own problems are reported as well.
+  auto r = load("listen: nowhere\n" + std::string(kMinimalOrgs) + "---\n,\n");
+  EXPECT_EQ(r.errors.size(), 2u) << joined(r.errors);
+  EXPECT_ERROR(r, "test.yaml:1: listen: expected host:port");
+  EXPECT_ERROR(r, "test.yaml:6: unexpected ','");
 }
 
 TEST(ConfigRegression, OneDocumentWithOptionalEmptyOnesAfterIt) {
@@ -1166,7 +1171,7 @@ TEST(ConfigRegression, OneDocumentWithOptionalEmptyOnesAfterIt) {
   // Content in any later document is refused, on its line.
   auto r = load(orgs + "---\n---\nlisten: 127.0.0.1:1\n");
   ASSERT_EQ(r.errors.size(), 1u) << joined(r.errors);
-  EXPECT_NE(r.errors[0].find("more than one YAML document"), std::string::npos) << r.errors[0];
+  EXPECT_EQ(r.errors[0], "test.yaml:6: more than one YAML document; expected exactly one");
   EXPECT_ERROR(load(orgs + "---\n---\n---\n"), "more than one YAML document");
   EXPECT_ERROR(load("---\n---\n" + orgs), "more than one YAML document");
   // A syntax error in a later document is still reported.
