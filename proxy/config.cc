@@ -50,6 +50,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -60,6 +61,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
+#include <sstream>
 #include <utility>
 
 namespace wfp {
@@ -825,37 +827,107 @@ std::optional<ListenAddress> Loader::listenAddress(const Field& f, const std::st
   return addr;
 }
 
-// yaml-cpp 0.7 (Debian 12) never returns from LoadAll() on a document that
-// starts with a flow entry ',' (it loops, allocating; yaml-cpp#1040, fixed in
-// 0.8): refuse those before handing the text over.
-std::optional<int> leadingFlowEntryLine(std::string_view yaml) {
-  bool at_doc_start = true;
-  int line_no = 0;
-  while (!yaml.empty()) {
-    ++line_no;
-    size_t nl = yaml.find('\n');
-    std::string_view line = yaml.substr(0, nl);
-    yaml = nl == std::string_view::npos ? std::string_view() : yaml.substr(nl + 1);
-    if (line.substr(0, 3) == "---") {
-      at_doc_start = true;
-      line.remove_prefix(3);
-    }
-    size_t first = line.find_first_not_of(" \t\r");
-    if (first == std::string_view::npos || line[first] == '#' || line[first] == '%') continue;
-    if (at_doc_start && line[first] == ',') return line_no;
-    at_doc_start = false;
+// The document structure of a YAML stream, from yaml-cpp's event parser,
+// without building nodes: where each document starts, and whether it holds
+// anything.
+//
+// Why not YAML::LoadAll(): yaml-cpp 0.7 (Debian 12) never returns from it
+// when a document starts with a token no node can start with, a flow entry
+// ',' (also after a tag, an anchor, a BOM or a NUL; yaml-cpp#1040, fixed
+// upstream by PR #1319). SingleDocParser::HandleNode() reports an empty node
+// without consuming that token, so each Parser::HandleNextDocument() call
+// returns, but the next call finds the same token: LoadAll()'s "while there
+// is a next document" loop pushes empty documents until memory runs out.
+// Here the parser is called a bounded number of times, and a document that
+// starts where the previous one started (no token consumed) is an error.
+class DocumentProbe final : public YAML::EventHandler {
+ public:
+  struct Document {
+    YAML::Mark start;  // the document's first token ("---" or its root node)
+    YAML::Mark root;   // its root node
+    bool empty = true;
+  };
+  std::vector<Document> documents;
+
+  void OnDocumentStart(const YAML::Mark& mark) override {
+    documents.push_back(Document{mark, mark, true});
+    depth_ = 0;
   }
-  return std::nullopt;
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark& mark, YAML::anchor_t) override { node(mark, true); }
+  void OnAlias(const YAML::Mark& mark, YAML::anchor_t) override { node(mark, false); }
+  void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t, const std::string&) override {
+    node(mark, false);
+  }
+  void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {
+    node(mark, false);
+    ++depth_;
+  }
+  void OnSequenceEnd() override { --depth_; }
+  void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
+    node(mark, false);
+    ++depth_;
+  }
+  void OnMapEnd() override { --depth_; }
+
+ private:
+  void node(const YAML::Mark& mark, bool null) {
+    if (depth_ != 0 || documents.empty()) return;
+    documents.back().root = mark;
+    documents.back().empty = null;
+  }
+  int depth_ = 0;
+};
+
+int markLine(const YAML::Mark& m) { return m.is_null() || m.line < 0 ? 1 : m.line + 1; }
+
+// The byte at a mark's line and column (columns count characters: exact for
+// the ASCII that starts a line in practice), or '\0'.
+char charAt(std::string_view yaml, const YAML::Mark& m) {
+  if (m.is_null() || m.line < 0 || m.column < 0) return '\0';
+  for (int i = 0; i < m.line; ++i) {
+    size_t nl = yaml.find('\n');
+    if (nl == std::string_view::npos) return '\0';
+    yaml.remove_prefix(nl + 1);
+  }
+  if (m.line == 0 && yaml.substr(0, 3) == "\xEF\xBB\xBF") yaml.remove_prefix(3);
+  auto column = static_cast<size_t>(m.column);
+  return column < yaml.size() ? yaml[column] : '\0';
+}
+
+// Checks that the stream holds at most one document with content (empty
+// ones after it, e.g. from a trailing "---", are harmless). Throws yaml-cpp's
+// exceptions for syntax errors anywhere in the stream, as LoadAll() did.
+// Calls the parser at most kProbedDocuments times, so it returns on any input.
+std::optional<Error> checkSingleDocument(std::string_view yaml) {
+  constexpr size_t kProbedDocuments = 4;
+  std::stringstream in{std::string(yaml)};
+  YAML::Parser parser(in);
+  DocumentProbe probe;
+  while (probe.documents.size() < kProbedDocuments) {
+    if (!parser.HandleNextDocument(probe)) return std::nullopt;  // the end of the stream
+    const size_t n = probe.documents.size();
+    if (n < 2) continue;
+    const DocumentProbe::Document& doc = probe.documents[n - 1];
+    if (doc.start.pos == probe.documents[n - 2].start.pos) {
+      // The parser is stuck on a token it cannot start a node with.
+      const char* what = charAt(yaml, doc.start) == ',' ? "','" : "token";
+      return Error{markLine(doc.start), std::string("unexpected ") + what + " at the start of a document"};
+    }
+    if (!doc.empty) return Error{markLine(doc.root), "more than one YAML document; expected exactly one"};
+  }
+  return Error{markLine(probe.documents.back().start), "more than one YAML document; expected exactly one"};
 }
 
 ConfigResult Loader::run(std::string_view yaml) {
-  std::vector<YAML::Node> docs;
-  if (auto line = leadingFlowEntryLine(yaml)) {
-    error(*line, "unexpected ',' at the start of a document");
-    return finish(nullptr);
-  }
+  YAML::Node root;
+  std::optional<Error> structure;
   try {
-    docs = YAML::LoadAll(std::string(yaml));
+    structure = checkSingleDocument(yaml);
+    if (structure) error(structure->line, structure->message);  // and go on with the first document's errors
+    // The first document only: one HandleNextDocument() call.
+    root = YAML::Load(std::string(yaml));
   } catch (const YAML::Exception& e) {
     int line = e.mark.is_null() ? 1 : e.mark.line + 1;
     error(line, e.msg + ipv6Hint(yaml, line));
@@ -864,18 +936,10 @@ ConfigResult Loader::run(std::string_view yaml) {
     error(1, std::string("cannot parse YAML: ") + e.what());
     return finish(nullptr);
   }
-  if (docs.empty() || (docs.size() == 1 && docs[0].IsNull())) {
-    error(1, "empty configuration (at least `organisations` is required)");
+  if (!root || root.IsNull()) {
+    if (!structure) error(1, "empty configuration (at least `organisations` is required)");
     return finish(nullptr);
   }
-  for (size_t i = 1; i < docs.size(); ++i) {
-    // A stray trailing "---" gives an empty document: harmless.
-    if (!docs[i].IsNull()) {
-      error(lineOf(docs[i], 1), "more than one YAML document; expected exactly one");
-      break;
-    }
-  }
-  const YAML::Node& root = docs[0];
   int root_line = lineOf(root, 1);
   if (!root.IsMap()) {
     error(root_line, "expected a mapping at the top level, got " + shapeOf(root));

@@ -334,6 +334,7 @@ struct HttpServer::Impl {
   EventLoop& loop;
   HttpServerLimits limits;
   Handler handler;
+  ErrorObserver on_error;
   std::vector<Listener> listeners;
   HttpConnection* connections = nullptr;  // intrusive list of open connections
   size_t connection_count = 0;
@@ -739,6 +740,9 @@ class HttpConnection {
       }
     }
     if (count < headers.size()) headers.resize(count);
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400 (HTTP/1.0
+    // predates the header).
+    if (!seen_host && ex_.version_minor_ == 1) return badRequest("missing Host header");
 
     if (te_count > 0) {
       // Request smuggling defences (RFC 9112 §6.1, §6.3).
@@ -1333,7 +1337,20 @@ class HttpConnection {
     appendDecimal(head, body.size());
     head.append("\r\nConnection: close\r\n\r\n");
     iovec iov[2] = {{head.data(), head.size()}, {body.data(), body.size()}};
+    const size_t bytes_out = head.size() + body.size();
     output(iov, 2);
+    if (server_.on_error) {
+      HttpServerError e;
+      e.status = status;
+      e.code = code;
+      e.method = ex_.method_;  // set once the request line parsed; cleared between requests
+      e.path = ex_.path();
+      // Until the head is parsed (and counted), what was read of it is buffered.
+      e.bytes_in = ex_.bytes_in_ != 0 ? ex_.bytes_in_ : evbuffer_get_length(in_);
+      e.bytes_out = bytes_out;
+      e.peer = ex_.peer_;
+      guarded("error observer", [&] { server_.on_error(e); });
+    }
     startClose(true);
   }
 
@@ -1637,6 +1654,8 @@ void HttpServer::setLimits(const HttpServerLimits& limits) {
   impl_->computeTimeouts();
   impl_->checkCapacity();
 }
+
+void HttpServer::setErrorObserver(ErrorObserver observer) { impl_->on_error = std::move(observer); }
 
 size_t HttpServer::connectionCount() const { return impl_->connection_count; }
 size_t HttpServer::exchangeCount() const { return impl_->exchange_count; }

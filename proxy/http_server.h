@@ -140,6 +140,20 @@ class HttpExchange {
   std::function<void()> on_complete_;
 };
 
+// A request the server answered itself, without handing it to the handler:
+// malformed (400), too slow (408), too large (413, 431), an unsupported
+// Transfer-Encoding (501) or HTTP version (505). For the access log and
+// metrics. What the server did not get to parse is empty.
+struct HttpServerError {
+  int status = 0;
+  std::string_view code;    // the JSON error body's code, e.g. "bad_request"
+  std::string_view method;  // empty when the request line was not parsed
+  std::string_view path;    // the target up to '?'; empty likewise
+  size_t bytes_in = 0;      // bytes of this request read so far
+  size_t bytes_out = 0;     // the error response
+  std::string_view peer;
+};
+
 struct BoundListener {
   std::string address;  // "127.0.0.1:43123", "[::1]:8080", "unix:/run/x.sock"
   uint16_t port = 0;    // actual port (TCP)
@@ -148,6 +162,10 @@ struct BoundListener {
 class HttpServer {
  public:
   using Handler = std::function<void(HttpExchange&)>;
+  // Runs on the loop thread when the server has written an error response of
+  // its own (the connection then closes); the fields live for the call only.
+  // It must not call back into the server.
+  using ErrorObserver = std::function<void(const HttpServerError&)>;
 
   HttpServer(EventLoop& loop, HttpServerLimits limits, Handler handler);
   ~HttpServer();
@@ -162,6 +180,7 @@ class HttpServer {
   // their current response (Connection: close). Used by drain.
   void closeIdleConnections();
   void setLimits(const HttpServerLimits& limits);  // reload: applies to new requests
+  void setErrorObserver(ErrorObserver observer);
 
   size_t connectionCount() const;
   size_t exchangeCount() const;  // requests handed to the handler, not yet complete

@@ -65,6 +65,8 @@ bool Proxy::start(std::string* error) {
   if (!access_log_.open(config_->log.access_log, error)) return false;
   server_ = std::make_unique<HttpServer>(loop_, serverLimits(*config_),
                                          [this](HttpExchange& ex) { handler_.handleClient(ex); });
+  auto record_error = [this](const HttpServerError& e) { handler_.recordServerError(e); };
+  server_->setErrorObserver(record_error);
   handler_.setConnectionCounter([this] { return static_cast<int64_t>(server_ ? server_->connectionCount() : 0); });
   BoundListener bound;
   if (!server_->listen(config_->listen, &bound, error)) return false;
@@ -74,6 +76,7 @@ bool Proxy::start(std::string* error) {
     admin_limits.max_connections = 256;
     admin_server_ = std::make_unique<HttpServer>(loop_, admin_limits,
                                                  [this](HttpExchange& ex) { handler_.handleAdmin(ex); });
+    admin_server_->setErrorObserver(record_error);
     if (!admin_server_->listen(*config_->admin_listen, &bound, error)) return false;
     spdlog::info("listening on {} (admin)", bound.address);
   }

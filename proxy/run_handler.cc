@@ -18,6 +18,9 @@
 //        │                      ▼
 //        └── onComplete / onAbort ──► finish: access log, metrics, Request freed
 //
+// Requests the HttpServer refuses itself (malformed, too large, too slow)
+// never become a Request: recordServerError logs and counts them.
+//
 // A client that leaves (onAbort) cancels the upstream transfer it alone needed.
 // Every continuation finds its Request by id; none holds the exchange pointer
 // beyond onComplete/onAbort.
@@ -316,6 +319,22 @@ void RunHandler::handleAdmin(HttpExchange& ex) {
   Request& r = adopt(ex);
   r.route = routeAdmin(ex.method(), ex.path());
   dispatchAdmin(r);
+}
+
+void RunHandler::recordServerError(const HttpServerError& error) {
+  AccessRecord rec;
+  rec.request_id = newRequestId();
+  rec.org = "-";
+  rec.client = "-";
+  rec.method = error.method.empty() ? "-" : std::string(error.method);
+  rec.path = error.path.empty() ? "-" : std::string(error.path);
+  rec.status = error.status;
+  rec.cache = "-";
+  rec.bytes_in = error.bytes_in;
+  rec.bytes_out = error.bytes_out;
+  access_log_.write(rec);
+  // No route was chosen: labelled like a request for an unknown path.
+  metrics_.countRequest(rec.org, routeLabel(RouteKind::NotFound), error.status, rec.cache);
 }
 
 // --- routing ------------------------------------------------------------------

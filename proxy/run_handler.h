@@ -43,6 +43,9 @@ class RunHandler {
   void setConfig(ConfigPtr config);
   void handleClient(HttpExchange& exchange);
   void handleAdmin(HttpExchange& exchange);
+  // A request the HTTP server refused before it reached a handler (malformed,
+  // too large, too slow): access-logged and counted like any other request.
+  void recordServerError(const HttpServerError& error);
 
   // New requests get 503 shutting_down from now on; running ones finish.
   void beginDrain() { draining_ = true; }

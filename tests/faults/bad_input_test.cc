@@ -330,11 +330,14 @@ TEST_F(BadInput, MultipleHostHeadersAre400) {
 }
 
 TEST_F(BadInput, AnHttp11RequestWithoutHostIs400) {
-  WFP_KNOWN_BUG(
-      "an HTTP/1.1 request without a Host header is accepted and forwarded (RFC 9112 §3.2: a server MUST "
-      "answer 400); http_server.cc parseHead() tracks seen_host only to refuse duplicates");
-  expectError("GET /api/v1/balance HTTP/1.1\r\n" + kAuth + "\r\n", 400, "bad_request");
+  // RFC 9112 §3.2: a server MUST answer 400.
+  HttpResponse r = expectError("GET /api/v1/balance HTTP/1.1\r\n" + kAuth + "\r\n", 400, "bad_request");
+  EXPECT_EQ(r.body, R"({"error":"Bad request: missing Host header","success":false,"code":"bad_request"})");
+  expectError("POST /api/v1/run/wf_x HTTP/1.1\r\n" + kAuth + "Content-Length: 2\r\n\r\n{}", 400, "bad_request");
   expectNothingUpstream();
+  // HTTP/1.0 predates Host: still served.
+  HttpResponse old = parseResponse(raw("POST /api/v1/run/wf_x HTTP/1.0\r\n" + kAuth + "Content-Length: 2\r\n\r\n{}"));
+  EXPECT_EQ(old.status, 200) << old.raw;
 }
 
 TEST_F(BadInput, BadRequestLinesAndVersions) {

@@ -132,8 +132,8 @@ inline int adminPortOf(ProxyProcess& proxy) { return proxy.adminPort() ? proxy.a
 
 inline std::string metrics(ProxyProcess& proxy) { return httpRequest(adminPortOf(proxy), "GET", "/metrics").body; }
 
-// The harness only checks the exit code of a proxy that is still running at
-// the end; this catches one that died (e.g. SIGSEGV) earlier.
+// A proxy that died (e.g. SIGSEGV) fails the test at teardown anyway; this
+// says so at the point of the test where it matters, with the log.
 inline void expectAlive(ProxyProcess& proxy) {
   EXPECT_TRUE(proxy.process().running()) << "the proxy died (exit " << proxy.process().wait(0ms).value_or(-1)
                                          << "); its log:\n"

@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -256,16 +257,28 @@ std::string Process::drainStdout() {
 }
 
 void Process::signal(int signo) {
+  signals_sent_.push_back(signo);
   if (pid_ > 0 && !exit_code_) ::kill(pid_, signo);
 }
 
+bool Process::signalled(int signo) const {
+  return std::find(signals_sent_.begin(), signals_sent_.end(), signo) != signals_sent_.end();
+}
+
 std::optional<int> Process::wait(std::chrono::milliseconds timeout) {
+  auto code = reap(timeout);
+  if (code) exit_seen_ = true;
+  return code;
+}
+
+std::optional<int> Process::reap(std::chrono::milliseconds timeout) {
   if (exit_code_) return exit_code_;
   auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     int status = 0;
     pid_t r = ::waitpid(pid_, &status, WNOHANG);
     if (r == pid_) {
+      term_signal_ = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
       exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
       return exit_code_;
     }
@@ -276,7 +289,15 @@ std::optional<int> Process::wait(std::chrono::milliseconds timeout) {
 
 bool Process::running() {
   if (exit_code_ || pid_ <= 0) return false;
-  return !wait(std::chrono::milliseconds(0)).has_value();
+  return !reap(std::chrono::milliseconds(0)).has_value();
+}
+
+std::string Process::describeExit() const {
+  if (!exit_code_) return "running";
+  if (term_signal_ != 0) {
+    return "killed by signal " + std::to_string(term_signal_) + " (" + ::strsignal(term_signal_) + ")";
+  }
+  return "exit code " + std::to_string(*exit_code_);
 }
 
 // --- HTTP ----------------------------------------------------------------------
@@ -498,6 +519,18 @@ ProxyProcess::~ProxyProcess() {
       ADD_FAILURE() << "the proxy did not exit within 15 s of SIGTERM";
     } else if (*code != 0) {
       ADD_FAILURE() << "the proxy exited with " << *code << "; its log:\n" << log();
+    }
+  } else if (process_ && !expect_exit_ && !process_->exitSeen() && !process_->signalled(SIGKILL)) {
+    // It ended before the harness stopped it, and the test never looked at
+    // how: a crash or a kill nobody asked for, unless the test's own SIGTERM
+    // led to a clean exit.
+    const bool stopped = process_->signalled(SIGTERM) || process_->signalled(SIGINT);
+    const std::string how = process_->describeExit();
+    if (!stopped) {
+      ADD_FAILURE() << "the proxy ended before the test did (" << how << "); its log:\n" << log();
+    } else if (how != "exit code 0") {
+      ADD_FAILURE() << "the proxy did not exit cleanly after the test's SIGTERM (" << how << "); its log:\n"
+                    << log();
     }
   }
   std::string text = log();

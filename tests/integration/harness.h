@@ -38,18 +38,32 @@ class Process {
   pid_t pid() const { return pid_; }
   // Reads one line from the child's stdout (pipe_stdout), within `timeout`.
   std::optional<std::string> readLine(std::chrono::milliseconds timeout);
+  // Sends a signal (remembered: see signalled()).
   void signal(int signo);
-  // Waits for exit; returns the exit code (128+signal if killed), or nullopt on timeout.
+  // Waits for exit; returns the exit code (128+signal if killed), or nullopt
+  // on timeout. A returned code counts as seen by the caller (exitSeen()).
   std::optional<int> wait(std::chrono::milliseconds timeout);
   bool running();
   // Reads everything on stdout until EOF (after the process ended).
   std::string drainStdout();
 
+  // Whether signal(signo) was called: the test asked for what followed.
+  bool signalled(int signo) const;
+  // Whether a wait() call returned the exit code to the test.
+  bool exitSeen() const { return exit_seen_; }
+  // "exit code N" or "killed by signal N (name)"; "running" before the exit.
+  std::string describeExit() const;
+
  private:
+  std::optional<int> reap(std::chrono::milliseconds timeout);
+
   pid_t pid_ = -1;
   int stdout_fd_ = -1;
   std::string stdout_buf_;
   std::optional<int> exit_code_;
+  int term_signal_ = 0;  // the signal that ended it, if one did
+  bool exit_seen_ = false;
+  std::vector<int> signals_sent_;
 };
 
 struct HttpResponse {
@@ -124,8 +138,15 @@ class ProxyProcess {
   ProxyProcess(const std::string& config_yaml, const std::string& upstream_url,
                std::vector<std::string> env_extra = {}, std::vector<std::string> extra_args = {});
   // Stops the proxy with SIGTERM and fails the test if it did not exit 0 or
-  // if a sanitizer reported anything in its log.
+  // if a sanitizer reported anything in its log. A proxy that already exited
+  // fails the test too (a crash, the OOM killer), unless the test ended it:
+  // SIGKILL through process().signal(), SIGTERM/SIGINT likewise (then it must
+  // have exited 0), a process().wait() that returned its exit code to the
+  // test, or expectExit().
   ~ProxyProcess();
+  // The test expects the proxy to exit by itself before the end and checks
+  // how on its own (if at all).
+  void expectExit() { expect_exit_ = true; }
   int port() const { return port_; }
   int adminPort() const { return admin_port_; }
   Process& process() { return *process_; }
@@ -140,6 +161,7 @@ class ProxyProcess {
   std::unique_ptr<Process> process_;
   int port_ = 0;
   int admin_port_ = 0;
+  bool expect_exit_ = false;
 };
 
 // A minimal configuration: organisations acme (api key sk_sim_acme) and

@@ -273,6 +273,76 @@ TEST(Operations, MetricsMoveAndPassPromtool) {
   EXPECT_EQ(check.exit_code, 0) << "promtool check metrics:\n" << check.output << "\nmetrics:\n" << m.body;
 }
 
+// Requests the HTTP layer refuses itself (before any route or handler) are
+// access-logged and counted like the others: org/client/cache "-", and
+// route="invalid" as for an unknown path.
+TEST(Operations, ErrorsOfTheHttpLayerAreLoggedAndCounted) {
+  Simulator sim;
+  ProxyProcess proxy(baseConfig("limits:\n  max_body_bytes: 1000\n"), sim.url());
+  const std::string auth = "Authorization: Bearer acme-client-key\r\n";
+
+  // 431: a head over 64 KiB, the request line never parsed.
+  const std::string big_head = "GET /api/v1/balance HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(70000, 'a') +
+                               "\r\n\r\n";
+  HttpResponse r = parseResponse(rawExchange(proxy.port(), big_head));
+  EXPECT_EQ(r.status, 431) << r.raw.substr(0, 300);
+  // 400: a bad chunked body on a run (with a query, which is never logged).
+  const std::string bad_chunk = "POST /api/v1/run/wf_log?token=sekrit HTTP/1.1\r\nHost: x\r\n" + auth +
+                                "Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\nzz\r\n";
+  r = parseResponse(rawExchange(proxy.port(), bad_chunk));
+  EXPECT_EQ(r.status, 400) << r.raw;
+  // 413: a declared body over limits.max_body_bytes, refused before it is read.
+  const std::string too_big_head =
+      "POST /api/v1/run/wf_log HTTP/1.1\r\nHost: x\r\n" + auth + "Content-Length: 5000\r\n\r\n";
+  r = parseResponse(rawExchange(proxy.port(), too_big_head));
+  EXPECT_EQ(r.status, 413) << r.raw;
+  EXPECT_EQ(sim.stats()["total"], 0);
+
+  std::vector<nlohmann::json> lines;
+  ASSERT_TRUE(eventually([&] {
+    lines = proxy.accessLog();
+    return lines.size() >= 3;
+  })) << lines.size();
+  ASSERT_EQ(lines.size(), 3u);
+  const std::vector<std::string> fields = {"time",   "request_id", "org",      "client",      "method",   "path",
+                                           "status", "cache",      "queue_ms", "upstream_ms", "bytes_in", "bytes_out"};
+  for (const auto& line : lines) {
+    ASSERT_TRUE(line.is_object()) << line;
+    for (const auto& f : fields) EXPECT_TRUE(line.contains(f)) << f << " in " << line;
+    EXPECT_EQ(line.size(), fields.size()) << line;
+    EXPECT_FALSE(line["request_id"].get<std::string>().empty()) << line;
+    EXPECT_EQ(line["org"], "-");
+    EXPECT_EQ(line["client"], "-");
+    EXPECT_EQ(line["cache"], "-");
+    EXPECT_EQ(line["queue_ms"], 0);
+    EXPECT_EQ(line["upstream_ms"], 0);
+    EXPECT_GT(line["bytes_out"].get<uint64_t>(), 0u) << line;
+  }
+  EXPECT_EQ(lines[0]["status"], 431);
+  EXPECT_EQ(lines[0]["method"], "-");
+  EXPECT_EQ(lines[0]["path"], "-");
+  EXPECT_GE(lines[0]["bytes_in"].get<uint64_t>(), 64u * 1024) << lines[0];
+  EXPECT_EQ(lines[1]["status"], 400);
+  EXPECT_EQ(lines[1]["method"], "POST");
+  EXPECT_EQ(lines[1]["path"], "/api/v1/run/wf_log");
+  EXPECT_EQ(lines[1]["bytes_in"], bad_chunk.size() - 4) << lines[1];  // all but the bad chunk-size line
+  EXPECT_EQ(lines[2]["status"], 413);
+  EXPECT_EQ(lines[2]["method"], "POST");
+  EXPECT_EQ(lines[2]["path"], "/api/v1/run/wf_log");
+  EXPECT_EQ(lines[2]["bytes_in"], too_big_head.size()) << lines[2];
+  EXPECT_EQ(readFile(proxy.dir().file("access.log")).find("sekrit"), std::string::npos);
+
+  HttpResponse m = httpRequest(proxy.adminPort(), "GET", "/metrics");
+  std::vector<Sample> samples = parseSamples(m.body);
+  for (const char* code : {"431", "400", "413"}) {
+    EXPECT_EQ(sampleSum(samples, "workflow_proxy_requests_total",
+                        {{"org", "-"}, {"route", "invalid"}, {"code", code}, {"cache", "-"}}),
+              1)
+        << code << "\n" << m.body;
+  }
+  EXPECT_EQ(sampleSum(samples, "workflow_proxy_requests_total", {}), 3) << m.body;
+}
+
 // --- sd_notify -----------------------------------------------------------------
 
 TEST(Operations, SdNotifyReadyWatchdogReloadStopping) {

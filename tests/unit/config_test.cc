@@ -1135,5 +1135,48 @@ TEST(ConfigRegression, ADocumentStartingWithACommaIsAnErrorNotAHang) {
   }
 }
 
+// The loader drives yaml-cpp's parser a bounded number of times instead of
+// LoadAll(), which never returns on these (yaml-cpp#1040). In-process: before
+// the fix this test hangs; tests/faults/config_faults_test.cc runs the same
+// inputs in a watched child process.
+TEST(ConfigRegression, ACommaAfterAPropertyBomOrNulIsAnErrorWithItsLine) {
+  auto first = [](const ConfigResult& r) { return r.errors.empty() ? std::string() : r.errors[0]; };
+  EXPECT_EQ(first(load("&a ,")), "test.yaml:1: unexpected ',' at the start of a document");
+  EXPECT_EQ(first(load("!t ,\n")), "test.yaml:1: unexpected ',' at the start of a document");
+  EXPECT_EQ(first(load("&a\n,\n")), "test.yaml:2: unexpected ',' at the start of a document");
+  EXPECT_EQ(first(load("\xef\xbb\xbf,\norganisations: []\n")),
+            "test.yaml:1: unexpected ',' at the start of a document");
+  EXPECT_EQ(first(load(std::string(kMinimalOrgs) + "---\n,\n")),  // three lines, "---", then the ','
+            "test.yaml:5: unexpected ',' at the start of a document");
+  for (const std::string& yaml : {std::string("\0,", 2), std::string("!!map ,\norganisations: []\n"),
+                                 std::string("!<x> ,"), std::string("[a]\n,\n"), std::string("a: 1\n...\n,\n")}) {
+    ConfigResult r = load(yaml);
+    EXPECT_FALSE(r.config);
+    EXPECT_TRUE(hasError(r, "at the start of a document")) << joined(r.errors);
+  }
+  // The first document's own problems are reported as well.
+  auto r = load("listen: nowhere\n" + std::string(kMinimalOrgs) + "---\n,\n");
+  EXPECT_EQ(r.errors.size(), 2u) << joined(r.errors);
+  EXPECT_ERROR(r, "test.yaml:1: listen: expected host:port");
+  EXPECT_ERROR(r, "test.yaml:6: unexpected ','");
+}
+
+TEST(ConfigRegression, OneDocumentWithOptionalEmptyOnesAfterIt) {
+  const std::string orgs = kMinimalOrgs;
+  EXPECT_LOADS(load("\xef\xbb\xbf" + orgs));
+  EXPECT_LOADS(load(orgs + "---\n"));
+  EXPECT_LOADS(load(orgs + "...\n"));
+  EXPECT_LOADS(load("--- # the only document\n" + orgs + "---\n# trailing comment\n"));
+  EXPECT_LOADS(load(orgs + "--- ~\n"));
+  // Content in any later document is refused, on its line.
+  auto r = load(orgs + "---\n---\nlisten: 127.0.0.1:1\n");
+  ASSERT_EQ(r.errors.size(), 1u) << joined(r.errors);
+  EXPECT_EQ(r.errors[0], "test.yaml:6: more than one YAML document; expected exactly one");
+  EXPECT_ERROR(load(orgs + "---\n---\n---\n"), "more than one YAML document");
+  EXPECT_ERROR(load("---\n---\n" + orgs), "more than one YAML document");
+  // A syntax error in a later document is still reported.
+  EXPECT_ERROR(load(orgs + "---\na: [\n"), "end of sequence flow not found");
+}
+
 }  // namespace
 }  // namespace wfp

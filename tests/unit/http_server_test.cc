@@ -386,7 +386,7 @@ TEST_F(HttpServerTest, Http10ClosesAndKeepAliveOptIn) {
   run([&] {
     {
       Client c(port_);
-      c.send("GET / HTTP/1.0\r\n\r\n");
+      c.send("GET / HTTP/1.0\r\n\r\n");  // no Host: HTTP/1.0 needs none
       EXPECT_EQ(c.readAll(),
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx");
     }
@@ -401,7 +401,7 @@ TEST_F(HttpServerTest, Http10ClosesAndKeepAliveOptIn) {
     }
     {
       Client c(port_);  // HTTP/1.1 with Connection: close (among other tokens)
-      c.send("GET / HTTP/1.1\r\nConnection: foo, CLOSE\r\n\r\n");
+      c.send("GET / HTTP/1.1\r\nHost: x\r\nConnection: foo, CLOSE\r\n\r\n");
       EXPECT_EQ(c.readAll(),
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx");
     }
@@ -412,9 +412,9 @@ TEST_F(HttpServerTest, HeadResponseHasLengthButNoBody) {
   start([&](HttpExchange& ex) { textReply(ex, "hello"); });
   run([&] {
     Client c(port_);
-    c.send("HEAD / HTTP/1.1\r\n\r\n");
+    c.send("HEAD / HTTP/1.1\r\nHost: x\r\n\r\n");
     EXPECT_EQ(c.response(true), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\n");
-    c.send("GET / HTTP/1.1\r\n\r\n");  // the connection is still in sync
+    c.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");  // the connection is still in sync
     EXPECT_EQ(c.response(), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello");
   });
 }
@@ -429,9 +429,9 @@ TEST_F(HttpServerTest, LenientLineEndingsAndLeadingBlankLines) {
     Client c(port_);
     c.send("\r\n\nGET /lf HTTP/1.1\nHost: h\n\n");
     EXPECT_EQ(c.response(), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nk");
-    c.send("POST /p HTTP/1.1\r\nContent-Length: 2\r\n\r\nab\r\n");  // stray CRLF after a body
+    c.send("POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab\r\n");  // stray CRLF after a body
     EXPECT_EQ(c.response(), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nk");
-    c.send("OPTIONS * HTTP/1.1\r\n\r\n");
+    c.send("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n");
     EXPECT_EQ(c.response(), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nk");
   });
   EXPECT_EQ(seen, (std::vector<std::string>{"/lf|", "/p|ab", "*|"}));
@@ -471,9 +471,9 @@ TEST_F(HttpServerTest, ChunkedWithoutTrailersAndBareLf) {
   });
   run([&] {
     Client c(port_);
-    c.send("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+    c.send("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
     EXPECT_EQ(c.response(), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok");
-    c.send("POST / HTTP/1.1\nTransfer-Encoding: chunked\n\n2\nde\n0\n\n");
+    c.send("POST / HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n\n2\nde\n0\n\n");
     EXPECT_EQ(c.response(), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok");
   });
   EXPECT_EQ(bodies, (std::vector<std::string>{"abc", "de"}));
@@ -484,7 +484,7 @@ TEST_F(HttpServerTest, EofInsideABodyClosesWithoutCallingTheHandler) {
   start([&](HttpExchange&) { ++handled; });
   run([&] {
         Client c(port_);
-        c.send("POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\nonly a part");
+        c.send("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly a part");
         c.shutdownWrite();
         EXPECT_EQ(c.readAll(), "");
       },
@@ -561,7 +561,7 @@ TEST_F(HttpServerTest, ContentLengthOverLimitIs413WithoutContinue) {
               "close\r\n\r\n{\"error\":\"Request body too large\",\"success\":false,\"code\":\"payload_too_large\"}");
     // At the limit exactly: fine.
     Client ok(port_);
-    ok.send("POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789");
+    ok.send("POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789");
     EXPECT_EQ(ok.response(), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nno");
   });
   EXPECT_EQ(handled, 1);
@@ -576,7 +576,7 @@ TEST_F(HttpServerTest, ChunkedBodyOverLimitIs413) {
     Client c(port_);
     // The client keeps sending after the 413: the server must still deliver
     // its answer (lingering close), not reset the connection.
-    c.send("POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n6\r\nghijkl\r\n");
+    c.send("POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n6\r\nghijkl\r\n");
     c.send(std::string(100000, 'z'));
     EXPECT_EQ(c.readAll(), errorResponse(413, "Payload Too Large", "Request body too large", "payload_too_large"));
   });
@@ -600,45 +600,50 @@ TEST_F(HttpServerTest, MalformedRequestsAreRejected) {
     ++handled;
     textReply(ex, "should not happen");
   }, limits);
-  std::string many_headers = "GET / HTTP/1.1\r\n";
+  std::string many_headers = "GET / HTTP/1.1\r\nHost: x\r\n";
   for (int i = 0; i < 11; ++i) many_headers += "X-H" + std::to_string(i) + ": v\r\n";
   many_headers += "\r\n";
   const std::vector<BadCase> cases = {
-      {"CL+TE", "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
-      {"TE+CL", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n", 400},
-      {"CL not digits", "POST / HTTP/1.1\r\nContent-Length: 5a\r\n\r\n", 400},
-      {"CL negative", "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400},
-      {"CL plus", "POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n", 400},
-      {"CL empty", "POST / HTTP/1.1\r\nContent-Length: \r\n\r\n", 400},
-      {"CL overflow", "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n", 400},
-      {"CL list", "POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n", 400},
-      {"CL conflicting", "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400},
-      {"TE gzip", "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501},
-      {"TE garbage", "POST / HTTP/1.1\r\nTransfer-Encoding: \"chunked\"\r\n\r\n", 400},
-      {"TE twice", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400},
+      {"CL+TE", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
+      {"TE+CL", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n", 400},
+      {"CL not digits", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5a\r\n\r\n", 400},
+      {"CL negative", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400},
+      {"CL plus", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n", 400},
+      {"CL empty", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: \r\n\r\n", 400},
+      {"CL overflow", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n", 400},
+      {"CL list", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n", 400},
+      {"CL conflicting", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400},
+      {"TE gzip", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501},
+      {"TE garbage", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: \"chunked\"\r\n\r\n", 400},
+      {"TE twice", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+       400},
       {"TE on 1.0", "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
-      {"obs-fold", "GET / HTTP/1.1\r\nX-A: one\r\n two\r\n\r\n", 400},
-      {"space before colon", "GET / HTTP/1.1\r\nX-A : one\r\n\r\n", 400},
-      {"no colon", "GET / HTTP/1.1\r\nX-A one\r\n\r\n", 400},
-      {"NUL in value", "GET / HTTP/1.1\r\nX-A: o\0e\r\n\r\n"s, 400},
-      {"bare CR in value", "GET / HTTP/1.1\r\nX-A: o\re\r\n\r\n", 400},
+      {"obs-fold", "GET / HTTP/1.1\r\nHost: x\r\nX-A: one\r\n two\r\n\r\n", 400},
+      {"space before colon", "GET / HTTP/1.1\r\nHost: x\r\nX-A : one\r\n\r\n", 400},
+      {"no colon", "GET / HTTP/1.1\r\nHost: x\r\nX-A one\r\n\r\n", 400},
+      {"NUL in value", "GET / HTTP/1.1\r\nHost: x\r\nX-A: o\0e\r\n\r\n"s, 400},
+      {"bare CR in value", "GET / HTTP/1.1\r\nHost: x\r\nX-A: o\re\r\n\r\n", 400},
       {"two Hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400},
+      {"no Host", "GET / HTTP/1.1\r\n\r\n", 400},
+      {"no Host, with a body", "POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nab", 400},
       {"absolute-form", "GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n", 400},
-      {"authority-form", "CONNECT example.com:443 HTTP/1.1\r\n\r\n", 400},
-      {"asterisk not OPTIONS", "GET * HTTP/1.1\r\n\r\n", 400},
+      {"authority-form", "CONNECT example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+      {"asterisk not OPTIONS", "GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400},
       {"HTTP/2.0", "GET / HTTP/2.0\r\n\r\n", 505},
       {"HTTP/1.2", "GET / HTTP/1.2\r\n\r\n", 505},
       {"HTTP/0.9", "GET /\r\n\r\n", 400},
       {"lowercase version", "GET / http/1.1\r\n\r\n", 400},
-      {"double space", "GET  / HTTP/1.1\r\n\r\n", 400},
-      {"control in target", "GET /a\x01 HTTP/1.1\r\n\r\n", 400},
-      {"bad method", "G(T / HTTP/1.1\r\n\r\n", 400},
+      {"double space", "GET  / HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+      {"control in target", "GET /a\x01 HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+      {"bad method", "G(T / HTTP/1.1\r\nHost: x\r\n\r\n", 400},
       {"garbage", "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"s, 400},
-      {"header too large", "GET / HTTP/1.1\r\nX-Big: " + std::string(2000, 'a') + "\r\n\r\n", 431},
+      {"header too large", "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(2000, 'a') + "\r\n\r\n", 431},
       {"too many headers", many_headers, 431},
-      {"bad chunk size", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400},
-      {"chunk size overflow", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n", 400},
-      {"bad chunk terminator", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\naXY0\r\n\r\n", 400},
+      {"bad chunk size", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400},
+      {"chunk size overflow",
+       "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n", 400},
+      {"bad chunk terminator",
+       "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\naXY0\r\n\r\n", 400},
   };
   run([&] {
     for (const BadCase& bad : cases) {
@@ -661,9 +666,14 @@ TEST_F(HttpServerTest, ExactErrorBodies) {
   run([&] {
     {
       Client c(port_);
-      c.send("POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n");
+      c.send("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n");
       EXPECT_EQ(c.readAll(), errorResponse(400, "Bad Request", "Bad request: Content-Length with Transfer-Encoding",
                                            "bad_request"));
+    }
+    {
+      Client c(port_);
+      c.send("GET / HTTP/1.1\r\nX-Host: x\r\n\r\n");
+      EXPECT_EQ(c.readAll(), errorResponse(400, "Bad Request", "Bad request: missing Host header", "bad_request"));
     }
     {
       Client c(port_);
@@ -674,20 +684,76 @@ TEST_F(HttpServerTest, ExactErrorBodies) {
     }
     {
       Client c(port_);
-      c.send("GET / HTTP/1.1\r\nX: " + std::string(300, 'a'));  // no end of head in sight
+      c.send("GET / HTTP/1.1\r\nHost: x\r\nX: " + std::string(300, 'a'));  // no end of head in sight
       EXPECT_EQ(c.readAll(), errorResponse(431, "Request Header Fields Too Large", "Request header too large",
                                            "request_header_too_large"));
     }
     {
       // The client's bytes never appear in the answer.
       Client c(port_);
-      c.send("GET http://evil\"</script> HTTP/1.1\r\n\r\n");
+      c.send("GET http://evil\"</script> HTTP/1.1\r\nHost: x\r\n\r\n");
       std::string r = c.readAll();
       EXPECT_EQ(r.find("evil"), std::string::npos) << r;
       EXPECT_EQ(r, errorResponse(400, "Bad Request", "Bad request: absolute-form request target not supported",
                                  "bad_request"));
     }
   });
+}
+
+// Errors the server answers itself reach the error observer (the proxy's
+// access log and metrics), with what was parsed of the request; answers of
+// the handler do not.
+TEST_F(HttpServerTest, ItsOwnErrorsReachTheErrorObserver) {
+  struct Seen {
+    int status;
+    std::string code, method, path;
+    size_t bytes_in, bytes_out;
+  };
+  std::vector<Seen> seen;
+  HttpServerLimits limits;
+  limits.max_header_bytes = 256;
+  limits.max_body_bytes = 10;
+  limits.header_timeout_s = 0.2;
+  start([&](HttpExchange& ex) { textReply(ex, "x"); }, limits);
+  server_->setErrorObserver([&](const HttpServerError& e) {
+    seen.push_back({e.status, std::string(e.code), std::string(e.method), std::string(e.path), e.bytes_in,
+                    e.bytes_out});
+  });
+  std::vector<size_t> response_sizes;
+  const std::string bad_header = "GET /a?q=1 HTTP/1.1\r\nHost: x\r\nX-A : b\r\n\r\n";
+  const std::string too_large = "POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n";
+  const std::string partial_head = "GET /slow HTTP/1.1\r\nHo";
+  run([&] {
+    {
+      Client c(port_);
+      c.send("GET /fine HTTP/1.1\r\nHost: x\r\n\r\n");
+      EXPECT_EQ(c.response().substr(0, 15), "HTTP/1.1 200 OK");
+    }
+    for (const std::string& request : {bad_header, too_large, partial_head, std::string("GET / HTTP/2.0\r\n\r\n")}) {
+      Client c(port_);
+      c.send(request);
+      response_sizes.push_back(c.readAll().size());
+    }
+  }, [&] { return seen.size() >= 4; });
+  ASSERT_EQ(seen.size(), 4u);
+  EXPECT_EQ(seen[0].status, 400);
+  EXPECT_EQ(seen[0].code, "bad_request");
+  EXPECT_EQ(seen[0].method, "GET");
+  EXPECT_EQ(seen[0].path, "/a");
+  EXPECT_EQ(seen[0].bytes_in, bad_header.size());
+  EXPECT_EQ(seen[1].status, 413);
+  EXPECT_EQ(seen[1].code, "payload_too_large");
+  EXPECT_EQ(seen[1].method, "POST");
+  EXPECT_EQ(seen[1].path, "/b");
+  EXPECT_EQ(seen[1].bytes_in, too_large.size());
+  EXPECT_EQ(seen[2].status, 408);
+  EXPECT_EQ(seen[2].code, "request_timeout");
+  EXPECT_EQ(seen[2].method, "");
+  EXPECT_EQ(seen[2].path, "");
+  EXPECT_EQ(seen[2].bytes_in, partial_head.size());
+  EXPECT_EQ(seen[3].status, 505);
+  EXPECT_EQ(seen[3].method, "");
+  for (size_t i = 0; i < seen.size(); ++i) EXPECT_EQ(seen[i].bytes_out, response_sizes[i]) << i;
 }
 
 TEST_F(HttpServerTest, SameContentLengthTwiceIsAccepted) {
@@ -698,7 +764,7 @@ TEST_F(HttpServerTest, SameContentLengthTwiceIsAccepted) {
   });
   run([&] {
     Client c(port_);
-    c.send("POST / HTTP/1.1\r\nContent-Length: 3\r\ncontent-length: 003\r\n\r\nabc");
+    c.send("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\ncontent-length: 003\r\n\r\nabc");
     EXPECT_EQ(c.response(), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok");
   });
   EXPECT_EQ(body, "abc");
@@ -720,7 +786,7 @@ TEST_F(HttpServerTest, HeaderTimeoutIs408) {
     EXPECT_LT(elapsed, 2s);
     // A body that does not arrive in time is a timeout too.
     Client b(port_);
-    b.send("POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
+    b.send("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc");
     EXPECT_EQ(b.readAll(), errorResponse(408, "Request Timeout", "Request timeout", "request_timeout"));
     // A connection that never sends a byte is closed without a word.
     Client silent(port_);
@@ -735,7 +801,7 @@ TEST_F(HttpServerTest, IdleKeepAliveClosesSilently) {
   start([&](HttpExchange& ex) { textReply(ex, "x"); }, limits);
   run([&] {
     Client c(port_);
-    c.send("GET / HTTP/1.1\r\n\r\n");
+    c.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     EXPECT_EQ(c.response(), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nx");
     auto t0 = Clock::now();
     EXPECT_EQ(c.readAll(), "");
@@ -756,7 +822,7 @@ TEST_F(HttpServerTest, WriteTimeoutAbortsTheExchange) {
   std::unique_ptr<Client> c;
   run([&] {
         c = std::make_unique<Client>(port_, 4096);
-        c->send("GET /big HTTP/1.1\r\n\r\n");
+        c->send("GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
       },
       [&] { return aborted == 1; });
   EXPECT_EQ(completed, 0);
@@ -780,7 +846,7 @@ TEST_F(HttpServerTest, DeferredResponseFromTimer) {
   run([&] {
     Client c(port_);
     auto t0 = Clock::now();
-    c.send("GET / HTTP/1.1\r\n\r\n");
+    c.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     std::string r = c.response();
     EXPECT_EQ(r.substr(0, 15), "HTTP/1.1 200 OK");
     EXPECT_NE(r.find("\r\n\r\nlater "), std::string::npos);
@@ -815,11 +881,11 @@ TEST_F(HttpServerTest, ClientDisconnectAbortsAndLateTimerIsHarmless) {
   run([&] {
         {
           Client c(port_);
-          c.send("GET /full-close HTTP/1.1\r\n\r\n");
+          c.send("GET /full-close HTTP/1.1\r\nHost: x\r\n\r\n");
           std::this_thread::sleep_for(10ms);
         }
         Client half(port_);
-        half.send("GET /half-close HTTP/1.1\r\n\r\n");
+        half.send("GET /half-close HTTP/1.1\r\nHost: x\r\n\r\n");
         std::this_thread::sleep_for(10ms);
         half.shutdownWrite();  // counts as leaving (nginx 499)
         EXPECT_EQ(half.readAll(), "");
@@ -836,7 +902,7 @@ TEST_F(HttpServerTest, HalfCloseAfterCompleteResponseStillDelivers) {
   start([&](HttpExchange& ex) { textReply(ex, std::string(100000, 'y')); });
   run([&] {
     Client c(port_);
-    c.send("GET / HTTP/1.1\r\n\r\n");
+    c.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     std::this_thread::sleep_for(5ms);
     c.shutdownWrite();
     std::string r = c.readAll();
@@ -867,7 +933,7 @@ TEST_F(HttpServerTest, StreamingChunkedExactBytes) {
                                std::string(300, 'z') + "\r\n0\r\n\r\n";
   run([&] {
         Client c(port_);
-        c.send("POST /stream HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+        c.send("POST /stream HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
         EXPECT_EQ(c.response(), expected);
         EXPECT_FALSE(c.closedWithin(10));  // keep-alive after a chunked response
       },
@@ -891,7 +957,7 @@ TEST_F(HttpServerTest, StreamingWithContentLengthAndHttp10) {
   });
   run([&] {
     Client c(port_);
-    c.send("GET /len HTTP/1.1\r\n\r\n");
+    c.send("GET /len HTTP/1.1\r\nHost: x\r\n\r\n");
     EXPECT_EQ(c.response(), "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabcdef");
     Client old(port_);
     old.send("GET /old HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
@@ -940,7 +1006,7 @@ TEST_F(HttpServerTest, BackPressureAndDrain) {
   std::string body;
   run([&] {
     Client c(port_);
-    c.send("GET /big HTTP/1.1\r\n\r\n");
+    c.send("GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
     std::this_thread::sleep_for(50ms);  // not reading: the backlog builds up
     body = dechunk(c.response());
   }, [&] { return ended && current == nullptr; });
@@ -963,7 +1029,7 @@ TEST_F(HttpServerTest, ConnectionCloseIgnoresPipelinedRequests) {
   });
   run([&] {
     Client c(port_);
-    c.send("GET /1 HTTP/1.1\r\nConnection: close\r\n\r\nGET /2 HTTP/1.1\r\n\r\n");
+    c.send("GET /1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n");
     EXPECT_EQ(c.readAll(),
               "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 4\r\nConnection: close\r\n\r\nlast");
   });
@@ -983,7 +1049,7 @@ TEST_F(HttpServerTest, AbortResponseTruncatesWithoutCallbacks) {
   });
   run([&] {
     Client c(port_);
-    c.send("GET / HTTP/1.1\r\n\r\n");
+    c.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     EXPECT_EQ(c.readAll(), "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7\r\npartial\r\n");
   }, [&] { return server_->connectionCount() == 0; });
   spin(10ms);
@@ -1001,12 +1067,12 @@ TEST_F(HttpServerTest, MaxConnectionsPausesAccepting) {
   run([&] {
     auto a = std::make_unique<Client>(port_);
     Client b(port_);
-    a->send("GET / HTTP/1.1\r\n\r\n");
-    b.send("GET / HTTP/1.1\r\n\r\n");
+    a->send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    b.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     EXPECT_EQ(a->response(), ok);
     EXPECT_EQ(b.response(), ok);
     Client third(port_);  // completes in the kernel's backlog, not accepted
-    third.send("GET / HTTP/1.1\r\n\r\n");
+    third.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     EXPECT_FALSE(third.readableWithin(150));
     a.reset();  // one closes: the third is served
     EXPECT_EQ(third.response(), ok);
@@ -1045,7 +1111,7 @@ TEST_F(HttpServerTest, UnixSocketListener) {
   run([&] {
     Client c(path);
     ASSERT_TRUE(c.connected());
-    c.send("GET / HTTP/1.1\r\n\r\n");
+    c.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     EXPECT_EQ(c.response(), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 4\r\n\r\nunix");
   });
   EXPECT_EQ(peer, "unix");
@@ -1112,10 +1178,10 @@ TEST_F(HttpServerTest, CloseIdleConnectionsForDrain) {
   poll.start(1ms);
   run([&] {
     Client idle(port_);
-    idle.send("GET / HTTP/1.1\r\n\r\n");
+    idle.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     EXPECT_EQ(idle.response(), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nx");
     Client busy(port_);
-    busy.send("GET /hold HTTP/1.1\r\n\r\n");
+    busy.send("GET /hold HTTP/1.1\r\nHost: x\r\n\r\n");
     busy_sent = true;
     busy_response = busy.readAll();
     idle_rest = idle.readAll();
@@ -1137,7 +1203,7 @@ TEST_F(HttpServerTest, DestructorAbortsExchangesInProgress) {
   std::unique_ptr<Client> c;
   run([&] {
         c = std::make_unique<Client>(port_);
-        c->send("GET / HTTP/1.1\r\n\r\n");
+        c->send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
       },
       [&] { return server_->exchangeCount() == 1; });
   server_.reset();
@@ -1156,10 +1222,10 @@ TEST_F(HttpServerTest, HandlerExceptionClosesTheConnection) {
   spdlog::set_level(spdlog::level::off);
   run([&] {
     Client c(port_);
-    c.send("GET /throw HTTP/1.1\r\n\r\n");
+    c.send("GET /throw HTTP/1.1\r\nHost: x\r\n\r\n");
     EXPECT_EQ(c.readAll(), "");
     Client d(port_);
-    d.send("GET / HTTP/1.1\r\n\r\n");
+    d.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     EXPECT_EQ(d.response(), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 4\r\n\r\nfine");
   });
   EXPECT_EQ(aborts, 1);
@@ -1169,7 +1235,7 @@ TEST_F(HttpServerTest, SetLimitsAppliesToLaterRequests) {
   start([&](HttpExchange& ex) { textReply(ex, ex.body()); });
   run([&] {
     Client c(port_);
-    c.send("POST / HTTP/1.1\r\nContent-Length: 20\r\n\r\n01234567890123456789");
+    c.send("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n01234567890123456789");
     EXPECT_EQ(c.response().substr(0, 15), "HTTP/1.1 200 OK");
   });
   HttpServerLimits smaller;
@@ -1177,7 +1243,7 @@ TEST_F(HttpServerTest, SetLimitsAppliesToLaterRequests) {
   server_->setLimits(smaller);
   run([&] {
     Client c(port_);
-    c.send("POST / HTTP/1.1\r\nContent-Length: 20\r\n\r\n01234567890123456789");
+    c.send("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n01234567890123456789");
     EXPECT_EQ(c.readAll().substr(0, 12), "HTTP/1.1 413");
   });
 }
