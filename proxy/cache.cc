@@ -1,5 +1,6 @@
 #include "proxy/cache.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "proxy/hash.h"
@@ -10,7 +11,9 @@ namespace wfp {
 namespace {
 
 constexpr std::string_view kMagic = "WFPC";
-constexpr uint8_t kFormatVersion = 1;
+constexpr uint8_t kFormatVersion = 2;
+
+
 
 void putU32(std::string& out, uint32_t v) {
   for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
@@ -58,13 +61,18 @@ size_t footprint(const std::string& key, const CachedResponse& e) {
 
 const CachedResponse::ClientHead& CachedResponse::clientHead() const {
   if (client_head_) return *client_head_;
+  // `headers` are what storedResponse() kept (end-to-end, no X-Request-Id or
+  // Server-Timing), also when decoded; the checks below only keep a foreign
+  // or damaged entry from writing hop-by-hop or framing fields.
   auto head = std::make_shared<ClientHead>();
-  for (const HttpHeader& h : clientResponseHeaders(headers)) {
+  head->lines.reserve(256);
+  for (const HttpHeader& h : headers) {
     if (equalsIgnoreCase(h.name, "x-ratelimit-limit")) {
-      head->ratelimit_limit = findHeader(headers, "x-ratelimit-limit");
+      if (!head->ratelimit_limit) head->ratelimit_limit = h.value;
     } else if (equalsIgnoreCase(h.name, "x-ratelimit-remaining")) {
-      head->ratelimit_remaining = findHeader(headers, "x-ratelimit-remaining");
-    } else if (!equalsIgnoreCase(h.name, "x-request-id") && !equalsIgnoreCase(h.name, "server-timing")) {
+      if (!head->ratelimit_remaining) head->ratelimit_remaining = h.value;
+    } else if (!isHopByHop(h.name) && !equalsIgnoreCase(h.name, "x-request-id") &&
+               !equalsIgnoreCase(h.name, "server-timing")) {
       appendHeaderLine(head->lines, h.name, h.value);
     }
   }
@@ -86,26 +94,36 @@ CachedResponse storedResponse(int status, std::string reason, const HttpHeaders&
   return e;
 }
 
+// Layout: "WFPC", an 8-byte checksum of the payload, the payload. Payload:
+// version (1 byte), stream flag, status, stored_at, reason, headers, body;
+// version 2 adds the client head (see clientHead()), so that a hit from Redis
+// does not filter and format the headers again. Version 1 values, written by
+// older proxies of a fleet, are still read.
 std::string encodeCachedResponse(const CachedResponse& e) {
-  std::string payload;
-  payload.reserve(e.body.size() + 256);
-  payload.push_back(static_cast<char>(kFormatVersion));
-  payload.push_back(e.stream ? 1 : 0);
-  putU32(payload, static_cast<uint32_t>(e.status));
-  putU64(payload, static_cast<uint64_t>(e.stored_at_ms));
-  putBytes(payload, e.reason);
-  putU32(payload, static_cast<uint32_t>(e.headers.size()));
-  for (const auto& h : e.headers) {
-    putBytes(payload, h.name);
-    putBytes(payload, h.value);
-  }
-  putBytes(payload, e.body);
-  Sha256 sum = sha256(payload);
+  const CachedResponse::ClientHead& head = e.clientHead();
   std::string out;
-  out.reserve(kMagic.size() + 8 + payload.size());
+  out.reserve(kMagic.size() + 8 + e.body.size() + head.lines.size() + 256);
   out.append(kMagic);
-  out.append(reinterpret_cast<const char*>(sum.data()), 8);  // truncated checksum
-  out.append(payload);
+  out.append(8, '\0');  // the checksum, below
+  const size_t payload_at = out.size();
+  out.push_back(static_cast<char>(kFormatVersion));
+  out.push_back(e.stream ? 1 : 0);
+  putU32(out, static_cast<uint32_t>(e.status));
+  putU64(out, static_cast<uint64_t>(e.stored_at_ms));
+  putBytes(out, e.reason);
+  putU32(out, static_cast<uint32_t>(e.headers.size()));
+  for (const auto& h : e.headers) {
+    putBytes(out, h.name);
+    putBytes(out, h.value);
+  }
+  putBytes(out, e.body);
+  putBytes(out, head.lines);
+  for (const auto* v : {&head.ratelimit_limit, &head.ratelimit_remaining}) {
+    out.push_back(v->has_value() ? 1 : 0);
+    putBytes(out, v->has_value() ? std::string_view(**v) : std::string_view());
+  }
+  Sha256 sum = sha256(std::string_view(out).substr(payload_at));
+  std::memcpy(out.data() + kMagic.size(), sum.data(), 8);  // truncated checksum
   return out;
 }
 
@@ -115,15 +133,17 @@ std::optional<CachedResponse> decodeCachedResponse(std::string_view bytes) {
   std::string_view payload = bytes.substr(kMagic.size() + 8);
   Sha256 actual = sha256(payload);
   if (std::memcmp(actual.data(), sum.data(), 8) != 0) return std::nullopt;
-  Reader r{payload};
+  const auto version = static_cast<uint8_t>(payload[0]);
+  if (version != 1 && version != kFormatVersion) return std::nullopt;
+  Reader r{payload.substr(1)};
   CachedResponse e;
-  if (r.u(1) != kFormatVersion) return std::nullopt;
   e.stream = r.u(1) != 0;
   e.status = static_cast<int>(r.u(4));
   e.stored_at_ms = static_cast<int64_t>(r.u(8));
   e.reason = r.bytes();
   uint64_t count = r.u(4);
-  if (!r.ok || count > 10000) return std::nullopt;
+  if (!r.ok || count > 10000 || count > r.in.size() / 8) return std::nullopt;  // 8: two empty byte strings
+  e.headers.reserve(count);
   for (uint64_t i = 0; i < count && r.ok; ++i) {
     HttpHeader h;
     h.name = r.bytes();
@@ -131,6 +151,16 @@ std::optional<CachedResponse> decodeCachedResponse(std::string_view bytes) {
     e.headers.push_back(std::move(h));
   }
   e.body = r.bytes();
+  if (version == kFormatVersion) {
+    auto head = std::make_shared<CachedResponse::ClientHead>();
+    head->lines = r.bytes();
+    for (auto* v : {&head->ratelimit_limit, &head->ratelimit_remaining}) {
+      bool present = r.u(1) != 0;
+      std::string value = r.bytes();
+      if (present) *v = std::move(value);
+    }
+    e.client_head_ = std::move(head);
+  }
   if (!r.ok || !r.in.empty() || e.status < 100 || e.status > 999) return std::nullopt;
   return e;
 }

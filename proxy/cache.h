@@ -34,8 +34,8 @@ struct CachedResponse {
   // (entries are immutable once shared, and used on the loop thread only).
   struct ClientHead {
     std::string lines;
-    const std::string* ratelimit_limit = nullptr;      // the stored values, if any
-    const std::string* ratelimit_remaining = nullptr;
+    std::optional<std::string> ratelimit_limit;  // the stored values, if any
+    std::optional<std::string> ratelimit_remaining;
   };
   const ClientHead& clientHead() const;
 

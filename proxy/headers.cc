@@ -90,6 +90,7 @@ HttpHeaders upstreamRequestHeaders(const HttpHeaders& client, const UpstreamHead
   if (!encoding_placed && options.identity_encoding) {
     out.push_back(HttpHeader{"Accept-Encoding", "identity"});
   }
+  out.shrink_to_fit();  // kept while the request waits in the queue
   return out;
 }
 

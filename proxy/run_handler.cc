@@ -182,8 +182,6 @@ struct RunHandler::Request {
   Route route;
   Principal principal;
   std::string request_id;
-  std::string method;
-  std::string path;
   SteadyClock::time_point started = SteadyClock::now();
   double queue_ms = 0;
   double upstream_ms = 0;
@@ -294,8 +292,6 @@ RunHandler::Request& RunHandler::adopt(HttpExchange& ex) {
   r.config = config_;
   r.keys = keys_;
   r.request_id = requestIdFor(ex.headers());
-  r.method = ex.method();
-  r.path = std::string(ex.path());
   uint64_t id = r.id;
   ex.setOnAbort([this, id] { finish(id, true); });
   ex.setOnComplete([this, id] { finish(id, false); });
@@ -486,6 +482,7 @@ void RunHandler::startRun(Request& r) {
     const char* route = rq->route.kind == RouteKind::Stream ? "stream" : "run";
     rq->cache_key =
         cacheKey(cache_.prefix(), rq->principal.namespace_id, route, rq->route.workflow_id, generation, rq->body_sha);
+    std::string().swap(rq->body_sha);  // in the key now; a queued request keeps only that
     if (rq->bypass || rq->cc.no_cache) {
       // Not read; still coalesced with an identical run in flight.
       onLookup(id, nullptr);
@@ -786,8 +783,8 @@ void RunHandler::replyCached(Request& r, const CachedResponse& entry, const std:
   thread_local std::string head;
   head.assign(stored.lines);
   // A hit spends no quota: report the latest budget the upstream announced.
-  const std::string* limit = stored.ratelimit_limit;
-  const std::string* remaining = stored.ratelimit_remaining;
+  const std::string* limit = stored.ratelimit_limit ? &*stored.ratelimit_limit : nullptr;
+  const std::string* remaining = stored.ratelimit_remaining ? &*stored.ratelimit_remaining : nullptr;
   auto seen = ratelimit_seen_.find(r.principal.org_label);
   if (seen != ratelimit_seen_.end()) {
     if (limit) limit = &seen->second.first;
@@ -1048,7 +1045,8 @@ void RunHandler::onDone(uint64_t id, const UpstreamResult& result) {
   metrics_.countUpstream(r->principal.org_label, result.head_received ? r->head.status : 0);
   metrics_.observeUpstreamSeconds(std::chrono::duration<double>(result.elapsed).count());
   if (result.failure != UpstreamFailure::None) {
-    spdlog::warn("upstream {} {} failed: {} (request {})", r->method, r->path, result.detail, r->request_id);
+    spdlog::warn("upstream {} {} failed: {} (request {})", r->exchange->method(), r->exchange->path(), result.detail,
+                 r->request_id);
   }
   if (r->ticket) {
     UpstreamSignals signals =
@@ -1178,8 +1176,8 @@ void RunHandler::finish(uint64_t id, bool aborted) {
     rec.request_id = r->request_id;
     rec.org = org;
     rec.client = r->principal.client.empty() ? "-" : r->principal.client;
-    rec.method = r->method;
-    rec.path = r->path;
+    rec.method = ex ? ex->method() : "-";  // the exchange is still readable in its callbacks
+    rec.path = ex ? std::string(ex->path()) : "-";
     rec.status = status;
     rec.cache = r->cache;
     rec.queue_ms = r->queue_ms;

@@ -1,5 +1,7 @@
 #include "proxy/cache.h"
 
+#include "proxy/hash.h"
+
 #include <gtest/gtest.h>
 
 namespace wfp {
@@ -42,6 +44,58 @@ TEST(CacheEntry, CorruptOrForeignValuesAreMisses) {
   std::string other_version = enc;
   other_version[12] = 9;  // version byte, checksum now wrong too
   EXPECT_FALSE(decodeCachedResponse(other_version).has_value());
+}
+
+// What a proxy before format 2 wrote (a fleet upgrades one instance at a time).
+std::string encodeVersion1(const CachedResponse& e) {
+  std::string p;
+  auto u = [&p](uint64_t v, int n) {
+    for (int i = 0; i < n; ++i) p.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+  };
+  auto bytes = [&](const std::string& s) {
+    u(s.size(), 4);
+    p += s;
+  };
+  p.push_back(1);
+  p.push_back(e.stream ? 1 : 0);
+  u(static_cast<uint64_t>(e.status), 4);
+  u(static_cast<uint64_t>(e.stored_at_ms), 8);
+  bytes(e.reason);
+  u(e.headers.size(), 4);
+  for (const auto& h : e.headers) {
+    bytes(h.name);
+    bytes(h.value);
+  }
+  bytes(e.body);
+  Sha256 sum = sha256(p);
+  return "WFPC" + std::string(reinterpret_cast<const char*>(sum.data()), 8) + p;
+}
+
+TEST(CacheEntry, ValuesOfTheFirstFormatAreStillRead) {
+  CachedResponse e = sample();
+  auto d = decodeCachedResponse(encodeVersion1(e));
+  ASSERT_TRUE(d.has_value());
+  EXPECT_EQ(d->body, e.body);
+  EXPECT_EQ(d->headers.size(), 2u);
+  EXPECT_EQ(d->clientHead().lines, "content-type: application/json\r\n");
+  EXPECT_EQ(d->clientHead().ratelimit_limit, "10");
+  std::string bad = encodeVersion1(e);
+  bad.back() = static_cast<char>(bad.back() ^ 1);
+  EXPECT_FALSE(decodeCachedResponse(bad).has_value());
+}
+
+TEST(CacheEntry, TheClientHeadTravelsWithTheEntry) {
+  CachedResponse e = sample();
+  e.headers.push_back({"Keep-Alive", "timeout=5"});      // hop-by-hop: never sent from the cache
+  e.headers.push_back({"X-Bad", std::string("a\rb")});   // unsafe value: dropped
+  e.headers.push_back({"x-ratelimit-remaining", "7"});
+  auto d = decodeCachedResponse(encodeCachedResponse(e));
+  ASSERT_TRUE(d.has_value());
+  const auto& head = d->clientHead();
+  EXPECT_EQ(head.lines, "content-type: application/json\r\n");
+  EXPECT_EQ(head.ratelimit_limit, "10");
+  EXPECT_EQ(head.ratelimit_remaining, "7");
+  EXPECT_EQ(d->headers.size(), 5u);  // the stored headers themselves are kept as they were
 }
 
 TEST(CacheKey, FormatAndSeparation) {
