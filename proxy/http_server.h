@@ -73,6 +73,9 @@ class HttpExchange {
   int versionMinor() const { return version_minor_; }  // HTTP/1.x
   const HttpHeaders& headers() const { return headers_; }
   const std::string& body() const { return body_; }
+  // Moves the body out (body() is empty afterwards): a request that waits in
+  // a queue keeps one copy of it, not two.
+  std::string takeBody() { return std::move(body_); }
   size_t bytesIn() const { return bytes_in_; }  // head + body as received
   const std::string& peer() const { return peer_; }
 

@@ -195,7 +195,7 @@ struct RunHandler::Request {
   std::string body;      // Buffered: the whole upstream body
   bool paused = false;   // Streamed: upstream paused for client back-pressure
   bool fetching_token = false;
-  UpstreamRequest pending;   // what goes upstream (again, on a 429 retry)
+  std::unique_ptr<UpstreamRequest> pending;  // what goes upstream (again, on a 429 retry)
   uint64_t ticket = 0;       // scheduler ticket while queued or running
   SteadyClock::time_point queued_at{};
   bool got_429 = false;      // the current exchange answered 429
@@ -533,7 +533,7 @@ void RunHandler::joinFlight(Request& r) {
     work->request.method = "POST";
     work->request.url = r.config->upstream.base_url + r.exchange->target();
     work->request.headers = upstreamRequestHeaders(r.exchange->headers(), opts);
-    work->request.body = r.exchange->body();
+    work->request.body = r.exchange->takeBody();  // canonicalised already; the run owns the bytes now
     work->may_store = r.may_store;
     work->keep_ms = toMillis(r.ttl_s + r.stale_s);
     runs_.emplace(key, std::move(work));
@@ -572,7 +572,7 @@ void RunHandler::joinStream(Request& r) {
   work.stream.method = "POST";
   work.stream.url = cfg.upstream.base_url + r.exchange->target();
   work.stream.headers = upstreamRequestHeaders(client_headers, stream_opts);
-  work.stream.body = r.exchange->body();
+  work.stream.body = r.exchange->takeBody();
 
   if (fanout_->joinable(work.key)) {
     r.cache = "COALESCED";
@@ -934,7 +934,7 @@ void RunHandler::forward(Request& r, std::string target, Delivery delivery) {
   req.method = ex.method();
   req.url = cfg.upstream.base_url + target;
   req.headers = upstreamRequestHeaders(client_headers, opts);
-  req.body = ex.body();
+  req.body = ex.takeBody();
   // libcurl may send a safe method again after a reused connection died (the
   // upstream possibly saw it), as nginx retries an idempotent request; never
   // a run, a stream (single-use token), a token fetch or any other method.
@@ -945,7 +945,7 @@ void RunHandler::forward(Request& r, std::string target, Delivery delivery) {
 }
 
 void RunHandler::admit(Request& r, UpstreamRequest request, Delivery delivery, bool queued) {
-  r.pending = std::move(request);
+  r.pending = std::make_unique<UpstreamRequest>(std::move(request));
   r.delivery = delivery;
   uint64_t id = r.id;
   if (!queued) {
@@ -976,7 +976,7 @@ void RunHandler::startUpstream(uint64_t id) {
   cb.on_head = [this, id](const UpstreamHead& head) { onHead(id, head); };
   cb.on_data = [this, id](std::string_view data) { return onData(id, data); };
   cb.on_done = [this, id](const UpstreamResult& result) { onDone(id, result); };
-  r->upstream_id = upstream_.start(r->pending, std::move(cb));
+  r->upstream_id = upstream_.start(*r->pending, std::move(cb));
 }
 
 void RunHandler::onRejected(uint64_t id, RejectReason why, int retry_after_s) {
