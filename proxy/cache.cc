@@ -57,7 +57,130 @@ size_t footprint(const std::string& key, const CachedResponse& e) {
   return n;
 }
 
+// A JSON scanner that validates structure and remembers nothing but the
+// top-level "success" member.
+class SuccessScan {
+ public:
+  explicit SuccessScan(std::string_view s) : s_(s) {}
+
+  bool run() {
+    ws();
+    if (!eat('{')) return false;
+    ws();
+    bool success = false;
+    if (!eat('}')) {
+      for (;;) {
+        ws();
+        std::string_view key;
+        bool plain = false;
+        if (!string(&key, &plain)) return false;
+        ws();
+        if (!eat(':')) return false;
+        ws();
+        if (plain && key == "success") {
+          std::string_view tok = literal();
+          if (tok == "true") {
+            success = true;
+          } else if (tok == "false" || tok == "null") {
+            success = false;
+          } else {
+            i_ -= tok.size();
+            if (!value(1)) return false;
+            success = false;
+          }
+        } else if (!value(1)) {
+          return false;
+        }
+        ws();
+        if (eat('}')) break;
+        if (!eat(',')) return false;
+      }
+    }
+    ws();
+    return i_ == s_.size() && success;
+  }
+
+ private:
+  static constexpr int kMaxDepth = 1000;
+
+  void ws() {
+    while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\t' || s_[i_] == '\n' || s_[i_] == '\r')) ++i_;
+  }
+  bool eat(char c) {
+    if (i_ < s_.size() && s_[i_] == c) {
+      ++i_;
+      return true;
+    }
+    return false;
+  }
+  bool string(std::string_view* out, bool* plain) {
+    if (!eat('"')) return false;
+    size_t start = i_;
+    bool escaped = false;
+    while (i_ < s_.size()) {
+      const auto c = static_cast<unsigned char>(s_[i_]);
+      if (c == '"') {
+        if (out) *out = s_.substr(start, i_ - start);
+        if (plain) *plain = !escaped;
+        ++i_;
+        return true;
+      }
+      if (c < 0x20) return false;
+      if (c == '\\') {
+        escaped = true;
+        i_ += 2;
+        continue;
+      }
+      ++i_;
+    }
+    return false;
+  }
+  std::string_view literal() {
+    size_t start = i_;
+    while (i_ < s_.size()) {
+      char c = s_[i_];
+      bool part = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '+' ||
+                  c == '-' || c == '.';
+      if (!part) break;
+      ++i_;
+    }
+    return s_.substr(start, i_ - start);
+  }
+  bool value(int depth) {
+    if (depth > kMaxDepth || i_ >= s_.size()) return false;
+    char c = s_[i_];
+    if (c == '"') return string(nullptr, nullptr);
+    if (c == '{' || c == '[') {
+      const char close = c == '{' ? '}' : ']';
+      ++i_;
+      ws();
+      if (eat(close)) return true;
+      for (;;) {
+        ws();
+        if (close == '}') {
+          if (!string(nullptr, nullptr)) return false;
+          ws();
+          if (!eat(':')) return false;
+          ws();
+        }
+        if (!value(depth + 1)) return false;
+        ws();
+        if (eat(close)) return true;
+        if (!eat(',')) return false;
+      }
+    }
+    std::string_view tok = literal();
+    if (tok == "true" || tok == "false" || tok == "null") return true;
+    return !tok.empty() && (tok[0] == '-' || (tok[0] >= '0' && tok[0] <= '9'));
+  }
+
+  std::string_view s_;
+  size_t i_ = 0;
+};
+
 }  // namespace
+
+bool isSuccessObject(std::string_view body) { return SuccessScan(body).run(); }
 
 const CachedResponse::ClientHead& CachedResponse::clientHead() const {
   if (client_head_) return *client_head_;

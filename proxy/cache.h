@@ -49,6 +49,12 @@ using CachedResponsePtr = std::shared_ptr<const CachedResponse>;
 CachedResponse storedResponse(int status, std::string reason, const HttpHeaders& upstream_headers, std::string body,
                               bool stream, int64_t now_ms);
 
+// Is `body` a JSON object whose "success" member is `true` (what makes a
+// 200 storable, SPEC §4.3)? Scans the bytes without building anything: a DOM
+// of a 64 MiB body cost several copies of it. Nesting beyond 1000 levels or
+// malformed JSON: false.
+bool isSuccessObject(std::string_view body);
+
 std::string encodeCachedResponse(const CachedResponse& entry);
 std::optional<CachedResponse> decodeCachedResponse(std::string_view bytes);
 

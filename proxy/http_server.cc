@@ -1029,7 +1029,7 @@ class HttpConnection {
   }
 
   void respond(int status, std::string_view reason, std::string_view preformatted, const HttpHeaders& headers,
-               std::string_view body) {
+               std::string_view body, const std::shared_ptr<const void>& body_owner) {
     if (!canRespond("respond()")) return;
     const bool no_body_status = status < 200 || status == 204 || status == 304;
     std::string& head = headScratch();
@@ -1048,7 +1048,7 @@ class HttpConnection {
     const bool send_body = !ex_.head_request_ && !no_body_status && !body.empty();
     iovec iov[2] = {{head.data(), head.size()}, {const_cast<char*>(body.data()), body.size()}};
     ex_.bytes_out_ = head.size() + (send_body ? body.size() : 0);
-    output(iov, send_body ? 2 : 1);
+    output(iov, send_body ? 2 : 1, body_owner);
     finishResponse();
   }
 
@@ -1185,7 +1185,9 @@ class HttpConnection {
 
   // Appends bytes in order: straight to the socket while nothing is queued,
   // the rest to the bufferevent's output.
-  void output(iovec* iov, int n) {
+  // What the socket does not take at once is queued: copied, or for a large
+  // last piece whose memory `owner` keeps alive (a cached body), referenced.
+  void output(iovec* iov, int n, const std::shared_ptr<const void>& owner = nullptr) {
     if (closed_ || write_failed_) return;
     int i = 0;
     if (evbuffer_get_length(out_) == 0) {
@@ -1216,8 +1218,18 @@ class HttpConnection {
       }
     }
     for (; i < n; ++i) {
-      if (iov[i].iov_len) evbuffer_add(out_, iov[i].iov_base, iov[i].iov_len);
+      if (!iov[i].iov_len) continue;
+      if (owner && i == n - 1 && iov[i].iov_len >= kReferenceMinBytes) {
+        auto* hold = new std::shared_ptr<const void>(owner);
+        if (evbuffer_add_reference(out_, iov[i].iov_base, iov[i].iov_len, &releaseOwner, hold) == 0) continue;
+        delete hold;
+      }
+      evbuffer_add(out_, iov[i].iov_base, iov[i].iov_len);
     }
+  }
+  static constexpr size_t kReferenceMinBytes = 64 * 1024;
+  static void releaseOwner(const void*, size_t, void* hold) noexcept {
+    delete static_cast<std::shared_ptr<const void>*>(hold);
   }
 
   // Output went down (write callback) or was written directly (deferred).
@@ -1688,12 +1700,13 @@ std::shared_ptr<void>& HttpExchange::connectionData() {
 }
 
 void HttpExchange::respond(int status, std::string_view reason, const HttpHeaders& headers, std::string_view body) {
-  if (conn_) conn_->respond(status, reason, {}, headers, body);
+  if (conn_) conn_->respond(status, reason, {}, headers, body, nullptr);
 }
 
 void HttpExchange::respond(int status, std::string_view reason, std::string_view preformatted,
-                           const HttpHeaders& headers, std::string_view body) {
-  if (conn_) conn_->respond(status, reason, preformatted, headers, body);
+                           const HttpHeaders& headers, std::string_view body,
+                           const std::shared_ptr<const void>& body_owner) {
+  if (conn_) conn_->respond(status, reason, preformatted, headers, body, body_owner);
 }
 
 void HttpExchange::begin(int status, std::string_view reason, const HttpHeaders& headers, int64_t content_length) {

@@ -88,8 +88,10 @@ class HttpExchange {
   void begin(int status, std::string_view reason, const HttpHeaders& headers, int64_t content_length = -1);
   // The same, with `preformatted` header lines written first: lines the
   // caller built once with appendHeaderLine() (a cached entry's headers).
+  // `body_owner`, when given, keeps `body` alive: a large body the client
+  // cannot take at once is then queued by reference, not copied.
   void respond(int status, std::string_view reason, std::string_view preformatted, const HttpHeaders& headers,
-               std::string_view body);
+               std::string_view body, const std::shared_ptr<const void>& body_owner = nullptr);
   void begin(int status, std::string_view reason, std::string_view preformatted, const HttpHeaders& headers,
              int64_t content_length = -1);
   // False when the connection's unsent output is above output_high_water:

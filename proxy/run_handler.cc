@@ -48,6 +48,8 @@ namespace {
 using SteadyClock = std::chrono::steady_clock;
 
 const std::string kDash = "-";
+// The most an upstream Content-Length makes us reserve up front.
+constexpr uint64_t kMaxBodyReserve = 256u << 20;
 
 double millisSince(SteadyClock::time_point start, SteadyClock::time_point end = SteadyClock::now()) {
   return std::chrono::duration<double, std::milli>(end - start).count();
@@ -160,11 +162,7 @@ CacheControl parseCacheControl(const HttpHeaders& headers) {
 }
 
 // Stored only when the upstream said so: 200 with "success": true.
-bool isStorable(int status, const std::string& body) {
-  if (status != 200) return false;
-  auto j = nlohmann::json::parse(body, nullptr, false);
-  return j.is_object() && j.contains("success") && j["success"].is_boolean() && j["success"].get<bool>();
-}
+bool isStorable(int status, const std::string& body) { return status == 200 && isSuccessObject(body); }
 
 int64_t toMillis(double seconds) { return static_cast<int64_t>(seconds * 1000.0); }
 
@@ -504,7 +502,7 @@ void RunHandler::onLookup(uint64_t id, CachedResponsePtr entry) {
     if (fresh && young_enough && entry->stream == (r->route.kind == RouteKind::Stream)) {
       int64_t ttl_left = (toMillis(r->ttl_s) - age_ms) / 1000;
       r->cache = "HIT";
-      return replyCached(*r, *entry, "HIT", "workflow-proxy; hit; ttl=" + std::to_string(ttl_left));
+      return replyCached(*r, entry, "HIT", "workflow-proxy; hit; ttl=" + std::to_string(ttl_left));
     }
     if (age_ms < toMillis(r->ttl_s + r->stale_s) && r->route.kind == RouteKind::Run) r->stale = entry;
   }
@@ -683,7 +681,17 @@ void RunHandler::startRunUpstream(const std::string& key) {
   UpstreamCallbacks cb;
   cb.on_head = [this, key](const UpstreamHead& head) {
     auto wit = runs_.find(key);
-    if (wit != runs_.end()) wit->second->head = head;
+    if (wit == runs_.end()) return;
+    wit->second->head = head;
+    // One allocation of the announced size, not a doubling string (whose
+    // peak is twice the body while it grows).
+    if (const std::string* length = findHeader(head.headers, "content-length")) {
+      uint64_t n = 0;
+      auto [end, ec] = std::from_chars(length->data(), length->data() + length->size(), n);
+      if (ec == std::errc() && end == length->data() + length->size() && n <= kMaxBodyReserve) {
+        wit->second->body.reserve(n);
+      }
+    }
   };
   cb.on_data = [this, key](std::string_view data) {
     auto wit = runs_.find(key);
@@ -752,7 +760,7 @@ void RunHandler::onFlightOutcome(uint64_t id, const FlightOutcome& o) {
                          (o.response && o.response->status >= 500);
   if (upstream_failed && r->stale) {
     r->cache = "STALE";
-    return replyCached(*r, *r->stale, "STALE", "workflow-proxy; hit; fwd=stale");
+    return replyCached(*r, r->stale, "STALE", "workflow-proxy; hit; fwd=stale");
   }
   if (o.rejected == FlightOutcome::Rejected::ShuttingDown) return replyError(*r, shuttingDown());
   if (o.rejected == FlightOutcome::Rejected::RateLimited) {
@@ -772,11 +780,13 @@ void RunHandler::onFlightOutcome(uint64_t id, const FlightOutcome& o) {
   HttpHeaders headers = responseHeaders(*r, o.response->headers);
   headers.push_back({"X-Cache", r->cache});
   headers.push_back({"Cache-Status", status});
-  r->exchange->respond(o.response->status, o.response->reason, headers, o.response->body);
+  // By reference: a thousand coalesced clients of a large body share one copy.
+  r->exchange->respond(o.response->status, o.response->reason, {}, headers, o.response->body, o.response);
 }
 
-void RunHandler::replyCached(Request& r, const CachedResponse& entry, const std::string& x_cache,
+void RunHandler::replyCached(Request& r, const CachedResponsePtr& shared, const std::string& x_cache,
                              const std::string& cache_status) {
+  const CachedResponse& entry = *shared;
   // The entry's headers were checked and formatted once (clientHead); a hit
   // only adds its own lines.
   const CachedResponse::ClientHead& stored = entry.clientHead();
@@ -814,7 +824,7 @@ void RunHandler::replyCached(Request& r, const CachedResponse& entry, const std:
     ex->end();
     return;
   }
-  r.exchange->respond(entry.status, entry.reason, head, {}, entry.body);
+  r.exchange->respond(entry.status, entry.reason, head, {}, entry.body, shared);
 }
 
 void RunHandler::rememberRateLimit(const std::string& org, const HttpHeaders& headers) {

@@ -76,7 +76,7 @@ class RunHandler {
   void leadRun(uint64_t flight, std::string key);
   void onRunDone(const std::string& key, uint64_t flight, const UpstreamResult& result);
   void onFlightOutcome(uint64_t id, const FlightOutcome& outcome);
-  void replyCached(Request& r, const CachedResponse& entry, const std::string& x_cache, const std::string& status);
+  void replyCached(Request& r, const CachedResponsePtr& entry, const std::string& x_cache, const std::string& status);
   void rememberRateLimit(const std::string& org, const HttpHeaders& headers);
   void handlePurge(Request& r);
   // Authorization → principal, remembered per connection (see AuthMemo).

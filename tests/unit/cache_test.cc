@@ -98,6 +98,25 @@ TEST(CacheEntry, TheClientHeadTravelsWithTheEntry) {
   EXPECT_EQ(d->headers.size(), 5u);  // the stored headers themselves are kept as they were
 }
 
+TEST(Storable, OnlyAnObjectWhoseSuccessIsTrue) {
+  for (const char* yes : {R"({"success":true})", R"( {"result":"x","success" : true} )",
+                          R"({"success":false,"a":[1,-2.5e3,{"b":null}],"success":true})",
+                          R"({"a":"\"success\":false","success":true,"c":"\u00e9\\"})"}) {
+    EXPECT_TRUE(isSuccessObject(yes)) << yes;
+  }
+  for (const char* no : {"", "{}", "[]", R"("success")", R"({"success":false})", R"({"success":"true"})",
+                         R"({"success":1})", R"({"success":true,"success":false})", R"({"ok":{"success":true}})",
+                         R"({"success":true)", R"({"success":true}x)", R"({"success":true,})",
+                         R"({"succ\u0065ss":true})", "{\"success\":true,\"a\":\"\x01\"}",
+                         R"({"success":true,"a":[1,2})", R"({"success":tru})"}) {
+    EXPECT_FALSE(isSuccessObject(no)) << no;
+  }
+  std::string deep = R"({"success":true,"a":)" + std::string(5000, '[') + std::string(5000, ']') + "}";
+  EXPECT_FALSE(isSuccessObject(deep));  // beyond the nesting bound: not stored, no stack overflow
+  std::string big = R"({"success":true,"result":")" + std::string(8 << 20, 'x') + "\"}";
+  EXPECT_TRUE(isSuccessObject(big));
+}
+
 TEST(CacheKey, FormatAndSeparation) {
   EXPECT_EQ(cacheKey("wfp:", "acme", "run", "wf_1", 0, "ab12"), "wfp:v1:{acme}:run:wf_1:0:ab12");
   EXPECT_NE(cacheKey("wfp:", "acme", "run", "wf_1", 0, "ab"), cacheKey("wfp:", "globex", "run", "wf_1", 0, "ab"));
