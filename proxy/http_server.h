@@ -76,6 +76,9 @@ class HttpExchange {
   // Moves the body out (body() is empty afterwards): a request that waits in
   // a queue keeps one copy of it, not two.
   std::string takeBody() { return std::move(body_); }
+  // Frees the request's headers (headers() is empty afterwards): a request
+  // that waits in a queue with everything it needs copied out holds less.
+  void releaseHeaders() { HttpHeaders().swap(headers_); }
   size_t bytesIn() const { return bytes_in_; }  // head + body as received
   const std::string& peer() const { return peer_; }
 

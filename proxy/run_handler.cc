@@ -227,8 +227,13 @@ struct RunHandler::RunWork {
   int64_t keep_ms = 0;
   uint64_t upstream_id = 0;
   SteadyClock::time_point started;
-  UpstreamHead head;
-  std::string body;
+  // What the upstream sent, from the start of the exchange on (a queued run
+  // has none yet).
+  struct Received {
+    UpstreamHead head;
+    std::string body;
+  };
+  std::unique_ptr<Received> got;
 };
 
 RunHandler::RunHandler(EventLoop& loop, UpstreamClient& upstream, Scheduler& scheduler, AccessLog& access_log,
@@ -546,6 +551,9 @@ void RunHandler::joinFlight(Request& r) {
   if (!again) return;
   again->waiter = joined.waiter;
   again->flight_creator = joined.created;
+  // Everything the run and the reply need is copied out by now; a request
+  // that waits (queued, or for another's run) keeps no parsed headers.
+  if (again->exchange) again->exchange->releaseHeaders();
   if (!joined.created) {
     again->cache = "COALESCED";
     metrics_.countCoalesced(again->principal.org_label);
@@ -650,8 +658,11 @@ void RunHandler::leadRun(uint64_t flight, std::string key) {
   w.flight = flight;
   w.queued_at = SteadyClock::now();
   AdmissionCallbacks cb;
-  cb.start = [this, key] { startRunUpstream(key); };
-  cb.reject = [this, key, flight](RejectReason why, int retry_after) {
+  // Both callbacks share one copy of the key for as long as the run waits.
+  auto shared_key = std::make_shared<const std::string>(key);
+  cb.start = [this, shared_key] { startRunUpstream(*shared_key); };
+  cb.reject = [this, shared_key, flight](RejectReason why, int retry_after) {
+    const std::string& key = *shared_key;
     auto wit = runs_.find(key);
     if (wit == runs_.end()) return;
     runs_.erase(wit);
@@ -673,8 +684,7 @@ void RunHandler::startRunUpstream(const std::string& key) {
   RunWork& w = *it->second;
   w.queue_ms += millisSince(w.queued_at);
   w.started = SteadyClock::now();
-  w.head = UpstreamHead{};
-  w.body.clear();
+  w.got = std::make_unique<RunWork::Received>();
   w.got_429 = false;
   coalescer_->markStarted(w.flight);  // from now on it completes even if every waiter leaves
   uint64_t flight = w.flight;
@@ -682,20 +692,20 @@ void RunHandler::startRunUpstream(const std::string& key) {
   cb.on_head = [this, key](const UpstreamHead& head) {
     auto wit = runs_.find(key);
     if (wit == runs_.end()) return;
-    wit->second->head = head;
+    wit->second->got->head = head;
     // One allocation of the announced size, not a doubling string (whose
     // peak is twice the body while it grows).
     if (const std::string* length = findHeader(head.headers, "content-length")) {
       uint64_t n = 0;
       auto [end, ec] = std::from_chars(length->data(), length->data() + length->size(), n);
       if (ec == std::errc() && end == length->data() + length->size() && n <= kMaxBodyReserve) {
-        wit->second->body.reserve(n);
+        wit->second->got->body.reserve(n);
       }
     }
   };
   cb.on_data = [this, key](std::string_view data) {
     auto wit = runs_.find(key);
-    if (wit != runs_.end()) wit->second->body.append(data);
+    if (wit != runs_.end()) wit->second->got->body.append(data);
     return true;
   };
   cb.on_done = [this, key, flight](const UpstreamResult& result) { onRunDone(key, flight, result); };
@@ -707,13 +717,14 @@ void RunHandler::onRunDone(const std::string& key, uint64_t flight, const Upstre
   if (it == runs_.end()) return;
   RunWork& cur = *it->second;
   cur.upstream_id = 0;
-  metrics_.countUpstream(cur.org_label, result.head_received ? cur.head.status : 0);
+  const UpstreamHead& got_head = cur.got->head;
+  metrics_.countUpstream(cur.org_label, result.head_received ? got_head.status : 0);
   metrics_.observeUpstreamSeconds(millisSince(cur.started) / 1000.0);
   if (cur.ticket) {
     UpstreamSignals signals =
-        result.head_received ? signalsFrom(cur.head.status, cur.head.headers) : UpstreamSignals{};
+        result.head_received ? signalsFrom(got_head.status, got_head.headers) : UpstreamSignals{};
     uint64_t ticket = cur.ticket;
-    if (result.failure == UpstreamFailure::None && cur.head.status == 429) {
+    if (result.failure == UpstreamFailure::None && got_head.status == 429) {
       cur.queued_at = SteadyClock::now();
       if (scheduler_.retry(ticket, signals)) return;  // runs again after the pause
     } else {
@@ -733,9 +744,10 @@ void RunHandler::onRunDone(const std::string& key, uint64_t flight, const Upstre
     coalescer_->complete(flight, outcome);
     return;
   }
-  rememberRateLimit(w->org_label, w->head.headers);
+  rememberRateLimit(w->org_label, w->got->head.headers);
   auto entry = std::make_shared<CachedResponse>(
-      storedResponse(w->head.status, w->head.reason, w->head.headers, std::move(w->body), false, unixMillis()));
+      storedResponse(w->got->head.status, w->got->head.reason, w->got->head.headers, std::move(w->got->body), false,
+                     unixMillis()));
   if (w->may_store && isStorable(entry->status, entry->body)) {
     cache_.store(key, entry, w->keep_ms);
     outcome.stored = true;
