@@ -115,6 +115,8 @@ void Proxy::drain(std::function<void()> done) {
                config_->shutdown_grace_s);
   drain_deadline_ = std::make_unique<Timer>(loop_, [this] {
     spdlog::warn("drain grace over: answering {} request(s) with 503", handler_.activeRequests());
+    if (size_t runs = handler_.runsInFlight()) spdlog::warn("drain grace over: {} run(s) not stored", runs);
+    grace_over_ = true;
     handler_.cancelAll();
     checkDrained();
   });
@@ -123,9 +125,14 @@ void Proxy::drain(std::function<void()> done) {
   checkDrained();
 }
 
+// Drained: no client request left, and — until the grace is over — no run
+// still upstream (it is stored when it completes, even without a client) and
+// no Redis command unanswered (a cache write of the last run, say).
 void Proxy::checkDrained() {
   size_t exchanges = server_ ? server_->exchangeCount() : 0;
-  if (handler_.activeRequests() == 0 && exchanges == 0) {
+  bool background = !grace_over_ && (handler_.runsInFlight() > 0 ||
+                                     (redis_ && redis_->up() && redis_->pendingCommands() > 0));
+  if (handler_.activeRequests() == 0 && exchanges == 0 && !background) {
     if (drain_deadline_) drain_deadline_->cancel();
     drain_poll_->cancel();
     auto done = std::move(drain_done_);

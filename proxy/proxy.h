@@ -46,6 +46,7 @@ class Proxy {
   ConfigPtr config_;
   Metrics metrics_;
   AccessLog access_log_;
+  bool grace_over_ = false;  // drain: the grace ran out, stop waiting for background work
   std::unique_ptr<RedisClient> redis_;  // when `redis` is configured
   std::unique_ptr<CacheStore> cache_;
   SystemClock clock_;

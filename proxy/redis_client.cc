@@ -905,6 +905,7 @@ RedisClient::RedisClient(EventLoop& loop, RedisOptions options)
 RedisClient::~RedisClient() = default;
 
 bool RedisClient::up() const { return impl_->up; }
+size_t RedisClient::pendingCommands() const { return impl_->pending.size(); }
 
 uint64_t RedisClient::command(std::vector<std::string> argv, Callback callback) {
   return impl_->command(std::move(argv), std::move(callback));

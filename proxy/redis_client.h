@@ -70,6 +70,8 @@ class RedisClient {
   RedisClient& operator=(const RedisClient&) = delete;
 
   bool up() const;
+  // Commands sent or queued whose reply (or failure) has not come yet.
+  size_t pendingCommands() const;
 
   // Sends a command given as its arguments (binary-safe).
   uint64_t command(std::vector<std::string> argv, Callback callback);

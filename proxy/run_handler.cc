@@ -1143,6 +1143,12 @@ std::string RunHandler::readyBody() const {
   return j.dump();
 }
 
+size_t RunHandler::runsInFlight() const {
+  size_t n = 0;
+  for (const auto& [key, w] : runs_) n += w->upstream_id != 0;
+  return n;
+}
+
 void RunHandler::cancelAll() {
   scheduler_.rejectAll(RejectReason::ShuttingDown);
   std::vector<uint64_t> ids;

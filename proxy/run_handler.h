@@ -53,6 +53,9 @@ class RunHandler {
   void setConnectionCounter(std::function<int64_t()> fn) { connections_ = std::move(fn); }
   bool draining() const { return draining_; }
   size_t activeRequests() const { return requests_.size(); }
+  // Runs this instance has sent upstream and not finished (they complete and
+  // are stored even when every client left).
+  size_t runsInFlight() const;
   // Answers everything still running with 503 (drain grace over).
   void cancelAll();
 

@@ -298,6 +298,32 @@ TEST_F(RedisCache, HitSurvivesAProxyRestart) {
   EXPECT_EQ(nlohmann::json::parse(ready.body)["redis"], "up");
 }
 
+// SIGTERM while a run is upstream whose only client already left: the drain
+// waits for the run (within the grace) and for its write to Redis, so the
+// result the organisation paid for is not lost.
+TEST_F(RedisCache, ADrainWaitsForARunInFlightAndItsCacheWrite) {
+  sim_->configureWorkflows({{"wf_drain", {{"latency_ms", 700}}}});
+  const std::string input = R"({"drain":1})";
+  {
+    auto p = proxy("shutdown_grace_s: 10\n");
+    {
+      Connection c(p->port());
+      c.send(buildRequest("POST", "/api/v1/run/wf_drain", kAcme, input));
+      ASSERT_TRUE(eventually([&] { return sim_->stats()["total"] == 1; }, std::chrono::seconds(5)));
+    }  // the client leaves; the run goes on (it is stored for the next one)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    p->process().signal(SIGTERM);
+    auto code = p->process().wait(std::chrono::seconds(10));
+    ASSERT_TRUE(code.has_value());
+    EXPECT_EQ(*code, 0);
+  }
+  auto q = proxy();
+  HttpResponse r = runOn(q->port(), "wf_drain", input);
+  ASSERT_EQ(r.status, 200);
+  EXPECT_EQ(r.header("x-cache"), "HIT");
+  EXPECT_EQ(runs(*sim_), 1);
+}
+
 TEST_F(RedisCache, ThreeInstancesMakeOneRunForOneInput) {
   sim_->configureWorkflows({{"wf_multi", {{"latency_ms", 800}}}});
   auto a = proxy();
