@@ -580,8 +580,13 @@ std::optional<Section> Loader::section(const YAML::Node& node, const std::string
     const std::string& name = key.Scalar();
     bool known = std::find(allowed.begin(), allowed.end(), name) != allowed.end();
     if (!known) {
-      std::string msg =
-          "unknown key " + quote(name) + (path.empty() ? std::string(" at top level") : " in " + path);
+      // A "key" that holds ": " or a line break is other lines swallowed by an
+      // unclosed quote; they may include a key's value: not echoed.
+      bool swallowed = name.find(": ") != std::string::npos || name.find('\n') != std::string::npos ||
+                       name.find('\r') != std::string::npos;
+      std::string msg = swallowed ? "unknown key (a quoted name that spans other lines: an unclosed quote?)"
+                                  : "unknown key " + quote(name);
+      msg += path.empty() ? std::string(" at top level") : " in " + path;
       size_t best = 3;
       std::string_view suggestion;
       for (std::string_view candidate : allowed) {

@@ -1126,6 +1126,25 @@ TEST(ConfigRegression, ASecretInThePlaceOfASectionIsNotEchoed) {
   for (const auto& e : r.errors) EXPECT_EQ(e.find("CLIENT-SECRET"), std::string::npos) << e;
 }
 
+// Found by the config fuzzer: an unclosed quote turns the next lines, an
+// api_key among them, into one long key name, which the unknown-key error
+// used to repeat.
+TEST(ConfigRegression, AKeyThatSwallowedOtherLinesIsNotEchoed) {
+  auto none = [](const std::string&) -> std::optional<std::string> { return std::nullopt; };
+  ConfigResult r = loadConfigString(
+      "limits:\n  ? 'oops: 1\n    api_key: sk-SWALLOWED-123'\n  : 2\norganisations: []\n", "t.yaml", none);
+  ASSERT_FALSE(r.errors.empty());
+  bool said = false;
+  for (const auto& e : r.errors) {
+    EXPECT_EQ(e.find("SWALLOWED"), std::string::npos) << e;
+    said |= e.find("unclosed quote?") != std::string::npos;
+  }
+  EXPECT_TRUE(said);
+  r = loadConfigString("limits:\n  max_bodyy_bytes: 1\norganisations: []\n", "t.yaml", none);
+  ASSERT_FALSE(r.errors.empty());
+  EXPECT_NE(r.errors[0].find("'max_bodyy_bytes'"), std::string::npos) << r.errors[0];  // a plain typo still is
+}
+
 TEST(ConfigRegression, ADocumentStartingWithACommaIsAnErrorNotAHang) {
   // yaml-cpp 0.7 loops forever on these (yaml-cpp#1040).
   auto none = [](const std::string&) -> std::optional<std::string> { return std::nullopt; };
