@@ -220,8 +220,9 @@ CachedResponse storedResponse(int status, std::string reason, const HttpHeaders&
 // Layout: "WFPC", an 8-byte checksum of the payload, the payload. Payload:
 // version (1 byte), stream flag, status, stored_at, reason, headers, body;
 // version 2 adds the client head (see clientHead()), so that a hit from Redis
-// does not filter and format the headers again. Version 1 values, written by
-// older proxies of a fleet, are still read.
+// does not filter and format the headers again, and checks the payload with
+// XXH64 (version 1: truncated SHA-256, a tenth of a Redis hit's time).
+// Version 1 values, written by older proxies of a fleet, are still read.
 std::string encodeCachedResponse(const CachedResponse& e) {
   const CachedResponse::ClientHead& head = e.clientHead();
   std::string out;
@@ -245,8 +246,8 @@ std::string encodeCachedResponse(const CachedResponse& e) {
     out.push_back(v->has_value() ? 1 : 0);
     putBytes(out, v->has_value() ? std::string_view(**v) : std::string_view());
   }
-  Sha256 sum = sha256(std::string_view(out).substr(payload_at));
-  std::memcpy(out.data() + kMagic.size(), sum.data(), 8);  // truncated checksum
+  uint64_t sum = xxh64(std::string_view(out).substr(payload_at));
+  for (size_t i = 0; i < 8; ++i) out[kMagic.size() + i] = static_cast<char>((sum >> (8 * i)) & 0xff);
   return out;
 }
 
@@ -254,10 +255,15 @@ std::optional<CachedResponse> decodeCachedResponse(std::string_view bytes) {
   if (bytes.size() < kMagic.size() + 8 + 2 || bytes.substr(0, kMagic.size()) != kMagic) return std::nullopt;
   std::string_view sum = bytes.substr(kMagic.size(), 8);
   std::string_view payload = bytes.substr(kMagic.size() + 8);
-  Sha256 actual = sha256(payload);
-  if (std::memcmp(actual.data(), sum.data(), 8) != 0) return std::nullopt;
   const auto version = static_cast<uint8_t>(payload[0]);
-  if (version != 1 && version != kFormatVersion) return std::nullopt;
+  if (version == 1) {
+    Sha256 actual = sha256(payload);  // format 1: a truncated SHA-256
+    if (std::memcmp(actual.data(), sum.data(), 8) != 0) return std::nullopt;
+  } else if (version == kFormatVersion) {
+    if (Reader{sum}.u(8) != xxh64(payload)) return std::nullopt;
+  } else {
+    return std::nullopt;
+  }
   Reader r{payload.substr(1)};
   CachedResponse e;
   e.stream = r.u(1) != 0;

@@ -15,4 +15,8 @@ std::string sha256Hex(std::string_view data);
 // Compares without data-dependent early exit (CRYPTO_memcmp).
 bool constantTimeEqual(const Sha256& a, const Sha256& b);
 
+// XXH64 (seed 0): a fast checksum against damaged or foreign bytes, not
+// against tampering (cache values in Redis; ~20x cheaper than SHA-256).
+uint64_t xxh64(std::string_view data);
+
 }  // namespace wfp

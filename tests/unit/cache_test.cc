@@ -117,6 +117,14 @@ TEST(Storable, OnlyAnObjectWhoseSuccessIsTrue) {
   EXPECT_TRUE(isSuccessObject(big));
 }
 
+TEST(CacheEntry, TheChecksumIsXxh64) {
+  // Reference values of XXH64 with seed 0 (xxHash's own and python-xxhash's examples).
+  EXPECT_EQ(xxh64(""), 0xEF46DB3751D8E999ull);
+  EXPECT_EQ(xxh64("a"), 0xD24EC4F1A98C6E5Bull);
+  EXPECT_EQ(xxh64("abc"), 0x44BC2CF5AD770999ull);
+  EXPECT_EQ(xxh64("Nobody inspects the spammish repetition"), 0xFBCEA83C8A378BF1ull);
+}
+
 TEST(CacheKey, FormatAndSeparation) {
   EXPECT_EQ(cacheKey("wfp:", "acme", "run", "wf_1", 0, "ab12"), "wfp:v1:{acme}:run:wf_1:0:ab12");
   EXPECT_NE(cacheKey("wfp:", "acme", "run", "wf_1", 0, "ab"), cacheKey("wfp:", "globex", "run", "wf_1", 0, "ab"));
