@@ -25,9 +25,11 @@
 #endif
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <unordered_map>
+#include <vector>
 
 #include <spdlog/spdlog.h>
 
@@ -111,6 +113,8 @@ struct UpstreamClient::Impl {
       freeTransfer(*t);
     }
     transfers.clear();
+    for (CURL* e : idle_easy) curl_easy_cleanup(e);
+    idle_easy.clear();
     // curl_multi_cleanup may still call the socket callback: the events it
     // touches live in the loop, which outlives us.
     curl_multi_cleanup(multi);
@@ -123,12 +127,31 @@ struct UpstreamClient::Impl {
     curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, static_cast<long>(options.max_connections));
   }
 
-  static void freeTransfer(Transfer& t) {
-    if (t.easy) curl_easy_cleanup(t.easy);
+  // The easy handle goes back to a small pool: curl_easy_init() of a fresh
+  // one (a large zeroed struct and its buffers) was a tenth of a miss.
+  void freeTransfer(Transfer& t) {
+    if (t.easy) {
+      if (idle_easy.size() < kMaxIdleEasy) {
+        curl_easy_reset(t.easy);  // options back to defaults; connections stay with the multi
+        idle_easy.push_back(t.easy);
+      } else {
+        curl_easy_cleanup(t.easy);
+      }
+    }
     t.easy = nullptr;
     if (t.header_list) curl_slist_free_all(t.header_list);
     t.header_list = nullptr;
   }
+  static constexpr size_t kMaxIdleEasy = 64;
+  std::vector<CURL*> idle_easy;
+  // No proxy variable in the environment (read once): say so to libcurl,
+  // which otherwise looks them all up again for every transfer.
+  const bool no_proxy_env = [] {
+    for (const char* v : {"http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"}) {
+      if (std::getenv(v)) return false;
+    }
+    return true;
+  }();
 
   // --- libcurl → libevent ---------------------------------------------------
 
@@ -307,7 +330,13 @@ struct UpstreamClient::Impl {
     t->request = std::move(request);
     t->callbacks = std::move(callbacks);
     t->started = std::chrono::steady_clock::now();
-    CURL* e = curl_easy_init();
+    CURL* e = nullptr;
+    if (!idle_easy.empty()) {
+      e = idle_easy.back();
+      idle_easy.pop_back();
+    } else {
+      e = curl_easy_init();
+    }
     if (!e) throw std::runtime_error("curl_easy_init failed");
     t->easy = e;
     const UpstreamRequest& r = t->request;
@@ -335,6 +364,7 @@ struct UpstreamClient::Impl {
     curl_easy_setopt(e, CURLOPT_WRITEDATA, t.get());
     curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, &Impl::onPrereq);
     curl_easy_setopt(e, CURLOPT_PREREQDATA, t.get());
+    if (no_proxy_env) curl_easy_setopt(e, CURLOPT_PROXY, "");
 
     if (r.method == "GET" && r.body.empty()) {
       curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
