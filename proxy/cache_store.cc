@@ -101,6 +101,9 @@ void CacheStore::store(const std::string& key, CachedResponsePtr entry, int64_t 
   if (redis_ && redis_->up()) {
     redis_->command({"SET", key, encodeCachedResponse(*entry), "PX", std::to_string(keep_ms)},
                     [](std::optional<RedisReply>) {});
+    // Out before the response it belongs to: a client that got its answer
+    // here and asks another instance next finds the entry there.
+    redis_->flush();
   }
 }
 

@@ -132,11 +132,30 @@ void Coalescer::tryLock(uint64_t flight_id) {
                       lead(*fl);  // Redis is down or slow: run here
                     } else if (reply->type == RedisReply::Type::Status) {
                       fl->lock_held = true;
-                      lead(*fl);
+                      leadUnlessStored(*fl);
                     } else {
                       follow(*fl);
                     }
                   });
+}
+
+// The lock is ours, but its previous holder may have stored the result and
+// let go between our cache look-up and our lock attempt (its write and unlock
+// crossed our GET). One more look before running: one input, one run, also
+// across instances.
+void Coalescer::leadUnlessStored(Flight& f) {
+  if (!hooks_.lookup_shared) return lead(f);
+  uint64_t flight_id = f.id;
+  hooks_.lookup_shared(f.key, [this, flight_id](CachedResponsePtr entry) {
+    Flight* fl = find(flight_id);
+    if (!fl || fl->state != Flight::State::Locking) return;  // left meanwhile: leave() gave the lock back
+    if (!entry) return lead(*fl);
+    FlightOutcome o;
+    o.response = std::move(entry);
+    o.stored = true;
+    o.remote = true;
+    deliver(flight_id, o);  // gives the lock back
+  });
 }
 
 void Coalescer::lead(Flight& f) {

@@ -84,6 +84,7 @@ class Coalescer {
  private:
   struct Flight;
   void lead(Flight& f);
+  void leadUnlessStored(Flight& f);
   void follow(Flight& f);
   void tryLock(uint64_t flight_id);
   void renew(uint64_t flight_id);

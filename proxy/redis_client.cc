@@ -906,6 +906,13 @@ RedisClient::~RedisClient() = default;
 
 bool RedisClient::up() const { return impl_->up; }
 size_t RedisClient::pendingCommands() const { return impl_->pending.size(); }
+void RedisClient::flush() {
+  if (impl_->cmd.state != Impl::State::Ready || !impl_->cmd.ac) return;
+  int done = 0;
+  // A plain non-blocking write of hiredis's output buffer: no callback runs
+  // here; an error stays in the context and hiredis's write event handles it.
+  (void)redisBufferWrite(&impl_->cmd.ac->c, &done);
+}
 
 uint64_t RedisClient::command(std::vector<std::string> argv, Callback callback) {
   return impl_->command(std::move(argv), std::move(callback));

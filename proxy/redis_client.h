@@ -72,6 +72,10 @@ class RedisClient {
   bool up() const;
   // Commands sent or queued whose reply (or failure) has not come yet.
   size_t pendingCommands() const;
+  // Writes the commands queued so far now rather than on the next loop pass
+  // (a cache write that must leave before the response it belongs to). A
+  // write error is left for the connection's own handling.
+  void flush();
 
   // Sends a command given as its arguments (binary-safe).
   uint64_t command(std::vector<std::string> argv, Callback callback);

@@ -367,6 +367,27 @@ TEST_F(RedisCache, AFailedRunReachesTheOtherInstancesWithoutRetrying) {
   EXPECT_EQ(runs(*sim_), 1);
 }
 
+// Read-your-writes across a fleet: once a client has its answer from one
+// instance, the same input on another is a hit (the cache write leaves before
+// the response does), not a second wait on the first instance's flight.
+TEST_F(RedisCache, AnAnswerFromOneInstanceIsAHitOnAnotherRightAway) {
+  auto a = proxy();
+  auto b = proxy();
+  int hits = 0;
+  std::string last;
+  for (int i = 0; i < 40; ++i) {
+    std::string body = R"({"i":)" + std::to_string(i) + "}";
+    ASSERT_EQ(runOn(a->port(), "wf_ryw", body).status, 200);
+    HttpResponse r = runOn(b->port(), "wf_ryw", body);
+    ASSERT_EQ(r.status, 200);
+    std::string cache = r.header("x-cache").value_or("");
+    hits += cache == "HIT";
+    if (cache != "HIT") last = cache;
+  }
+  EXPECT_EQ(hits, 40) << "last other answer: " << last;
+  EXPECT_EQ(runs(*sim_), 40);
+}
+
 TEST_F(RedisCache, PurgeOnOneInstanceIsSeenByTheOthers) {
   auto a = proxy();
   auto b = proxy();
