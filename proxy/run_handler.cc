@@ -89,11 +89,17 @@ void appendMs(std::string& out, double ms) {
   out.append(buf, end);
 }
 
-std::string serverTiming(double queue_ms, double upstream_ms) {
-  std::string out = "queue;dur=";
+// The Server-Timing value: "queue;dur=Q, upstream;dur=U".
+void appendServerTiming(std::string& out, double queue_ms, double upstream_ms) {
+  out.append("queue;dur=");
   appendMs(out, queue_ms);
   out.append(", upstream;dur=");
   appendMs(out, upstream_ms);
+}
+
+std::string serverTiming(double queue_ms, double upstream_ms) {
+  std::string out;
+  appendServerTiming(out, queue_ms, upstream_ms);
   return out;
 }
 
@@ -815,10 +821,8 @@ void RunHandler::replyCached(Request& r, const CachedResponsePtr& shared, const 
   if (limit) appendHeaderLine(head, "x-ratelimit-limit", *limit);
   if (remaining) appendHeaderLine(head, "x-ratelimit-remaining", *remaining);
   appendHeaderLine(head, "X-Request-Id", r.request_id);
-  head.append("Server-Timing: queue;dur=");
-  appendMs(head, r.queue_ms);
-  head.append(", upstream;dur=");
-  appendMs(head, r.upstream_ms);
+  head.append("Server-Timing: ");
+  appendServerTiming(head, r.queue_ms, r.upstream_ms);
   head.append("\r\nX-Cache: ");
   head.append(x_cache);
   head.append("\r\nCache-Status: ");
