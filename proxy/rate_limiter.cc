@@ -99,6 +99,20 @@ void RateLimiter::onStart() {
   ++in_flight_;
 }
 
+Clock::time_point RateLimiter::onSent(Clock::time_point started) {
+  const Clock::time_point now = clock_.now();
+  if (now <= started) return started;
+  prune();
+  // Starts are indistinguishable apart from their time: drop one made at
+  // `started` (pruned or trimmed already when the send came that late) and
+  // count the start from now, keeping the deque in time order.
+  if (auto it = std::find(starts_.begin(), starts_.end(), started); it != starts_.end()) starts_.erase(it);
+  starts_.insert(std::upper_bound(starts_.begin(), starts_.end(), now), now);
+  const auto limit = static_cast<size_t>(effectiveLimit());
+  while (starts_.size() > limit) starts_.pop_front();
+  return now;
+}
+
 void RateLimiter::onFinish(const UpstreamSignals& signals) {
   in_flight_ = std::max(0, in_flight_ - 1);
   const Clock::time_point now = clock_.now();

@@ -4,7 +4,9 @@
 // * At most `requests` starts in any sliding window of `window_s` (plus a
 //   small safety margin, so that the upstream — which counts arrivals, a
 //   little later than our starts — never sees more), and at most
-//   `max_concurrent` in flight.
+//   `max_concurrent` in flight. A start is dated when it is decided, then
+//   moved to when the request is actually written (onSent), so the margin
+//   covers only the way from our socket to the upstream's clock.
 // * `requests: auto` adopts the upstream's x-ratelimit-limit.
 // * x-ratelimit-remaining: 0 → no start until window_s after that response
 //   (after the request's arrival, bounded by its start + margin, when the
@@ -58,6 +60,12 @@ class RateLimiter {
   bool concurrencyFull() const;
 
   void onStart();                                  // spends one unit; in flight + 1
+  // The start made at `started` (an onStart() time) is only now being sent
+  // upstream: it counts from now. The delay between deciding a start and
+  // writing it (the loop's own work, a connection to make, a busy CPU) would
+  // otherwise eat into kSafetyMargin and let the upstream see more than the
+  // limit in one window. Never allows a start sooner. Returns the new date.
+  Clock::time_point onSent(Clock::time_point started);
   void onFinish(const UpstreamSignals& signals);   // in flight − 1; learns
   // A request that counted as started but was given up before it reached
   // the upstream (e.g. cancelled): in flight − 1, the unit stays spent.

@@ -715,6 +715,9 @@ void RunHandler::startRunUpstream(const std::string& key) {
     return true;
   };
   cb.on_done = [this, key, flight](const UpstreamResult& result) { onRunDone(key, flight, result); };
+  cb.on_sending = [this, key] {
+    if (auto wit = runs_.find(key); wit != runs_.end() && wit->second->ticket) scheduler_.sending(wit->second->ticket);
+  };
   w.upstream_id = upstream_.start(w.request, std::move(cb));
 }
 
@@ -1002,6 +1005,9 @@ void RunHandler::startUpstream(uint64_t id) {
   cb.on_head = [this, id](const UpstreamHead& head) { onHead(id, head); };
   cb.on_data = [this, id](std::string_view data) { return onData(id, data); };
   cb.on_done = [this, id](const UpstreamResult& result) { onDone(id, result); };
+  cb.on_sending = [this, id] {
+    if (Request* q = find(id); q && q->ticket) scheduler_.sending(q->ticket);
+  };
   r->upstream_id = upstream_.start(*r->pending, std::move(cb));
 }
 

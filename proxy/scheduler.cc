@@ -62,7 +62,7 @@ struct Scheduler::Ticket {
   enum class State { Queued, Started } state = State::Queued;
   enum class Via { Local, Shared, Fallback } via = Via::Local;
   Clock::time_point enqueued;
-  Clock::time_point started;  // the last onStart(), for the remaining: 0 pause
+  Clock::time_point started;  // the last onStart() or onSent(), for the remaining: 0 pause
   int retries = 0;
 };
 
@@ -142,6 +142,13 @@ void Scheduler::cancel(uint64_t ticket) {
   tickets_.erase(it);
   pump(b);
   report(b);
+}
+
+void Scheduler::sending(uint64_t ticket) {
+  auto it = tickets_.find(ticket);
+  if (it == tickets_.end() || it->second->state != Ticket::State::Started) return;
+  Ticket& t = *it->second;
+  t.started = limiterOf(*t.budget, t).onSent(t.started);
 }
 
 void Scheduler::finish(uint64_t ticket, const UpstreamSignals& signals) {

@@ -141,6 +141,9 @@ void StreamFanout::startToken(uint64_t flight_id) {
     return true;
   };
   cb.on_done = [this, flight_id](const UpstreamResult& result) { onTokenDone(flight_id, result); };
+  cb.on_sending = [this, flight_id] {
+    if (Flight* fl = flightOf(flight_id); fl && fl->ticket) scheduler_.sending(fl->ticket);
+  };
   f->upstream_id = upstream_.start(f->work.token, std::move(cb));
 }
 

@@ -281,7 +281,16 @@ struct UpstreamClient::Impl {
   // again on a new connection because a reused one died (see the top).
   static int onPrereq(void* arg, char*, char*, int, int) noexcept {
     auto* t = static_cast<Transfer*>(arg);
-    if (++t->attempts == 1 || t->request.replayable) return CURL_PREREQFUNC_OK;
+    if (++t->attempts == 1 || t->request.replayable) {
+      if (t->callbacks.on_sending && !t->cancelled) {
+        try {
+          t->callbacks.on_sending();
+        } catch (const std::exception& e) {
+          spdlog::error("upstream send hook failed: {}", e.what());
+        }
+      }
+      return CURL_PREREQFUNC_OK;
+    }
     t->resend_refused = true;
     try {
       // libcurl keeps the first error in the buffer; an EOF leaves it empty.

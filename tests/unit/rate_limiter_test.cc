@@ -242,6 +242,104 @@ TEST(RateLimiter, SaturatedAgainstAnUpstreamModelGetsNo429) {
   EXPECT_GE(starts, static_cast<size_t>(std::ceil(0.98 * 60 * requests))) << starts;
 }
 
+// A start is dated again when its request is written: the time between the
+// decision and the send (a busy loop, a connection to make) must not eat the
+// margin.
+TEST(RateLimiter, AStartCountsFromWhenItIsSent) {
+  FakeClock clock;
+  const TimePoint t0 = clock.now();
+  RateLimiter rl(budget(2), clock);
+  rl.onStart();
+  rl.onStart();
+  EXPECT_EQ(rl.nextStartTime(), t0 + 1s + kMargin);
+  clock.set(t0 + 30ms);
+  EXPECT_EQ(rl.onSent(t0), t0 + 30ms);
+  clock.set(t0 + 50ms);
+  EXPECT_EQ(rl.onSent(t0), t0 + 50ms);
+  EXPECT_EQ(rl.nextStartTime(), t0 + 30ms + 1s + kMargin);
+  clock.set(t0 + 30ms + 1s + kMargin - 1ns);
+  EXPECT_FALSE(rl.canStart());
+  clock.set(t0 + 30ms + 1s + kMargin);
+  ASSERT_TRUE(rl.canStart());
+  rl.onStart();
+  EXPECT_EQ(rl.nextStartTime(), t0 + 50ms + 1s + kMargin);
+  // Sent at once: nothing moves.
+  EXPECT_EQ(rl.onSent(clock.now()), clock.now());
+  EXPECT_EQ(rl.nextStartTime(), t0 + 50ms + 1s + kMargin);
+
+  // Sent after its start had aged out of the window: it counts again, from the send.
+  FakeClock clock2;
+  const TimePoint t1 = clock2.now();
+  RateLimiter rl2(budget(1), clock2);
+  rl2.onStart();
+  clock2.set(t1 + 2s);
+  EXPECT_TRUE(rl2.canStart());
+  EXPECT_EQ(rl2.onSent(t1), t1 + 2s);
+  EXPECT_FALSE(rl2.canStart());
+  EXPECT_EQ(rl2.nextStartTime(), t1 + 3s + kMargin);
+}
+
+// Saturated, with sends that leave up to 200 ms after their start was decided
+// (far beyond the margin) in a random order: dated by their sends, the starts
+// never give the upstream more than its limit in any window.
+TEST(RateLimiter, LateSendsAgainstAnUpstreamModelGetNo429) {
+  FakeClock clock;
+  const TimePoint t0 = clock.now();
+  const TimePoint end = t0 + 30s;
+  const int requests = 10;
+  RateLimiter rl(budget(requests, 1, 16), clock);
+
+  enum class Kind { Send, Response };
+  struct Event {
+    Kind kind;
+    TimePoint started;  // the limiter's date of this start
+    bool refused = false;
+  };
+  std::multimap<TimePoint, Event> events;
+  std::deque<TimePoint> upstream_window;
+  size_t starts = 0;
+  size_t refused = 0;
+  uint64_t rng = 11;
+
+  for (int guard = 0;; ++guard) {
+    ASSERT_LT(guard, 100'000) << "the simulation does not advance";
+    TimePoint t = rl.concurrencyFull() ? end : rl.nextStartTime();
+    if (!events.empty()) t = std::min(t, events.begin()->first);
+    if (t >= end) break;
+    clock.set(t);
+    while (!events.empty() && events.begin()->first <= t) {
+      const Event e = events.begin()->second;
+      events.erase(events.begin());
+      if (e.kind == Kind::Response) {
+        UpstreamSignals s;
+        s.started = e.started;
+        s.status_429 = e.refused;
+        rl.onFinish(s);
+        continue;
+      }
+      const TimePoint sent = rl.onSent(e.started);
+      const TimePoint arrival = sent + std::chrono::microseconds(splitmix(rng) % (kMargin / 1us));
+      while (!upstream_window.empty() && upstream_window.front() <= arrival - 1s) upstream_window.pop_front();
+      Event response{Kind::Response, sent};
+      if (static_cast<int>(upstream_window.size()) >= requests) {
+        response.refused = true;
+        ++refused;
+      } else {
+        upstream_window.insert(std::upper_bound(upstream_window.begin(), upstream_window.end(), arrival), arrival);
+      }
+      events.emplace(arrival + 100ms, response);
+    }
+    while (rl.canStart()) {  // always backlogged
+      rl.onStart();
+      ++starts;
+      const auto delay = std::chrono::microseconds(splitmix(rng) % 200'001);
+      events.emplace(t + delay, Event{Kind::Send, t});
+    }
+  }
+  EXPECT_EQ(refused, 0u);
+  EXPECT_GE(starts, 30u * requests * 8 / 10) << starts;
+}
+
 TEST(RateLimiter, MaxConcurrentBlocksUntilAFinish) {
   FakeClock clock;
   RateLimiter rl(budget(10, 1, 2), clock);
