@@ -63,6 +63,7 @@ struct Scheduler::Ticket {
   enum class Via { Local, Shared, Fallback } via = Via::Local;
   Clock::time_point enqueued;
   Clock::time_point started;  // the last onStart() or onSent(), for the remaining: 0 pause
+  std::string shared_member;  // Via::Shared: the start's name in Redis, for sending()
   int retries = 0;
 };
 
@@ -149,6 +150,7 @@ void Scheduler::sending(uint64_t ticket) {
   if (it == tickets_.end() || it->second->state != Ticket::State::Started) return;
   Ticket& t = *it->second;
   t.started = limiterOf(*t.budget, t).onSent(t.started);
+  if (t.via == Ticket::Via::Shared && shared_) shared_->sent(t.budget->name, t.shared_member);
 }
 
 void Scheduler::finish(uint64_t ticket, const UpstreamSignals& signals) {
@@ -209,7 +211,7 @@ bool Scheduler::sharedUsable(const Budget& b) const {
   return shared_ && clock_.now() >= b.fallback_until;
 }
 
-void Scheduler::startNext(Budget& b, int via) {
+void Scheduler::startNext(Budget& b, int via, std::string shared_member) {
   auto id = b.queue.pop();
   if (!id) return;
   auto it = tickets_.find(*id);
@@ -217,6 +219,7 @@ void Scheduler::startNext(Budget& b, int via) {
   Ticket& t = *it->second;
   t.state = Ticket::State::Started;
   t.via = static_cast<Ticket::Via>(via);
+  t.shared_member = std::move(shared_member);
   t.started = clock_.now();
   limiterOf(b, t).onStart();
   metrics_.observeQueueWaitSeconds(std::chrono::duration<double>(clock_.now() - t.enqueued).count());
@@ -270,7 +273,7 @@ void Scheduler::askShared(Budget& b) {
                       } else if (d.admitted) {
                         metrics_.setRatelimitRemaining(bb.org_label, d.remaining);
                         if (!bb.queue.empty()) {
-                          startNext(bb, static_cast<int>(Ticket::Via::Shared));
+                          startNext(bb, static_cast<int>(Ticket::Via::Shared), std::move(d.member));
                         } else {
                           shared_->finish(bb.name);  // nobody left to use it
                         }

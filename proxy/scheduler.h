@@ -76,7 +76,7 @@ class Scheduler {
   Budget& budget(const Admission& a);
   RateLimiter& limiterOf(Budget& b, const Ticket& t);
   bool sharedUsable(const Budget& b) const;
-  void startNext(Budget& b, int via);
+  void startNext(Budget& b, int via, std::string shared_member = {});
   void askShared(Budget& b);
   void sharePause(Budget& b, const UpstreamSignals& signals);
   void pump(Budget& b);

@@ -111,6 +111,20 @@ redis.call('PEXPIRE', KEYS[2], 2 * lease)
 return {1, 0, limit - n - 1}
 )lua";
 
+// KEYS: starts. ARGV: member, starts_ttl_ms. Moves an admitted start to now
+// (never earlier); one pruned meanwhile (sent that late) counts again.
+constexpr std::string_view kSentScript = R"lua(
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) >= now then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+)lua";
+
 // KEYS: pause. ARGV: pause_ms. Never shortens a longer pause.
 constexpr std::string_view kPauseScript = R"lua(
 local ms = tonumber(ARGV[1])
@@ -307,6 +321,7 @@ struct SharedBudget::Impl {
     std::string member = instance_id + ":" + std::to_string(next_member++);
     std::string inflight = inflightKey(budget);
     const int64_t span = std::max<int64_t>(window_ms, 1) + kMarginMs;
+    starts_ttl[budget] = 2 * span;
     runScript(
         try_start_script, {startsKey(budget), inflight, pauseKey(budget)},
         {std::to_string(std::max(limit, 1)), std::to_string(span), std::to_string(std::max(max_concurrent, 1)),
@@ -321,6 +336,7 @@ struct SharedBudget::Impl {
             d.admitted = *admitted == 1;
             if (d.admitted) {
               d.remaining = std::max<int64_t>(*remaining, 0);
+              d.member = member;
               leases[budget].push_back(member);  // before done(), which may finish() at once
             } else {
               d.wait_ms = std::max<int64_t>(*wait, 0);
@@ -335,6 +351,15 @@ struct SharedBudget::Impl {
           if (done) done(d);  // may destroy us: nothing after this
         },
         inflight, member);
+  }
+
+  void sent(const std::string& budget, const std::string& member) {
+    if (member.empty()) return;
+    // The starts' time to live as the budget's last tryStart set it.
+    auto ttl = starts_ttl.find(budget);
+    if (ttl == starts_ttl.end()) return;
+    runScript(sent_script, {startsKey(budget)}, {member, std::to_string(ttl->second)},
+              [this](std::optional<RedisReply> reply) { logError("sent", reply); });
   }
 
   void finish(const std::string& budget) {
@@ -390,11 +415,13 @@ struct SharedBudget::Impl {
   std::optional<std::chrono::steady_clock::time_point> last_error_log;
   Script try_start_script{kTryStartScript, {}, false};
   Script pause_script{kPauseScript, {}, false};
+  Script sent_script{kSentScript, {}, false};
   Script heartbeat_script{kHeartbeatScript, {}, false};
   Script renew_script{kRenewScript, {}, false};
   std::unordered_map<uint64_t, Pending> pending;  // token → command
   // Our admitted starts not yet finished, per budget (interchangeable).
   std::unordered_map<std::string, std::vector<std::string>> leases;
+  std::unordered_map<std::string, int64_t> starts_ttl;  // budget → PEXPIRE of its starts (ms)
   Timer heartbeat_timer;  // last: cancelled first
 };
 
@@ -407,6 +434,8 @@ void SharedBudget::tryStart(const std::string& budget, int limit, int64_t window
                             std::function<void(SharedDecision)> done) {
   impl_->tryStart(budget, limit, window_ms, max_concurrent, std::move(done));
 }
+
+void SharedBudget::sent(const std::string& budget, const std::string& member) { impl_->sent(budget, member); }
 
 void SharedBudget::finish(const std::string& budget) { impl_->finish(budget); }
 

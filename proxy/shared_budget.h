@@ -25,6 +25,7 @@ struct SharedDecision {
   bool admitted = false;   // a start was recorded (window + in flight)
   int64_t wait_ms = 0;     // not admitted: when to ask again (0: wait for a release)
   int64_t remaining = 0;   // admitted: budget left in the window after this start
+  std::string member;      // admitted: this start's name, for sent()
 };
 
 class SharedBudget {
@@ -39,6 +40,10 @@ class SharedBudget {
   // fewer than `max_concurrent` in flight, and no shared pause in force.
   void tryStart(const std::string& budget, int limit, int64_t window_ms, int max_concurrent,
                 std::function<void(SharedDecision)> done);
+  // The admitted start `member` is being written upstream now: it counts
+  // from now (Redis' time when this lands), not from the decision — the
+  // reply's way back and our loop lie between the two. Fire and forget.
+  void sent(const std::string& budget, const std::string& member);
   // A started request ended (or was abandoned): in flight − 1.
   void finish(const std::string& budget);
   // An upstream 429 / remaining: 0 pauses every instance's starts for the budget.

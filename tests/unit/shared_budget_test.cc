@@ -279,6 +279,33 @@ TEST_F(SharedBudgetTest, WindowIsSharedByBothInstances) {
   EXPECT_GT(ttl->integer, 0);
 }
 
+// A start counts from when its request is written (sent()), not from the
+// decision: the next one waits a whole window after the send.
+TEST_F(SharedBudgetTest, AStartCountsFromItsSend) {
+  SharedDecision d = ask(*a_, 1, 1000, 100);
+  ASSERT_TRUE(d.admitted);
+  ASSERT_FALSE(d.member.empty());
+  runFor(loop_, 150ms);
+  const auto sent_at = SteadyClock::now();
+  a_->sent(kOrg, d.member);
+  runFor(loop_, 20ms);  // on a's connection; the next question goes on b's
+  SharedDecision refused = ask(*b_, 1, 1000, 100);
+  ASSERT_TRUE(refused.reachable);
+  ASSERT_FALSE(refused.admitted);
+  // Dated at the decision, it would leave the window ~150 ms sooner. Redis
+  // dates the send at or after sent_at (whole ms, rounded down: 2 ms slack).
+  EXPECT_GE(refused.wait_ms, 1010 - 2 - msSince(sent_at));
+
+  // A send for a start already pruned (sent later than the window) counts again.
+  SharedDecision other = ask(*a_, 1, 1000, 100, "other-org");
+  ASSERT_TRUE(other.admitted);
+  raw({"ZREM", std::string(kPrefix) + "rl:{other-org}:starts", other.member});
+  EXPECT_TRUE(ask(*b_, 1, 1000, 100, "other-org").admitted);
+  a_->sent("other-org", other.member);
+  runFor(loop_, 20ms);
+  EXPECT_EQ(zcard(std::string(kPrefix) + "rl:{other-org}:starts"), 2);
+}
+
 TEST_F(SharedBudgetTest, SurvivesAScriptFlush) {
   EXPECT_TRUE(ask(*a_, 10, 1000, 10).admitted);  // digests known by now
   EXPECT_TRUE(ask(*a_, 10, 1000, 10).admitted);
