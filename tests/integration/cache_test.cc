@@ -396,7 +396,11 @@ TEST_F(RedisCache, PurgeOnOneInstanceIsSeenByTheOthers) {
   HttpResponse r = httpRequest(a->adminPort(), "POST", "/admin/purge", {},
                                R"({"organisation":"acme","workflow_id":"wf_pp"})");
   EXPECT_EQ(r.status, 200);
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  // b learns of the purge by pub/sub: ask it, without ever running the input
+  // upstream, until it no longer has the entry (504 to only-if-cached).
+  EXPECT_TRUE(eventually([&] {
+    return runOn(b->port(), "wf_pp", "{}", with(kAcme, "Cache-Control", "only-if-cached")).status == 504;
+  }, std::chrono::seconds(5)));
   EXPECT_EQ(runOn(b->port(), "wf_pp", "{}").header("x-cache"), "MISS");
   EXPECT_EQ(runs(*sim_), 2);
 }
