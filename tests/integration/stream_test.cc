@@ -109,11 +109,16 @@ TEST(Stream, FiftyIdenticalStreamsShareOneUpstreamStream) {
 TEST(Stream, ALateJoinerGetsTheBytesSoFarThenTheRest) {
   Simulator sim;
   ProxyProcess proxy(baseConfig(), sim.url());
-  sim.configureWorkflows({{"wf_late", {{"chunks", 6}, {"chunk_delay_ms", 150}}}});
+  sim.configureWorkflows({{"wf_late", {{"chunks", 6}, {"chunk_delay_ms", 300}}}});
   auto first = std::async(std::launch::async, [&] {
     return httpRequest(proxy.port(), "POST", "/api/v1/run/wf_late/stream", kAcme, "{}");
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(450));
+  // Join once the stream has begun (its first chunk sent), ~1.5 s before its end.
+  ASSERT_TRUE(eventually([&] {
+    auto s = streamRecords(sim);
+    return s.size() == 1 && !s[0]["first_byte_ms"].is_null();
+  }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
   HttpResponse late = httpRequest(proxy.port(), "POST", "/api/v1/run/wf_late/stream", kAcme, "{}");
   HttpResponse early = first.get();
   EXPECT_EQ(late.body, early.body);
@@ -227,6 +232,15 @@ TEST(Stream, LeavingMidStreamLetsAStoredStreamFinish) {
     auto s = streamRecords(sim);
     return s.size() == 1 && !s[0]["done_ms"].is_null();
   }));
+  // The proxy stores the stream once it has read its end, a moment after the
+  // simulator wrote it: until then a request joins the flight (only-if-cached
+  // too, but it never starts one).
+  Headers cached_only = kAcme;
+  cached_only.emplace_back("Cache-Control", "only-if-cached");
+  EXPECT_TRUE(eventually([&] {
+    return httpRequest(proxy.port(), "POST", "/api/v1/run/wf_keep/stream", cached_only, "{}").header("x-cache") ==
+           "HIT";
+  }, std::chrono::seconds(5)));
   HttpResponse hit = httpRequest(proxy.port(), "POST", "/api/v1/run/wf_keep/stream", kAcme, "{}");
   EXPECT_EQ(hit.header("x-cache"), "HIT");
   EXPECT_EQ(streamRecords(sim).size(), 1u);
