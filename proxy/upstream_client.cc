@@ -287,6 +287,8 @@ struct UpstreamClient::Impl {
           t->callbacks.on_sending();
         } catch (const std::exception& e) {
           spdlog::error("upstream send hook failed: {}", e.what());
+        } catch (...) {
+          spdlog::error("upstream send hook failed");
         }
       }
       return CURL_PREREQFUNC_OK;
