@@ -91,12 +91,14 @@ Clock::time_point RateLimiter::nextStartTime() const {
   return ceilMicros(t);
 }
 
-void RateLimiter::onStart() {
+Clock::time_point RateLimiter::onStart() {
   prune();
-  starts_.push_back(clock_.now());
+  const Clock::time_point now = clock_.now();
+  starts_.push_back(now);
   const auto limit = static_cast<size_t>(effectiveLimit());
   while (starts_.size() > limit) starts_.pop_front();
   ++in_flight_;
+  return now;
 }
 
 Clock::time_point RateLimiter::onSent(Clock::time_point started) {

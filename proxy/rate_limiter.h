@@ -59,8 +59,10 @@ class RateLimiter {
   Clock::time_point nextStartTime() const;
   bool concurrencyFull() const;
 
-  void onStart();                                  // spends one unit; in flight + 1
-  // The start made at `started` (an onStart() time) is only now being sent
+  // Spends one unit; in flight + 1. Returns the start's date, the handle
+  // onSent() and UpstreamSignals::started take.
+  Clock::time_point onStart();
+  // The start dated `started` (by onStart() or onSent()) is only now being sent
   // upstream: it counts from now. The delay between deciding a start and
   // writing it (the loop's own work, a connection to make, a busy CPU) would
   // otherwise eat into kSafetyMargin and let the upstream see more than the

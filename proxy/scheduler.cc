@@ -220,8 +220,7 @@ void Scheduler::startNext(Budget& b, int via, std::string shared_member) {
   t.state = Ticket::State::Started;
   t.via = static_cast<Ticket::Via>(via);
   t.shared_member = std::move(shared_member);
-  t.started = clock_.now();
-  limiterOf(b, t).onStart();
+  t.started = limiterOf(b, t).onStart();  // the limiter's own date: onSent() finds it by it
   metrics_.observeQueueWaitSeconds(std::chrono::duration<double>(clock_.now() - t.enqueued).count());
   auto start = t.callbacks.start;  // a copy: start() may cancel or finish this very ticket
   if (start) start();

@@ -279,6 +279,29 @@ TEST(RateLimiter, AStartCountsFromWhenItIsSent) {
   EXPECT_EQ(rl2.nextStartTime(), t1 + 3s + kMargin);
 }
 
+// With a clock that moves on every reading, as the real one does, the date
+// onStart() returns is the handle onSent() needs: a start re-dated by it is
+// counted once, never twice.
+TEST(RateLimiter, OnSentFindsTheStartByTheDateOnStartReturned) {
+  class TickingClock final : public Clock {
+   public:
+    TimePoint now() const override { return now_ += 1us; }
+
+   private:
+    mutable TimePoint now_ = TimePoint(1000s);
+  } clock;
+  RateLimiter rl(budget(3), clock);
+  for (int i = 0; i < 2; ++i) {
+    const TimePoint started = rl.onStart();
+    EXPECT_GT(rl.onSent(started), started);
+  }
+  EXPECT_EQ(rl.startsInWindow(), 2);
+  EXPECT_TRUE(rl.canStart());
+  rl.onSent(rl.onStart());
+  EXPECT_EQ(rl.startsInWindow(), 3);
+  EXPECT_FALSE(rl.canStart());
+}
+
 // Saturated, with sends that leave up to 200 ms after their start was decided
 // (far beyond the margin) in a random order: dated by their sends, the starts
 // never give the upstream more than its limit in any window.
