@@ -107,9 +107,17 @@ Clock::time_point RateLimiter::onSent(Clock::time_point started) {
   prune();
   // Starts are indistinguishable apart from their time: drop one made at
   // `started` (pruned or trimmed already when the send came that late) and
-  // count the start from now, keeping the deque in time order.
-  if (auto it = std::find(starts_.begin(), starts_.end(), started); it != starts_.end()) starts_.erase(it);
-  starts_.insert(std::upper_bound(starts_.begin(), starts_.end(), now), now);
+  // count the start from now, keeping the deque in time order. A send follows
+  // its start closely, so both ends of the work are near the back (a large
+  // budget keeps thousands of starts here).
+  if (auto it = std::find(starts_.rbegin(), starts_.rend(), started); it != starts_.rend()) {
+    starts_.erase(std::next(it).base());
+  }
+  if (starts_.empty() || starts_.back() <= now) {
+    starts_.push_back(now);
+  } else {
+    starts_.insert(std::upper_bound(starts_.begin(), starts_.end(), now), now);
+  }
   const auto limit = static_cast<size_t>(effectiveLimit());
   while (starts_.size() > limit) starts_.pop_front();
   return now;
