@@ -13,8 +13,6 @@ namespace {
 constexpr std::string_view kMagic = "WFPC";
 constexpr uint8_t kFormatVersion = 2;
 
-
-
 void putU32(std::string& out, uint32_t v) {
   for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
 }

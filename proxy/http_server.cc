@@ -43,13 +43,13 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <new>
 #include <array>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <new>
 
 #include <spdlog/spdlog.h>
 

@@ -91,12 +91,16 @@ Clock::time_point RateLimiter::nextStartTime() const {
   return ceilMicros(t);
 }
 
+void RateLimiter::trim() {
+  const auto limit = static_cast<size_t>(effectiveLimit());
+  while (starts_.size() > limit) starts_.pop_front();
+}
+
 Clock::time_point RateLimiter::onStart() {
   prune();
   const Clock::time_point now = clock_.now();
   starts_.push_back(now);
-  const auto limit = static_cast<size_t>(effectiveLimit());
-  while (starts_.size() > limit) starts_.pop_front();
+  trim();
   ++in_flight_;
   return now;
 }
@@ -118,8 +122,7 @@ Clock::time_point RateLimiter::onSent(Clock::time_point started) {
   } else {
     starts_.insert(std::upper_bound(starts_.begin(), starts_.end(), now), now);
   }
-  const auto limit = static_cast<size_t>(effectiveLimit());
-  while (starts_.size() > limit) starts_.pop_front();
+  trim();
   return now;
 }
 

@@ -86,6 +86,8 @@ class RateLimiter {
   // Drops starts that no longer count (older than span()). Lazy: called by
   // every query, so the deque never outgrows one span of starts.
   void prune() const;
+  // Keeps the newest effectiveLimit() starts, the only ones that decide.
+  void trim();
   Clock::duration window() const;  // window_s
   // The window the budget is enforced over: window_s + kSafetyMargin. We
   // count our starts; the upstream counts arrivals, a little later. Spacing

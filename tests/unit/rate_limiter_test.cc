@@ -7,6 +7,7 @@
 #include <deque>
 #include <limits>
 #include <map>
+#include <optional>
 #include <set>
 #include <vector>
 
@@ -60,6 +61,24 @@ bool withinLimit(const std::vector<TimePoint>& sorted, size_t limit, Clock::dura
   }
   return true;
 }
+
+// The upstream's exact sliding 1 s window over arrivals (which need not come
+// in order). Returns the remaining budget after an admitted arrival, or
+// nullopt for a 429 (which does not count).
+class UpstreamWindow {
+ public:
+  explicit UpstreamWindow(int limit) : limit_(limit) {}
+  std::optional<int> arrive(TimePoint arrival) {
+    while (!arrivals_.empty() && arrivals_.front() <= arrival - 1s) arrivals_.pop_front();
+    if (static_cast<int>(arrivals_.size()) >= limit_) return std::nullopt;
+    arrivals_.insert(std::upper_bound(arrivals_.begin(), arrivals_.end(), arrival), arrival);
+    return limit_ - static_cast<int>(arrivals_.size());
+  }
+
+ private:
+  int limit_;
+  std::deque<TimePoint> arrivals_;
+};
 
 uint64_t splitmix(uint64_t& s) {
   uint64_t z = (s += 0x9e3779b97f4a7c15ULL);
@@ -196,7 +215,7 @@ TEST(RateLimiter, SaturatedAgainstAnUpstreamModelGetsNo429) {
     bool refused;
   };
   std::multimap<TimePoint, Pending> responses;
-  std::deque<TimePoint> upstream_window;
+  UpstreamWindow upstream(requests);
   size_t starts = 0;
   size_t refused = 0;
   uint64_t rng = 7;
@@ -225,15 +244,12 @@ TEST(RateLimiter, SaturatedAgainstAnUpstreamModelGetsNo429) {
       ++starts;
       // The upstream counts the arrival, 2..10 ms after our start.
       const TimePoint arrival = t + 2ms + std::chrono::microseconds(splitmix(rng) % 8'001);
-      while (!upstream_window.empty() && upstream_window.front() <= arrival - 1s) upstream_window.pop_front();
       Pending p{t, 0, false};
-      if (static_cast<int>(upstream_window.size()) >= requests) {
+      if (std::optional<int> remaining = upstream.arrive(arrival)) {
+        p.remaining = *remaining;
+      } else {
         p.refused = true;
         ++refused;
-      } else {
-        // Arrivals are not sorted across starts: insert in order.
-        upstream_window.insert(std::upper_bound(upstream_window.begin(), upstream_window.end(), arrival), arrival);
-        p.remaining = requests - static_cast<int>(upstream_window.size());
       }
       responses.emplace(arrival + 300ms, p);
     }
@@ -319,7 +335,7 @@ TEST(RateLimiter, LateSendsAgainstAnUpstreamModelGetNo429) {
     bool refused = false;
   };
   std::multimap<TimePoint, Event> events;
-  std::deque<TimePoint> upstream_window;
+  UpstreamWindow upstream(requests);
   size_t starts = 0;
   size_t refused = 0;
   uint64_t rng = 11;
@@ -342,21 +358,18 @@ TEST(RateLimiter, LateSendsAgainstAnUpstreamModelGetNo429) {
       }
       const TimePoint sent = rl.onSent(e.started);
       const TimePoint arrival = sent + std::chrono::microseconds(splitmix(rng) % (kMargin / 1us));
-      while (!upstream_window.empty() && upstream_window.front() <= arrival - 1s) upstream_window.pop_front();
       Event response{Kind::Response, sent};
-      if (static_cast<int>(upstream_window.size()) >= requests) {
+      if (!upstream.arrive(arrival)) {
         response.refused = true;
         ++refused;
-      } else {
-        upstream_window.insert(std::upper_bound(upstream_window.begin(), upstream_window.end(), arrival), arrival);
       }
       events.emplace(arrival + 100ms, response);
     }
     while (rl.canStart()) {  // always backlogged
-      rl.onStart();
+      const TimePoint started = rl.onStart();
       ++starts;
       const auto delay = std::chrono::microseconds(splitmix(rng) % 200'001);
-      events.emplace(t + delay, Event{Kind::Send, t});
+      events.emplace(t + delay, Event{Kind::Send, started});
     }
   }
   EXPECT_EQ(refused, 0u);
