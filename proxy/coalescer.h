@@ -27,23 +27,13 @@
 
 #include "proxy/cache.h"
 #include "proxy/event_loop.h"
+#include "proxy/flight_outcome.h"
 #include "proxy/upstream_client.h"
 
 namespace wfp {
 
 class RedisClient;
 
-struct FlightOutcome {
-  CachedResponsePtr response;  // what the upstream answered (any status); null on failure
-  UpstreamFailure failure = UpstreamFailure::None;
-  bool stored = false;   // the response went into the cache
-  bool remote = false;   // another instance ran it
-  double upstream_ms = 0;  // time the upstream took (0 when remote)
-  double queue_ms = 0;     // time the run waited for the budget
-  // Never started: the organisation's queue refused it.
-  enum class Rejected { No, RateLimited, ShuttingDown } rejected = Rejected::No;
-  int retry_after_s = 0;
-};
 
 struct FlightHooks {
   // This instance runs the flight: start the upstream exchange (possibly via
@@ -108,9 +98,5 @@ class Coalescer {
   };
   std::unordered_map<uint64_t, Waiter> waiters_;
 };
-
-// Wire form of an outcome on the flight channel.
-std::string encodeOutcome(const FlightOutcome& outcome);
-std::optional<FlightOutcome> decodeOutcome(const std::string& message);
 
 }  // namespace wfp
