@@ -83,9 +83,19 @@ void Timer::cancel() { evtimer_del(event_.get()); }
 
 bool Timer::pending() const { return evtimer_pending(event_.get(), nullptr) != 0; }
 
+Timer::~Timer() {
+  if (destroyed_) *destroyed_ = true;
+}
+
 void Timer::onFire(int, short, void* arg) noexcept {
   auto* self = static_cast<Timer*>(arg);
-  guarded("timer", self->fn_);
+  bool destroyed = false;
+  self->destroyed_ = &destroyed;
+  std::function<void()> fn = std::move(self->fn_);  // outlives the timer if the callback destroys it
+  guarded("timer", fn);
+  if (destroyed) return;
+  self->fn_ = std::move(fn);
+  self->destroyed_ = nullptr;
 }
 
 FdWatch::FdWatch(EventLoop& loop, int fd, short events, std::function<void(short)> fn)

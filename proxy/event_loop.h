@@ -52,9 +52,13 @@ class EventLoop {
 
 // A one-shot or repeating timer. Destroying or cancel()ling it guarantees the
 // callback will not run afterwards.
+// A timer may be destroyed inside its own callback (the owner of a flight
+// that ends in its timer's callback drops the flight, timer and all): the
+// callback runs from a local copy, and the timer is not touched afterwards.
 class Timer {
  public:
   Timer(EventLoop& loop, std::function<void()> fn);
+  ~Timer();
   Timer(const Timer&) = delete;  // the event points at this object
   Timer& operator=(const Timer&) = delete;
   void start(std::chrono::microseconds delay);
@@ -66,6 +70,7 @@ class Timer {
   static void onFire(int, short, void* arg) noexcept;
   std::function<void()> fn_;
   EventPtr event_;
+  bool* destroyed_ = nullptr;  // set while the callback runs
 };
 
 // Watches a file descriptor; `events` is a mask of EV_READ/EV_WRITE/EV_CLOSED.
