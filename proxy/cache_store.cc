@@ -1,5 +1,6 @@
 #include "proxy/cache_store.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include <spdlog/spdlog.h>
@@ -9,7 +10,46 @@
 namespace wfp {
 
 namespace {
+
 constexpr int64_t kGenerationFreshMs = 1000;
+// Generations are whole numbers below 2^53 (what a Lua number holds exactly).
+constexpr uint64_t kMaxGeneration = (uint64_t{1} << 53) - 2;
+// Generations learnt from purge messages for workflows this instance does
+// not track are remembered up to this many entries in all.
+constexpr size_t kMaxTracked = 100000;
+
+// Raises the generation in Redis to at least ARGV[1] (a floor this instance
+// has seen): a Redis that restarted empty, a flushed key or a value that is
+// not a generation must never move a workflow's generation backwards.
+constexpr const char* kRaiseScript =
+    "local cur = tonumber(redis.call('get', KEYS[1]) or '0') "
+    "local floor = tonumber(ARGV[1]) "
+    "if cur == nil or cur ~= math.floor(cur) or cur < floor or cur > 9007199254740990 then "
+    "redis.call('set', KEYS[1], ARGV[1]) return floor end "
+    "return cur";
+// A purge: the generation moves past both Redis' value and the floor.
+constexpr const char* kPurgeScript =
+    "local cur = tonumber(redis.call('get', KEYS[1]) or '0') "
+    "local floor = tonumber(ARGV[1]) "
+    "if cur == nil or cur ~= math.floor(cur) or cur < 0 or cur > 9007199254740990 then cur = 0 end "
+    "if cur < floor then cur = floor end "
+    "cur = cur + 1 "
+    "redis.call('set', KEYS[1], string.format('%d', cur)) "
+    "return cur";
+
+}  // namespace
+
+// A generation as stored in Redis or carried by a message: decimal digits
+// only, at most kMaxGeneration. Anything else ("-1", "abc", 10^23) is not one.
+std::optional<uint64_t> parseGeneration(std::string_view text) {
+  if (text.empty() || text.size() > 16) return std::nullopt;
+  uint64_t v = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') return std::nullopt;
+    v = v * 10 + static_cast<uint64_t>(c - '0');
+  }
+  if (v > kMaxGeneration) return std::nullopt;
+  return v;
 }
 
 int64_t unixMillis() {
@@ -34,11 +74,18 @@ std::string CacheStore::generationKey(const std::string& ns, const std::string& 
 
 void CacheStore::generation(const std::string& ns, const std::string& workflow_id, GenerationFn fn) {
   std::string local = ns + '\n' + workflow_id;
-  Generation& g = generations_[local];
   if (!redis_) {
-    fn(g.value);
+    // Only purged workflows have an entry: every other one is at 0.
+    auto it = generations_.find(local);
+    fn(it == generations_.end() ? 0 : it->second.value);
     return;
   }
+  auto it = generations_.find(local);
+  if (it == generations_.end()) {
+    sweepGenerations();
+    it = generations_.emplace(std::move(local), Generation{}).first;
+  }
+  Generation& g = it->second;
   int64_t now = unixMillis();
   if (g.fetched_ms != 0 && now - g.fetched_ms < kGenerationFreshMs) {
     fn(g.value);
@@ -50,14 +97,23 @@ void CacheStore::generation(const std::string& ns, const std::string& workflow_i
   }
   g.waiting.push_back(std::move(fn));
   if (g.waiting.size() > 1) return;  // one fetch serves everyone
-  redis_->command({"GET", generationKey(ns, workflow_id)}, [this, local](std::optional<RedisReply> reply) {
-    auto it = generations_.find(local);
-    if (it == generations_.end()) return;
-    Generation& gen = it->second;
-    if (reply && reply->type == RedisReply::Type::String) {
-      gen.value = std::max<uint64_t>(gen.value, std::strtoull(reply->str.c_str(), nullptr, 10));
-      gen.fetched_ms = unixMillis();
-    } else if (reply && reply->type == RedisReply::Type::Nil) {
+  std::string gen_key = generationKey(ns, workflow_id);
+  redis_->command({"GET", gen_key}, [this, key = it->first, gen_key](std::optional<RedisReply> reply) {
+    auto found = generations_.find(key);
+    if (found == generations_.end()) return;
+    Generation& gen = found->second;
+    if (reply && (reply->type == RedisReply::Type::String || reply->type == RedisReply::Type::Nil)) {
+      std::optional<uint64_t> stored =
+          reply->type == RedisReply::Type::Nil ? std::optional<uint64_t>(0) : parseGeneration(reply->str);
+      if (stored && *stored > gen.value) gen.value = *stored;
+      if (!stored || *stored < gen.value) {
+        // Redis forgot (restarted empty, flushed) or holds something that is
+        // not a generation: put back what we know, so that no instance goes
+        // back to an older generation and a purge lands above it.
+        if (!stored) spdlog::warn("cache: the generation in Redis under {} is not a number; repairing it", gen_key);
+        redis_->command({"EVAL", kRaiseScript, "1", gen_key, std::to_string(gen.value)},
+                        [](std::optional<RedisReply>) {});
+      }
       gen.fetched_ms = unixMillis();
     }
     auto waiting = std::move(gen.waiting);
@@ -67,24 +123,43 @@ void CacheStore::generation(const std::string& ns, const std::string& workflow_i
   });
 }
 
-void CacheStore::lookup(const std::string& key, int64_t keep_ms, EntryFn fn) {
-  if (CachedResponsePtr hit = l1_.get(key, unixMillis())) {
-    fn(std::move(hit));
+// Amortised: a sweep when the map has doubled since the last one. An entry
+// at generation 0 says nothing Redis does not (0 is where every workflow
+// starts): once its one-second freshness is over it can go. Purged
+// workflows stay (a floor that survives Redis losing the key).
+void CacheStore::sweepGenerations() {
+  if (generations_.size() < sweep_at_) return;
+  int64_t now = unixMillis();
+  std::erase_if(generations_, [now](const auto& kv) {
+    const Generation& g = kv.second;
+    return g.value == 0 && g.waiting.empty() && now - g.fetched_ms >= kGenerationFreshMs;
+  });
+  sweep_at_ = std::max<size_t>(1024, 2 * generations_.size());
+}
+
+void CacheStore::lookup(const std::string& key, int64_t keep_ms, EntryFn fn, int64_t min_stored_at_ms) {
+  CachedResponsePtr local = l1_.get(key, unixMillis());
+  if (local && local->stored_at_ms >= min_stored_at_ms) {
+    fn(std::move(local));
     return;
   }
   if (!redis_ || !redis_->up()) {
-    fn(nullptr);
+    fn(std::move(local));
     return;
   }
-  redis_->command({"GET", key}, [this, key, keep_ms, fn = std::move(fn)](std::optional<RedisReply> reply) {
+  redis_->command({"GET", key}, [this, key, keep_ms, local, fn = std::move(fn)](std::optional<RedisReply> reply) {
     if (!reply || reply->type != RedisReply::Type::String) {
-      fn(nullptr);
+      fn(local);
       return;
     }
     auto entry = decodeCachedResponse(reply->str);
     if (!entry) {
       spdlog::debug("cache: undecodable value under {}: treated as a miss", key);
-      fn(nullptr);
+      fn(local);
+      return;
+    }
+    if (local && entry->stored_at_ms <= local->stored_at_ms) {
+      fn(local);
       return;
     }
     auto shared = std::make_shared<const CachedResponse>(std::move(*entry));
@@ -115,19 +190,22 @@ void CacheStore::purgeWorkflow(const std::string& ns, const std::string& workflo
     done(true);
     return;
   }
-  redis_->command({"INCR", generationKey(ns, workflow_id)},
+  // Past Redis' value and past what this instance has seen, in one step.
+  redis_->command({"EVAL", kPurgeScript, "1", generationKey(ns, workflow_id), std::to_string(g.value)},
                   [this, local, ns, workflow_id, done = std::move(done)](std::optional<RedisReply> reply) {
                     Generation& gen = generations_[local];
-                    if (!reply || reply->type != RedisReply::Type::Integer) {
+                    if (!reply || reply->type != RedisReply::Type::Integer || reply->integer <= 0 ||
+                        static_cast<uint64_t>(reply->integer) > kMaxGeneration + 1) {
                       // Redis unreachable: purge locally at least, and say so.
                       ++gen.value;
                       done(false);
                       return;
                     }
-                    gen.value = std::max<uint64_t>(gen.value, static_cast<uint64_t>(reply->integer));
+                    uint64_t value = static_cast<uint64_t>(reply->integer);
+                    gen.value = std::max(gen.value, value);
                     gen.fetched_ms = unixMillis();
                     redis_->command({"PUBLISH", prefix_ + "purge",
-                                     "G\n" + std::to_string(reply->integer) + "\n" + ns + "\n" + workflow_id},
+                                     "G\n" + std::to_string(value) + "\n" + ns + "\n" + workflow_id},
                                     [](std::optional<RedisReply>) {});
                     done(true);
                   });
@@ -165,9 +243,18 @@ void CacheStore::onPurgeMessage(const std::string& message) {
     l1_.erase(parts[1]);
     l1_.erase(parts[2]);
   } else if (parts.size() == 4 && parts[0] == "G") {
-    uint64_t gen = std::strtoull(parts[1].c_str(), nullptr, 10);
-    Generation& g = generations_[parts[2] + '\n' + parts[3]];
-    if (gen > g.value) g.value = gen;
+    // Untrusted like any value from Redis: a generation that is not one is
+    // ignored, and messages about workflows this instance does not track
+    // add entries only up to a bound.
+    std::optional<uint64_t> gen = parseGeneration(parts[1]);
+    if (!gen) return;
+    std::string local = parts[2] + '\n' + parts[3];
+    auto it = generations_.find(local);
+    if (it == generations_.end()) {
+      if (generations_.size() >= kMaxTracked) return;  // the next use asks Redis anyway
+      it = generations_.emplace(std::move(local), Generation{}).first;
+    }
+    if (*gen > it->second.value) it->second.value = *gen;
   }
 }
 

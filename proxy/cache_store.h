@@ -4,12 +4,18 @@
 //
 // With Redis, a generation is read from Redis at most a second before it is
 // used, and a purge is announced on a channel so every instance sees it at
-// once; a lost message is covered by that one-second refresh.
+// once; a lost message is covered by that one-second refresh. Generations
+// only move forward (SPEC §10.2): a value read from Redis that is lower than
+// one this instance has seen (Redis restarted empty, the key flushed) or not
+// a generation at all is repaired to the higher one, and a purge moves past
+// both in one script.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 
 #include "proxy/cache.h"
@@ -35,8 +41,11 @@ class CacheStore {
   // when it is known locally and fresh.
   void generation(const std::string& ns, const std::string& workflow_id, GenerationFn fn);
   // L1, then Redis (a Redis hit is kept in L1 until stored_at + keep_ms).
+  // An L1 entry stored before `min_stored_at_ms` (too old for the request's
+  // Cache-Control) sends the look to Redis, which may hold a younger one
+  // from another instance; the older one is the answer if Redis has none.
   // `fn` may run synchronously.
-  void lookup(const std::string& key, int64_t keep_ms, EntryFn fn);
+  void lookup(const std::string& key, int64_t keep_ms, EntryFn fn, int64_t min_stored_at_ms = 0);
   // `keep_ms`: how long the entry may be served at all (TTL + stale window).
   void store(const std::string& key, CachedResponsePtr entry, int64_t keep_ms);
 
@@ -47,6 +56,8 @@ class CacheStore {
                   std::function<void(bool)> done);
 
   size_t entries() const { return l1_.entries(); }
+  // Workflows whose generation this instance keeps (bounded: see sweepGenerations).
+  size_t generationsTracked() const { return generations_.size(); }
   const std::string& prefix() const { return prefix_; }
 
  private:
@@ -57,12 +68,20 @@ class CacheStore {
   };
   std::string generationKey(const std::string& ns, const std::string& workflow_id) const;
   void onPurgeMessage(const std::string& message);
+  void sweepGenerations();
 
   RedisClient* redis_;
   std::string prefix_;
   MemoryCache l1_;
+  // "<namespace>\n<workflow>" → generation. Without Redis only purged
+  // workflows have an entry; with Redis, also those looked up in the last
+  // second (see sweepGenerations).
   std::unordered_map<std::string, Generation> generations_;
+  size_t sweep_at_ = 1024;
 };
+
+// A generation read from Redis: decimal digits, below 2^53; else nullopt.
+std::optional<uint64_t> parseGeneration(std::string_view text);
 
 int64_t unixMillis();
 
