@@ -1,5 +1,6 @@
 #include "proxy/coalescer.h"
 
+#include <algorithm>
 #include <vector>
 
 #include <spdlog/spdlog.h>
@@ -50,14 +51,15 @@ Coalescer::Flight* Coalescer::find(uint64_t flight_id) {
   return it == flights_.end() ? nullptr : it->second.get();
 }
 
-Coalescer::Joined Coalescer::join(const std::string& key, WaiterFn fn) {
+Coalescer::Joined Coalescer::join(const std::string& key, WaiterFn fn, WaiterNeeds needs,
+                                  const std::function<void(uint64_t)>& on_create) {
   Joined j;
   j.waiter = next_id_++;
   auto existing = by_key_.find(key);
   if (existing != by_key_.end()) {
     Flight& f = *flights_.at(existing->second);
     f.waiters.push_back(j.waiter);
-    waiters_.emplace(j.waiter, Waiter{f.id, std::move(fn)});
+    waiters_.emplace(j.waiter, Waiter{f.id, std::move(fn), needs});
     j.flight = f.id;
     return j;
   }
@@ -68,9 +70,10 @@ Coalescer::Joined Coalescer::join(const std::string& key, WaiterFn fn) {
   f.waiters.push_back(j.waiter);
   flights_.emplace(f.id, std::move(owned));
   by_key_.emplace(key, f.id);
-  waiters_.emplace(j.waiter, Waiter{f.id, std::move(fn)});
+  waiters_.emplace(j.waiter, Waiter{f.id, std::move(fn), needs});
   j.flight = f.id;
   j.created = true;
+  if (on_create) on_create(f.id);
   if (redis_ && redis_->up()) {
     tryLock(f.id);
   } else {
@@ -114,19 +117,53 @@ void Coalescer::tryLock(uint64_t flight_id) {
 void Coalescer::leadUnlessStored(Flight& f) {
   if (!hooks_.lookup_shared) return lead(f);
   uint64_t flight_id = f.id;
-  hooks_.lookup_shared(f.key, [this, flight_id](CachedResponsePtr entry) {
+  hooks_.lookup_shared(f.key, minStoredAt(f), [this, flight_id](CachedResponsePtr entry) {
     Flight* fl = find(flight_id);
     if (!fl || fl->state != Flight::State::Locking) return;  // left meanwhile: leave() gave the lock back
-    if (!entry) return lead(*fl);
-    FlightOutcome o;
-    o.response = std::move(entry);
-    o.stored = true;
-    o.remote = true;
-    deliver(flight_id, o);  // gives the lock back
+    // Only an entry every waiter's Cache-Control accepts (no-cache, max-age,
+    // the TTL) answers them; anything else is run afresh.
+    if (!entry || !acceptable(*fl, *entry)) return lead(*fl);
+    deliverStored(flight_id, std::move(entry));  // gives the lock back
   });
 }
 
+int64_t Coalescer::minStoredAt(const Flight& f) const {
+  int64_t min = 0;
+  for (uint64_t w : f.waiters) {
+    auto it = waiters_.find(w);
+    if (it != waiters_.end()) min = std::max(min, it->second.needs.min_stored_at_ms);
+  }
+  return min;
+}
+
+bool Coalescer::acceptable(const Flight& f, const CachedResponse& entry) const {
+  return entry.stored_at_ms >= minStoredAt(f);
+}
+
+bool Coalescer::anyMayRun(const Flight& f) const {
+  for (uint64_t w : f.waiters) {
+    auto it = waiters_.find(w);
+    if (it != waiters_.end() && it->second.needs.may_run) return true;
+  }
+  return false;
+}
+
+void Coalescer::deliverStored(uint64_t flight_id, CachedResponsePtr entry) {
+  FlightOutcome o;
+  o.response = std::move(entry);
+  o.stored = true;
+  o.remote = true;
+  deliver(flight_id, o);
+}
+
 void Coalescer::lead(Flight& f) {
+  if (!anyMayRun(f)) {
+    // Only only-if-cached waiters: they never cause an upstream run.
+    FlightOutcome o;
+    o.rejected = FlightOutcome::Rejected::NotCached;
+    deliver(f.id, o);
+    return;
+  }
   f.state = Flight::State::Leading;
   if (f.subscribed && redis_) {
     redis_->unsubscribe(f.channel());
@@ -172,15 +209,17 @@ void Coalescer::poll(uint64_t flight_id) {
     return;
   }
   if (hooks_.lookup_shared) {
-    hooks_.lookup_shared(f->key, [this, flight_id](CachedResponsePtr entry) {
+    hooks_.lookup_shared(f->key, minStoredAt(*f), [this, flight_id](CachedResponsePtr entry) {
       Flight* fl = find(flight_id);
       if (!fl || fl->state != Flight::State::Following || !entry) return;
-      FlightOutcome o;
-      o.response = std::move(entry);
-      o.stored = true;
-      o.remote = true;
-      deliver(flight_id, o);
+      // An entry older than a waiter accepts is not the leader's result: wait on.
+      if (!acceptable(*fl, *entry)) return;
+      deliverStored(flight_id, std::move(entry));
     });
+    // The look may have answered at once (the entry in this instance's L1)
+    // and ended the flight.
+    f = find(flight_id);
+    if (!f || f->state != Flight::State::Following) return;
   }
   redis_->command({"EXISTS", f->lockKey()}, [this, flight_id](std::optional<RedisReply> reply) {
     Flight* fl = find(flight_id);
@@ -241,6 +280,7 @@ void Coalescer::deliver(uint64_t flight_id, const FlightOutcome& outcome) {
   f->state = Flight::State::Done;
   f->timer.reset();
   releaseRedis(*f);
+  if (hooks_.on_end) hooks_.on_end(flight_id);
   for (uint64_t w : f->waiters) {
     auto wit = waiters_.find(w);
     if (wit == waiters_.end()) continue;  // left meanwhile
@@ -258,16 +298,24 @@ void Coalescer::leave(uint64_t waiter) {
   Flight* f = find(flight_id);
   if (!f) return;
   std::erase(f->waiters, waiter);
-  if (!f->waiters.empty() || f->started) return;
+  if (f->started) return;
+  if (!f->waiters.empty()) {
+    // Those left behind are only-if-cached: a run not yet started is not
+    // started for them. (Following another instance's run costs nothing.)
+    if (f->state != Flight::State::Following && !anyMayRun(*f)) {
+      FlightOutcome o;
+      o.rejected = FlightOutcome::Rejected::NotCached;
+      deliver(flight_id, o);
+    }
+    return;
+  }
   // Nobody waits and nothing was spent: drop the flight.
-  bool was_leading = f->state == Flight::State::Leading;
-  std::string key = f->key;
   auto k = by_key_.find(f->key);
   if (k != by_key_.end() && k->second == flight_id) by_key_.erase(k);
   releaseRedis(*f);
   f->state = Flight::State::Done;
   flights_.erase(flight_id);
-  if (was_leading && hooks_.on_abandon) hooks_.on_abandon(flight_id, key);
+  if (hooks_.on_end) hooks_.on_end(flight_id);
 }
 
 }  // namespace wfp

@@ -13,10 +13,17 @@
 // the lock expires without a result (the leader died). When Redis is down
 // or slow, a flight simply leads locally.
 //
+// Cache-Control (SPEC §10.1): each waiter says which stored answer it would
+// accept (WaiterNeeds); a stored entry found after taking the lock or while
+// following answers the flight only if every waiter accepts it, and a flight
+// whose waiters are all only-if-cached never leads a run.
+//
 // Lifetime: waiters are ids; leave(id) detaches one, and its callback will
 // not run afterwards. A flight whose last waiter leaves before its upstream
-// run started is abandoned (onAbandon); one already running completes and
-// stores its result for the next request.
+// run started is abandoned; one already running completes and stores its
+// result for the next request. However a flight ends, on_end tells the owner
+// once, so nothing prepared for it outlives it (a follower's prepared run
+// included).
 #pragma once
 
 #include <cstdint>
@@ -39,10 +46,29 @@ struct FlightHooks {
   // This instance runs the flight: start the upstream exchange (possibly via
   // the queue) and call complete() when done.
   std::function<void(uint64_t flight, std::string key)> on_lead;  // may complete the flight at once
-  // Every waiter left before the run started: drop the queued work.
-  std::function<void(uint64_t flight, const std::string& key)> on_abandon;
-  // Follower re-check: look the key up in the shared cache.
-  std::function<void(const std::string& key, std::function<void(CachedResponsePtr)>)> lookup_shared;
+  // The flight is over, however it ended (completed here, answered by another
+  // instance or by the cache, abandoned): drop whatever was prepared for it.
+  // Runs once per flight, after the flight left the coalescer's maps and
+  // before its waiters are called.
+  std::function<void(uint64_t flight)> on_end;
+  // Re-check: look the key up in the shared cache (after taking the lock,
+  // and while following another instance), for an entry stored at or after
+  // `min_stored_at_ms` (unix ms) if there is one. May answer synchronously.
+  std::function<void(const std::string& key, int64_t min_stored_at_ms, std::function<void(CachedResponsePtr)>)>
+      lookup_shared;
+};
+
+// What a waiter accepts instead of a run of its own (SPEC §4.3, §10.1: the
+// request's Cache-Control holds at every point where a stored answer could
+// be found, including the look after taking the fleet lock).
+struct WaiterNeeds {
+  // A stored answer is acceptable only if stored at or after this time (unix
+  // ms): now − TTL, raised by max-age, and by no-cache to the request's own
+  // arrival. 0: any.
+  int64_t min_stored_at_ms = 0;
+  // false (only-if-cached): this waiter never makes the flight run upstream;
+  // a flight that would run for such waiters alone answers them NotCached.
+  bool may_run = true;
 };
 
 class Coalescer {
@@ -59,7 +85,11 @@ class Coalescer {
     uint64_t flight = 0;
     bool created = false;  // this waiter created the flight (it is the MISS)
   };
-  Joined join(const std::string& key, WaiterFn fn);
+  // Joins the flight for `key`, creating it if there is none; `on_create`
+  // (when given) runs for a new flight before anything else happens to it,
+  // so the owner can prepare the run that on_lead may ask for at once.
+  Joined join(const std::string& key, WaiterFn fn, WaiterNeeds needs = {},
+              const std::function<void(uint64_t flight)>& on_create = {});
   bool inFlight(const std::string& key) const { return by_key_.count(key) != 0; }
   void leave(uint64_t waiter);
 
@@ -81,6 +111,11 @@ class Coalescer {
   void poll(uint64_t flight_id);
   void onMessage(uint64_t flight_id, const std::string& message);
   void deliver(uint64_t flight_id, const FlightOutcome& outcome);
+  // Would every waiter accept `entry` in place of a run?
+  int64_t minStoredAt(const Flight& f) const;  // the strictest waiter's floor
+  bool acceptable(const Flight& f, const CachedResponse& entry) const;
+  bool anyMayRun(const Flight& f) const;
+  void deliverStored(uint64_t flight_id, CachedResponsePtr entry);
   void releaseRedis(Flight& f);
   Flight* find(uint64_t flight_id);
 
@@ -95,6 +130,7 @@ class Coalescer {
   struct Waiter {
     uint64_t flight;
     WaiterFn fn;
+    WaiterNeeds needs;
   };
   std::unordered_map<uint64_t, Waiter> waiters_;
 };

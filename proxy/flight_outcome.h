@@ -24,8 +24,9 @@ struct FlightOutcome {
   bool remote = false;   // another instance ran it
   double upstream_ms = 0;  // time the upstream took (0 when remote)
   double queue_ms = 0;     // time the run waited for the budget
-  // Never started: the organisation's queue refused it.
-  enum class Rejected { No, RateLimited, ShuttingDown } rejected = Rejected::No;
+  // Never started: the organisation's queue refused it, or (NotCached, never
+  // sent to another instance) only only-if-cached waiters were left.
+  enum class Rejected { No, RateLimited, ShuttingDown, NotCached } rejected = Rejected::No;
   int retry_after_s = 0;
 };
 

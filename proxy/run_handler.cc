@@ -40,6 +40,7 @@
 #include "proxy/hash.h"
 #include "proxy/headers.h"
 #include "proxy/redis_client.h"
+#include "proxy/stream_token.h"
 
 namespace wfp {
 
@@ -114,17 +115,6 @@ std::string requestIdFor(const HttpHeaders& headers) {
   return newRequestId();
 }
 
-bool queryHasToken(std::string_view query) {
-  while (!query.empty()) {
-    size_t amp = query.find('&');
-    std::string_view param = query.substr(0, amp);
-    if (param.substr(0, 6) == "token=" && param.size() > 6) return true;
-    if (amp == std::string_view::npos) break;
-    query.remove_prefix(amp + 1);
-  }
-  return false;
-}
-
 struct CacheControl {
   bool no_cache = false;
   bool no_store = false;
@@ -172,10 +162,6 @@ bool isStorable(int status, const std::string& body) { return status == 200 && i
 
 int64_t toMillis(double seconds) { return static_cast<int64_t>(seconds * 1000.0); }
 
-bool isTokenChar(char c) {
-  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
-}
-
 }  // namespace
 
 struct RunHandler::Request {
@@ -200,6 +186,9 @@ struct RunHandler::Request {
   bool paused = false;   // Streamed: upstream paused for client back-pressure
   bool fetching_token = false;
   std::unique_ptr<UpstreamRequest> pending;  // what goes upstream (again, on a 429 retry)
+  // The organisation whose key `pending` carries, set when it starts (empty:
+  // no key of ours, e.g. pass_through, a preflight, a token stream).
+  std::string key_org;
   uint64_t ticket = 0;       // scheduler ticket while queued or running
   SteadyClock::time_point queued_at{};
   bool got_429 = false;      // the current exchange answered 429
@@ -222,12 +211,16 @@ struct RunHandler::Request {
 // completes (and is stored) even when every waiter has left.
 struct RunHandler::RunWork {
   uint64_t flight = 0;
+  std::string key;  // the cache key it stores under
   Admission admission;
   uint64_t ticket = 0;
   SteadyClock::time_point queued_at;
   double queue_ms = 0;
   bool got_429 = false;
   std::string org_label;
+  // The organisation whose key the run carries, looked up when it starts
+  // (empty in pass_through: the client's own key is in the request).
+  std::string org;
   UpstreamRequest request;
   bool may_store = false;
   int64_t keep_ms = 0;
@@ -252,32 +245,40 @@ RunHandler::RunHandler(EventLoop& loop, UpstreamClient& upstream, Scheduler& sch
       cache_(cache),
       redis_(redis) {
   FlightHooks hooks;
-  hooks.on_lead = [this](uint64_t flight, std::string key) { leadRun(flight, std::move(key)); };
-  hooks.on_abandon = [this](uint64_t, const std::string& key) {
-    // Every waiter left while the run was still queued: it spends nothing.
-    auto it = runs_.find(key);
+  hooks.on_lead = [this](uint64_t flight, std::string) { leadRun(flight); };
+  hooks.on_end = [this](uint64_t flight) {
+    // However the flight ended (abandoned while queued, answered by another
+    // instance or by the cache), what was prepared for it goes with it.
+    auto it = runs_.find(flight);
     if (it == runs_.end()) return;
-    if (it->second->ticket) scheduler_.cancel(it->second->ticket);
+    std::unique_ptr<RunWork> w = std::move(it->second);
     runs_.erase(it);
+    if (w->upstream_id) upstream_.cancel(w->upstream_id);
+    if (w->ticket) scheduler_.cancel(w->ticket);  // still queued: spends nothing
   };
-  hooks.lookup_shared = [this](const std::string& key, std::function<void(CachedResponsePtr)> fn) {
-    cache_.lookup(key, toMillis(3600), std::move(fn));
+  hooks.lookup_shared = [this](const std::string& key, int64_t min_stored_at_ms,
+                               std::function<void(CachedResponsePtr)> fn) {
+    cache_.lookup(key, toMillis(3600), std::move(fn), min_stored_at_ms);
   };
   coalescer_ = std::make_unique<Coalescer>(loop, redis, cache.prefix(), std::move(hooks));
-  fanout_ = std::make_unique<StreamFanout>(upstream, scheduler, cache);
+  fanout_ = std::make_unique<StreamFanout>(
+      upstream, scheduler, cache,
+      [this](UpstreamRequest& request, const std::string& org) { return authorizeNow(request, org); });
 }
 
 RunHandler::~RunHandler() {
   for (auto& [id, r] : requests_) {
     if (r->upstream_id) upstream_.cancel(r->upstream_id);
   }
-  for (auto& [key, w] : runs_) {
+  for (auto& [flight, w] : runs_) {
     if (w->upstream_id) upstream_.cancel(w->upstream_id);
   }
 }
 
 void RunHandler::setConfig(ConfigPtr config) {
   keys_ = std::make_shared<const KeyStore>(config);
+  // Remembered per configured organisation: one removed by a reload goes.
+  std::erase_if(ratelimit_seen_, [&](const auto& kv) { return !config->findOrganisation(kv.first); });
   config_ = std::move(config);
 }
 
@@ -498,7 +499,8 @@ void RunHandler::startRun(Request& r) {
       return;
     }
     cache_.lookup(rq->cache_key, toMillis(rq->ttl_s + rq->stale_s),
-                  [this, id](CachedResponsePtr entry) { onLookup(id, std::move(entry)); });
+                  [this, id](CachedResponsePtr entry) { onLookup(id, std::move(entry)); },
+                  waiterNeeds(*rq).min_stored_at_ms);
   });
 }
 
@@ -515,7 +517,9 @@ void RunHandler::onLookup(uint64_t id, CachedResponsePtr entry) {
       r->cache = "HIT";
       return replyCached(*r, entry, "HIT", "workflow-proxy; hit; ttl=" + std::to_string(ttl_left));
     }
-    if (age_ms < toMillis(r->ttl_s + r->stale_s) && r->route.kind == RouteKind::Run) r->stale = entry;
+    // Served if the upstream fails, unless the request refused an entry
+    // that old (max-age): what it asked for is not what it would get.
+    if (young_enough && age_ms < toMillis(r->ttl_s + r->stale_s) && r->route.kind == RouteKind::Run) r->stale = entry;
   }
   bool stream = r->route.kind == RouteKind::Stream;
   bool in_flight = stream ? fanout_->joinable(r->cache_key) : coalescer_->inFlight(r->cache_key);
@@ -529,14 +533,19 @@ void RunHandler::onLookup(uint64_t id, CachedResponsePtr entry) {
 void RunHandler::joinFlight(Request& r) {
   uint64_t id = r.id;
   const std::string key = r.cache_key;
-  auto work_it = runs_.find(key);
-  if (!coalescer_->inFlight(key) && work_it == runs_.end()) {
-    // Prepared before join(): without Redis, join() leads at once.
+  auto prepare = [this, &r, &key](uint64_t flight) {
+    // The run this request leads if the flight runs here; it lives exactly
+    // as long as the flight (on_end), on a leader and a follower alike.
     auto work = std::make_unique<RunWork>();
     UpstreamHeaderOptions opts;
     opts.request_id = r.request_id;
     opts.identity_encoding = true;
-    if (!r.principal.pass_through) opts.authorization = "Bearer " + r.principal.org->api_key;
+    if (!r.principal.pass_through) {
+      work->org = r.principal.org->name;
+      opts.authorization = std::string();  // its place; the key in force is set at the start
+    }
+    work->flight = flight;
+    work->key = key;
     work->org_label = r.principal.org_label;
     work->admission = admissionFor(r.principal);
     work->request.method = "POST";
@@ -545,25 +554,42 @@ void RunHandler::joinFlight(Request& r) {
     work->request.body = r.exchange->takeBody();  // canonicalised already; the run owns the bytes now
     work->may_store = r.may_store;
     work->keep_ms = toMillis(r.ttl_s + r.stale_s);
-    runs_.emplace(key, std::move(work));
-  } else if (work_it != runs_.end() && r.may_store) {
-    // Stored if any waiter may store it.
-    work_it->second->may_store = true;
-    work_it->second->keep_ms = std::max(work_it->second->keep_ms, toMillis(r.ttl_s + r.stale_s));
-  }
-  Coalescer::Joined joined =
-      coalescer_->join(key, [this, id](const FlightOutcome& outcome) { onFlightOutcome(id, outcome); });
+    runs_.emplace(flight, std::move(work));
+  };
+  Coalescer::Joined joined = coalescer_->join(
+      key, [this, id](const FlightOutcome& outcome) { onFlightOutcome(id, outcome); }, waiterNeeds(r), prepare);
   Request* again = find(id);  // join() may have run the whole flight already
   if (!again) return;
+  if (!joined.created && again->may_store) {
+    // Stored if any waiter may store it.
+    if (auto w = runs_.find(joined.flight); w != runs_.end()) {
+      w->second->may_store = true;
+      w->second->keep_ms = std::max(w->second->keep_ms, toMillis(again->ttl_s + again->stale_s));
+    }
+  }
+  if (!again->exchange || again->exchange->responseStarted()) return;  // answered inside join()
   again->waiter = joined.waiter;
   again->flight_creator = joined.created;
   // Everything the run and the reply need is copied out by now; a request
   // that waits (queued, or for another's run) keeps no parsed headers.
-  if (again->exchange) again->exchange->releaseHeaders();
+  again->exchange->releaseHeaders();
   if (!joined.created) {
     again->cache = "COALESCED";
     metrics_.countCoalesced(again->principal.org_label);
   }
+}
+
+WaiterNeeds RunHandler::waiterNeeds(const Request& r) const {
+  WaiterNeeds needs;
+  int64_t now = unixMillis();
+  // Fresh (within the TTL) ...
+  needs.min_stored_at_ms = now - toMillis(r.ttl_s);
+  // ... young enough for max-age ...
+  if (r.cc.max_age) needs.min_stored_at_ms = std::max(needs.min_stored_at_ms, now - *r.cc.max_age * 1000);
+  // ... and, under no-cache, nothing stored before the request came: only a run.
+  if (r.cc.no_cache || r.bypass) needs.min_stored_at_ms = INT64_MAX;
+  needs.may_run = !r.cc.only_if_cached;
+  return needs;
 }
 
 void RunHandler::joinStream(Request& r) {
@@ -575,6 +601,7 @@ void RunHandler::joinStream(Request& r) {
   work.store = r.may_store;
   work.keep_ms = toMillis(r.ttl_s + r.stale_s);
   work.token = tokenRequest(r);
+  if (!r.principal.pass_through) work.org = r.principal.org->name;
   // The stream itself carries no key: the token is its credential.
   HttpHeaders client_headers = r.exchange->headers();
   removeHeader(client_headers, "authorization");
@@ -637,6 +664,13 @@ void RunHandler::joinStream(Request& r) {
     rr->stream_sub = 0;
     replyError(*rr, failure == UpstreamFailure::Timeout ? upstreamTimeout() : upstreamUnavailable());
   };
+  sub.may_run = !r.cc.only_if_cached;
+  sub.not_cached = [this, id] {
+    Request* rr = live(id);
+    if (!rr) return;
+    rr->stream_sub = 0;
+    replyError(*rr, notCached());
+  };
   sub.rejected = [this, id](RejectReason why, int retry_after) {
     Request* rr = live(id);
     if (!rr) return;
@@ -650,53 +684,59 @@ void RunHandler::joinStream(Request& r) {
   if (Request* again = find(id); again && again->exchange) again->stream_sub = sub_id;
 }
 
-void RunHandler::leadRun(uint64_t flight, std::string key) {
-  auto it = runs_.find(key);
+void RunHandler::leadRun(uint64_t flight) {
+  auto it = runs_.find(flight);
   if (it == runs_.end()) {
-    // Taking over a flight another instance abandoned, after our own work
-    // was already completed: nothing to run with. Should not happen.
+    // Nothing was prepared for this flight: cannot happen (on_create runs
+    // first), but a flight must never hang.
     FlightOutcome failed;
     failed.failure = UpstreamFailure::Unavailable;
     coalescer_->complete(flight, failed);
     return;
   }
   RunWork& w = *it->second;
-  w.flight = flight;
   w.queued_at = SteadyClock::now();
   AdmissionCallbacks cb;
-  // Both callbacks share one copy of the key for as long as the run waits.
-  auto shared_key = std::make_shared<const std::string>(key);
-  cb.start = [this, shared_key] { startRunUpstream(*shared_key); };
-  cb.reject = [this, shared_key, flight](RejectReason why, int retry_after) {
-    const std::string& key = *shared_key;
-    auto wit = runs_.find(key);
+  cb.start = [this, flight] { startRunUpstream(flight); };
+  cb.reject = [this, flight](RejectReason why, int retry_after) {
+    auto wit = runs_.find(flight);
     if (wit == runs_.end()) return;
-    runs_.erase(wit);
+    wit->second->ticket = 0;
     FlightOutcome o;
     o.rejected = why == RejectReason::ShuttingDown ? FlightOutcome::Rejected::ShuttingDown
                                                    : FlightOutcome::Rejected::RateLimited;
     o.retry_after_s = retry_after;
-    coalescer_->complete(flight, o);
+    coalescer_->complete(flight, o);  // on_end drops the work
   };
   uint64_t ticket = scheduler_.submit(w.admission, std::move(cb));
-  if (auto again = runs_.find(key); again != runs_.end() && again->second->flight == flight) {
-    again->second->ticket = ticket;
-  }
+  // submit() may have started or rejected it already.
+  if (auto again = runs_.find(flight); again != runs_.end()) again->second->ticket = ticket;
 }
 
-void RunHandler::startRunUpstream(const std::string& key) {
-  auto it = runs_.find(key);
+void RunHandler::startRunUpstream(uint64_t flight) {
+  auto it = runs_.find(flight);
   if (it == runs_.end()) return;
   RunWork& w = *it->second;
   w.queue_ms += millisSince(w.queued_at);
+  if (!authorizeNow(w.request, w.org)) {
+    // The organisation was removed by a reload while the run waited: no key
+    // of ours may be sent for it any more.
+    spdlog::warn("run for a removed organisation dropped before its start");
+    uint64_t ticket = w.ticket;
+    w.ticket = 0;
+    if (ticket) scheduler_.finish(ticket, UpstreamSignals{});
+    FlightOutcome o;
+    o.response = unauthorizedResponse();
+    coalescer_->complete(flight, o);
+    return;
+  }
   w.started = SteadyClock::now();
   w.got = std::make_unique<RunWork::Received>();
   w.got_429 = false;
-  coalescer_->markStarted(w.flight);  // from now on it completes even if every waiter leaves
-  uint64_t flight = w.flight;
+  coalescer_->markStarted(flight);  // from now on it completes even if every waiter leaves
   UpstreamCallbacks cb;
-  cb.on_head = [this, key](const UpstreamHead& head) {
-    auto wit = runs_.find(key);
+  cb.on_head = [this, flight](const UpstreamHead& head) {
+    auto wit = runs_.find(flight);
     if (wit == runs_.end()) return;
     wit->second->got->head = head;
     // One allocation of the announced size, not a doubling string (whose
@@ -709,20 +749,22 @@ void RunHandler::startRunUpstream(const std::string& key) {
       }
     }
   };
-  cb.on_data = [this, key](std::string_view data) {
-    auto wit = runs_.find(key);
+  cb.on_data = [this, flight](std::string_view data) {
+    auto wit = runs_.find(flight);
     if (wit != runs_.end()) wit->second->got->body.append(data);
     return true;
   };
-  cb.on_done = [this, key, flight](const UpstreamResult& result) { onRunDone(key, flight, result); };
-  cb.on_sending = [this, key] {
-    if (auto wit = runs_.find(key); wit != runs_.end() && wit->second->ticket) scheduler_.sending(wit->second->ticket);
+  cb.on_done = [this, flight](const UpstreamResult& result) { onRunDone(flight, result); };
+  cb.on_sending = [this, flight] {
+    if (auto wit = runs_.find(flight); wit != runs_.end() && wit->second->ticket) {
+      scheduler_.sending(wit->second->ticket);
+    }
   };
   w.upstream_id = upstream_.start(w.request, std::move(cb));
 }
 
-void RunHandler::onRunDone(const std::string& key, uint64_t flight, const UpstreamResult& result) {
-  auto it = runs_.find(key);
+void RunHandler::onRunDone(uint64_t flight, const UpstreamResult& result) {
+  auto it = runs_.find(flight);
   if (it == runs_.end()) return;
   RunWork& cur = *it->second;
   cur.upstream_id = 0;
@@ -739,8 +781,9 @@ void RunHandler::onRunDone(const std::string& key, uint64_t flight, const Upstre
     } else {
       scheduler_.finish(ticket, signals);
     }
-    it = runs_.find(key);
+    it = runs_.find(flight);
     if (it == runs_.end()) return;
+    it->second->ticket = 0;
   }
   std::unique_ptr<RunWork> w = std::move(it->second);
   runs_.erase(it);
@@ -753,12 +796,12 @@ void RunHandler::onRunDone(const std::string& key, uint64_t flight, const Upstre
     coalescer_->complete(flight, outcome);
     return;
   }
-  rememberRateLimit(w->org_label, w->got->head.headers);
+  rememberRateLimit(w->org, w->got->head.headers);
   auto entry = std::make_shared<CachedResponse>(
       storedResponse(w->got->head.status, w->got->head.reason, w->got->head.headers, std::move(w->got->body), false,
                      unixMillis()));
   if (w->may_store && isStorable(entry->status, entry->body)) {
-    cache_.store(key, entry, w->keep_ms);
+    cache_.store(w->key, entry, w->keep_ms);
     outcome.stored = true;
   }
   outcome.response = std::move(entry);
@@ -769,6 +812,7 @@ void RunHandler::onFlightOutcome(uint64_t id, const FlightOutcome& o) {
   Request* r = live(id);
   if (!r) return;
   r->waiter = 0;
+  if (o.rejected == FlightOutcome::Rejected::NotCached) return replyError(*r, notCached());
   r->upstream_ms = o.upstream_ms;
   r->queue_ms = o.queue_ms;
   if (o.remote && r->cache != "COALESCED") {
@@ -816,7 +860,9 @@ void RunHandler::replyCached(Request& r, const CachedResponsePtr& shared, const 
   // A hit spends no quota: report the latest budget the upstream announced.
   const std::string* limit = stored.ratelimit_limit ? &*stored.ratelimit_limit : nullptr;
   const std::string* remaining = stored.ratelimit_remaining ? &*stored.ratelimit_remaining : nullptr;
-  auto seen = ratelimit_seen_.find(r.principal.org_label);
+  // (Per configured organisation: a pass_through key's budget is its own,
+  // and one key's figures are not another's.)
+  auto seen = r.principal.pass_through ? ratelimit_seen_.end() : ratelimit_seen_.find(r.principal.org_label);
   if (seen != ratelimit_seen_.end()) {
     if (limit) limit = &seen->second.first;
     if (remaining) remaining = &seen->second.second;
@@ -847,6 +893,7 @@ void RunHandler::replyCached(Request& r, const CachedResponsePtr& shared, const 
 }
 
 void RunHandler::rememberRateLimit(const std::string& org, const HttpHeaders& headers) {
+  if (org.empty()) return;  // pass_through: nothing shared to remember
   const std::string* limit = findHeader(headers, "x-ratelimit-limit");
   const std::string* remaining = findHeader(headers, "x-ratelimit-remaining");
   if (!limit || !remaining) return;
@@ -884,6 +931,35 @@ void RunHandler::handlePurge(Request& r) {
 
 // --- upstream: one request, one exchange ----------------------------------------
 
+// SPEC §10.1: a run is sent as it is at its start — with the key of the
+// configuration in force then, not the one of when it was queued (a key
+// rotated by SIGHUP meanwhile must not be sent).
+bool RunHandler::authorizeNow(UpstreamRequest& request, const std::string& org) const {
+  if (org.empty()) return true;
+  const Organisation* o = config_ ? config_->findOrganisation(org) : nullptr;
+  if (!o) return false;
+  std::string value = "Bearer " + o->api_key;
+  for (auto& h : request.headers) {
+    if (equalsIgnoreCase(h.name, "authorization")) {
+      OPENSSL_cleanse(h.value.data(), h.value.size());
+      h.value = std::move(value);
+      return true;
+    }
+  }
+  request.headers.push_back({"Authorization", std::move(value)});
+  return true;
+}
+
+CachedResponsePtr RunHandler::unauthorizedResponse() {
+  auto e = std::make_shared<CachedResponse>();
+  e->status = 401;
+  e->reason = "Unauthorized";
+  e->headers = {{"Content-Type", "application/json"}};
+  e->body = std::string(kUnauthorizedBody);
+  e->stored_at_ms = unixMillis();
+  return e;
+}
+
 Admission RunHandler::admissionFor(const Principal& p) const {
   Admission a;
   a.budget = p.namespace_id;
@@ -896,7 +972,7 @@ Admission RunHandler::admissionFor(const Principal& p) const {
 UpstreamRequest RunHandler::tokenRequest(const Request& r) const {
   UpstreamHeaderOptions opts;
   opts.request_id = r.request_id;
-  if (!r.principal.pass_through) opts.authorization = "Bearer " + r.principal.org->api_key;
+  if (!r.principal.pass_through) opts.authorization = std::string();  // set at the start (authorizeNow)
   // Only what the token route needs: the key, the request id and the client's
   // x-user-id (the upstream's per-user bucket for this route).
   HttpHeaders subset;
@@ -915,29 +991,20 @@ UpstreamRequest RunHandler::tokenRequest(const Request& r) const {
 
 void RunHandler::fetchStreamToken(Request& r) {
   r.fetching_token = true;
+  r.key_org = r.principal.pass_through ? std::string() : r.principal.org->name;
   admit(r, tokenRequest(r), Delivery::Buffered, true);
 }
 
 void RunHandler::onTokenDone(Request& r) {
   r.fetching_token = false;
-  std::string token;
-  if (r.head.status == 200) {
-    auto j = nlohmann::json::parse(r.body, nullptr, false);
-    if (j.is_object() && j.contains("token") && j["token"].is_string()) token = j["token"].get<std::string>();
-    for (char c : token) {
-      if (!isTokenChar(c)) token.clear();
-    }
-  }
+  std::string token = tokenFromAnswer(r.head.status, r.body);
   if (token.empty()) {
     // The upstream refused the token (401/402/429/500...): that answer is the
     // client's answer, unchanged.
     return replyUpstream(r);
   }
   // Used once, right now: never stored, never replayed on a retry.
-  std::string target = std::string(r.exchange->target());
-  target += target.find('?') == std::string::npos ? "?token=" : "&token=";
-  target += token;
-  forward(r, std::move(target), Delivery::Streamed);
+  forward(r, withToken(r.exchange->target(), token), Delivery::Streamed);
 }
 
 void RunHandler::forward(Request& r, std::string target, Delivery delivery) {
@@ -949,6 +1016,7 @@ void RunHandler::forward(Request& r, std::string target, Delivery delivery) {
   bool is_run = r.route.kind == RouteKind::Run || r.route.kind == RouteKind::Stream;
   opts.identity_encoding = is_run;
   bool spends_quota = true;
+  r.key_org.clear();
   if (r.route.kind == RouteKind::Options || r.route.kind == RouteKind::Stream) {
     // Preflights and token-authenticated streams carry no key of ours, and a
     // client key has no business upstream. Neither spends quota: the
@@ -956,7 +1024,8 @@ void RunHandler::forward(Request& r, std::string target, Delivery delivery) {
     removeHeader(client_headers, "authorization");
     spends_quota = false;
   } else if (!r.principal.pass_through) {
-    opts.authorization = "Bearer " + r.principal.org->api_key;
+    opts.authorization = std::string();  // its place; the key in force is set at the start
+    r.key_org = r.principal.org->name;
   }
 
   UpstreamRequest req;
@@ -996,6 +1065,19 @@ void RunHandler::startUpstream(uint64_t id) {
   if (r->queued_at != SteadyClock::time_point{}) {
     r->queue_ms += millisSince(r->queued_at);
     r->queued_at = {};
+  }
+  if (!authorizeNow(*r->pending, r->key_org)) {
+    // The organisation was removed by a reload while the request waited.
+    if (r->ticket) {
+      uint64_t ticket = r->ticket;
+      r->ticket = 0;
+      scheduler_.finish(ticket, UpstreamSignals{});
+      r = find(id);
+      if (!r || !r->exchange) return;
+    }
+    HttpHeaders headers{{"Content-Type", "application/json"}, {"X-Request-Id", r->request_id}};
+    r->exchange->respond(401, "Unauthorized", headers, kUnauthorizedBody);
+    return;
   }
   r->head = UpstreamHead{};
   r->body.clear();
@@ -1155,7 +1237,7 @@ std::string RunHandler::readyBody() const {
 
 size_t RunHandler::runsInFlight() const {
   size_t n = 0;
-  for (const auto& [key, w] : runs_) n += w->upstream_id != 0;
+  for (const auto& [flight, w] : runs_) n += w->upstream_id != 0;
   return n;
 }
 

@@ -75,9 +75,10 @@ class RunHandler {
   void startRun(Request& r);
   void onLookup(uint64_t id, CachedResponsePtr entry);
   void joinFlight(Request& r);
+  WaiterNeeds waiterNeeds(const Request& r) const;
   void joinStream(Request& r);
-  void leadRun(uint64_t flight, std::string key);
-  void onRunDone(const std::string& key, uint64_t flight, const UpstreamResult& result);
+  void leadRun(uint64_t flight);
+  void onRunDone(uint64_t flight, const UpstreamResult& result);
   void onFlightOutcome(uint64_t id, const FlightOutcome& outcome);
   void replyCached(Request& r, const CachedResponsePtr& entry, const std::string& x_cache, const std::string& status);
   void rememberRateLimit(const std::string& org, const HttpHeaders& headers);
@@ -96,7 +97,11 @@ class RunHandler {
   void startUpstream(uint64_t id);
   void onRejected(uint64_t id, RejectReason why, int retry_after_s);
   Admission admissionFor(const Principal& p) const;
-  void startRunUpstream(const std::string& key);
+  void startRunUpstream(uint64_t flight);
+  // Puts the key `org` has in the configuration in force now into `request`
+  // (nothing for org ""). False when the organisation no longer exists.
+  bool authorizeNow(UpstreamRequest& request, const std::string& org) const;
+  static CachedResponsePtr unauthorizedResponse();
 
   void replyError(Request& r, const ProxyError& error, HttpHeaders extra = {});
   void replyJson(Request& r, int status, std::string_view reason, std::string_view body, HttpHeaders extra = {});
@@ -117,8 +122,9 @@ class RunHandler {
   std::unique_ptr<StreamFanout> fanout_;
   ConfigPtr config_;
   std::shared_ptr<const KeyStore> keys_;
-  // Runs this instance leads, by cache key (one flight per key at a time).
-  std::unordered_map<std::string, std::unique_ptr<RunWork>> runs_;
+  // The prepared run of each flight this instance created, by flight id: it
+  // lives as long as the flight (Coalescer's on_end), whoever led it.
+  std::unordered_map<uint64_t, std::unique_ptr<RunWork>> runs_;
   // Latest x-ratelimit-* values per organisation, replayed on cache hits.
   std::unordered_map<std::string, std::pair<std::string, std::string>> ratelimit_seen_;
   bool draining_ = false;

@@ -3,31 +3,17 @@
 #include <algorithm>
 #include <vector>
 
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "proxy/errors.h"
 #include "proxy/headers.h"
+#include "proxy/stream_token.h"
 
 namespace wfp {
 
 namespace {
 
 constexpr size_t kWriteSlice = 64 * 1024;
-
-bool isTokenChar(char c) {
-  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
-}
-
-std::string tokenFrom(int status, const std::string& body) {
-  if (status != 200) return {};
-  auto j = nlohmann::json::parse(body, nullptr, false);
-  if (!j.is_object() || !j.contains("token") || !j["token"].is_string()) return {};
-  std::string token = j["token"];
-  for (char c : token) {
-    if (!isTokenChar(c)) return {};
-  }
-  return token;
-}
 
 }  // namespace
 
@@ -59,8 +45,8 @@ struct StreamFanout::Sub {
   bool blocked = false;  // its backlog is high: wait for resume()
 };
 
-StreamFanout::StreamFanout(UpstreamClient& upstream, Scheduler& scheduler, CacheStore& cache)
-    : upstream_(upstream), scheduler_(scheduler), cache_(cache) {}
+StreamFanout::StreamFanout(UpstreamClient& upstream, Scheduler& scheduler, CacheStore& cache, Authorize authorize)
+    : upstream_(upstream), scheduler_(scheduler), cache_(cache), authorize_(std::move(authorize)) {}
 
 StreamFanout::~StreamFanout() {
   for (auto& [id, f] : flights_) {
@@ -132,6 +118,19 @@ void StreamFanout::startToken(uint64_t flight_id) {
   f->phase = Flight::Phase::Token;
   f->token_body.clear();
   f->head = UpstreamHead{};
+  UpstreamRequest token = f->work.token;
+  if (authorize_ && !authorize_(token, f->work.org)) {
+    // The organisation was removed while the fetch waited: answered as the
+    // upstream answers a key it does not know.
+    f->head.status = 401;
+    f->head.reason = "Unauthorized";
+    f->head.headers = {{"Content-Type", "application/json"}};
+    f->token_body = std::string(kUnauthorizedBody);
+    UpstreamResult refused;
+    refused.head_received = true;
+    onTokenDone(flight_id, refused);
+    return;
+  }
   UpstreamCallbacks cb;
   cb.on_head = [this, flight_id](const UpstreamHead& head) {
     if (Flight* fl = flightOf(flight_id)) fl->head = head;
@@ -144,7 +143,7 @@ void StreamFanout::startToken(uint64_t flight_id) {
   cb.on_sending = [this, flight_id] {
     if (Flight* fl = flightOf(flight_id); fl && fl->ticket) scheduler_.sending(fl->ticket);
   };
-  f->upstream_id = upstream_.start(f->work.token, std::move(cb));
+  f->upstream_id = upstream_.start(std::move(token), std::move(cb));
 }
 
 void StreamFanout::onTokenDone(uint64_t flight_id, const UpstreamResult& result) {
@@ -164,7 +163,7 @@ void StreamFanout::onTokenDone(uint64_t flight_id, const UpstreamResult& result)
     if (!f) return;
     f->ticket = 0;
   }
-  std::string token = result.failure == UpstreamFailure::None ? tokenFrom(f->head.status, f->token_body) : "";
+  std::string token = result.failure == UpstreamFailure::None ? tokenFromAnswer(f->head.status, f->token_body) : "";
   if (!token.empty()) return startStream(flight_id, token);
   // No token: every subscriber gets the token route's answer, or the failure.
   auto subs = f->subs;
@@ -191,7 +190,7 @@ void StreamFanout::startStream(uint64_t flight_id, const std::string& token) {
   f->head = UpstreamHead{};
   // The token is used once, here, and never stored or replayed.
   UpstreamRequest req = f->work.stream;
-  req.url += (req.url.find('?') == std::string::npos ? "?token=" : "&token=") + token;
+  req.url = withToken(std::move(req.url), token);
   UpstreamCallbacks cb;
   cb.on_head = [this, flight_id](const UpstreamHead& head) { onHead(flight_id, head); };
   cb.on_data = [this, flight_id](std::string_view data) { return onData(flight_id, data); };
@@ -352,6 +351,20 @@ void StreamFanout::leave(uint64_t subscriber) {
   Flight* f = flightOf(flight_id);
   if (!f) return;
   std::erase(f->subs, subscriber);
+  if (!f->subs.empty() && (f->phase == Flight::Phase::Queued || f->phase == Flight::Phase::Token) &&
+      !anyMayRun(*f)) {
+    // Only only-if-cached subscribers are left: nothing starts for them.
+    auto subs = f->subs;
+    drop(flight_id);
+    for (uint64_t s : subs) {
+      auto sit = subs_.find(s);
+      if (sit == subs_.end()) continue;
+      auto not_cached = std::move(sit->second->cb.not_cached);
+      subs_.erase(sit);
+      if (not_cached) not_cached();
+    }
+    return;
+  }
   if (!f->subs.empty()) {
     trim(*f);
     if (f->paused && f->bytes.size() < kBehindHighWater / 2) {
@@ -383,6 +396,14 @@ void StreamFanout::leave(uint64_t subscriber) {
       drop(flight_id);
       return;
   }
+}
+
+bool StreamFanout::anyMayRun(const Flight& f) const {
+  for (uint64_t s : f.subs) {
+    auto it = subs_.find(s);
+    if (it != subs_.end() && it->second->cb.may_run) return true;
+  }
+  return false;
 }
 
 void StreamFanout::drop(uint64_t flight_id) {

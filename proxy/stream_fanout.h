@@ -38,13 +38,19 @@ struct StreamSubscriber {
   std::function<void(const UpstreamHead& head, const std::string& body)> refused;
   std::function<void(UpstreamFailure failure)> failed;
   std::function<void(RejectReason why, int retry_after_s)> rejected;
+  // only-if-cached (may_run false): such a subscriber never makes a stream
+  // start; left alone with a flight that has not started streaming, it is
+  // answered not_cached instead.
+  bool may_run = true;
+  std::function<void()> not_cached;
 };
 
 // What a new flight needs to run: built from the request that creates it.
 struct StreamWork {
   std::string key;          // the stream's cache key
   Admission admission;      // for the token fetch
-  UpstreamRequest token;    // GET /api/v1/token?ttl=60 with the organisation key
+  UpstreamRequest token;    // GET /api/v1/token?ttl=60; its Authorization is set at the start
+  std::string org;          // whose key the token fetch carries ("" in pass_through)
   UpstreamRequest stream;   // POST .../stream; "?token=" is appended per attempt
   bool store = false;       // store when complete
   int64_t keep_ms = 0;
@@ -55,7 +61,11 @@ class StreamFanout {
   static constexpr size_t kMaxStoredStream = 8 * 1024 * 1024;
   static constexpr size_t kBehindHighWater = 1024 * 1024;
 
-  StreamFanout(UpstreamClient& upstream, Scheduler& scheduler, CacheStore& cache);
+  // Puts the key `org` has now into the token request (SPEC §10.1: sent as
+  // it is at its start); false when the organisation is gone.
+  using Authorize = std::function<bool(UpstreamRequest& request, const std::string& org)>;
+
+  StreamFanout(UpstreamClient& upstream, Scheduler& scheduler, CacheStore& cache, Authorize authorize);
   ~StreamFanout();
 
   bool joinable(const std::string& key) const { return by_key_.count(key) != 0; }
@@ -81,10 +91,12 @@ class StreamFanout {
   void trim(Flight& f);
   void maybeFinish(uint64_t flight_id);
   void drop(uint64_t flight_id);
+  bool anyMayRun(const Flight& f) const;
 
   UpstreamClient& upstream_;
   Scheduler& scheduler_;
   CacheStore& cache_;
+  Authorize authorize_;
   uint64_t next_id_ = 1;
   std::unordered_map<uint64_t, std::unique_ptr<Flight>> flights_;
   std::unordered_map<std::string, uint64_t> by_key_;
