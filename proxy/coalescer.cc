@@ -1,6 +1,7 @@
 #include "proxy/coalescer.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
 #include <spdlog/spdlog.h>
@@ -115,7 +116,8 @@ void Coalescer::tryLock(uint64_t flight_id) {
 // crossed our GET). One more look before running: one input, one run, also
 // across instances.
 void Coalescer::leadUnlessStored(Flight& f) {
-  if (!hooks_.lookup_shared) return lead(f);
+  // A waiter that accepts no stored answer (no-cache) makes the look moot.
+  if (!hooks_.lookup_shared || minStoredAt(f) == INT64_MAX) return lead(f);
   uint64_t flight_id = f.id;
   hooks_.lookup_shared(f.key, minStoredAt(f), [this, flight_id](CachedResponsePtr entry) {
     Flight* fl = find(flight_id);
@@ -208,7 +210,7 @@ void Coalescer::poll(uint64_t flight_id) {
     lead(*f);
     return;
   }
-  if (hooks_.lookup_shared) {
+  if (hooks_.lookup_shared && minStoredAt(*f) != INT64_MAX) {
     hooks_.lookup_shared(f->key, minStoredAt(*f), [this, flight_id](CachedResponsePtr entry) {
       Flight* fl = find(flight_id);
       if (!fl || fl->state != Flight::State::Following || !entry) return;

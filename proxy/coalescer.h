@@ -64,7 +64,7 @@ struct FlightHooks {
 struct WaiterNeeds {
   // A stored answer is acceptable only if stored at or after this time (unix
   // ms): now − TTL, raised by max-age, and by no-cache to the request's own
-  // arrival. 0: any.
+  // arrival; INT64_MAX (no-store): none. 0: any.
   int64_t min_stored_at_ms = 0;
   // false (only-if-cached): this waiter never makes the flight run upstream;
   // a flight that would run for such waiters alone answers them NotCached.

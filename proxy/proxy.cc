@@ -67,6 +67,7 @@ bool Proxy::start(std::string* error) {
                                          [this](HttpExchange& ex) { handler_.handleClient(ex); });
   auto record_error = [this](const HttpServerError& e) { handler_.recordServerError(e); };
   server_->setErrorObserver(record_error);
+  server_->setHeadHandler([this](HttpExchange& ex) { return handler_.handleHead(ex); });
   handler_.setConnectionCounter([this] { return static_cast<int64_t>(server_ ? server_->connectionCount() : 0); });
   BoundListener bound;
   if (!server_->listen(config_->listen, &bound, error)) return false;

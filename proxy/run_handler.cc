@@ -321,6 +321,41 @@ void RunHandler::handleClient(HttpExchange& ex) {
   dispatch(r);
 }
 
+// SPEC §10.1: authenticate on the head. A request that needs a key and has
+// none (without default_organisation) or an unknown one (reject) is refused
+// before its body is read: no 100 Continue, no body buffered. Everything
+// else is left to handleClient once the body is in.
+bool RunHandler::handleHead(HttpExchange& ex) {
+  if (draining_ || ex.target().empty() || ex.target()[0] != '/') return false;
+  bool admin_here = !config_->admin_listen.has_value();
+  Route route = routeClient(ex.method(), ex.path(), admin_here);
+  if (!needsKey(route, ex)) return false;
+  AuthResult auth = authenticate(ex, keys_, findHeader(ex.headers(), "authorization"));
+  if (auth.outcome == AuthOutcome::Authenticated) return false;
+  Request& r = adopt(ex);
+  r.route = std::move(route);
+  replyUnauthorized(r);
+  return true;
+}
+
+bool RunHandler::needsKey(const Route& route, const HttpExchange& ex) {
+  switch (route.kind) {
+    case RouteKind::Run:
+    case RouteKind::Token:
+    case RouteKind::PassThrough:
+      return true;
+    case RouteKind::Stream:
+      return !queryHasToken(ex.query());  // a client token is the stream's credential
+    default:
+      return false;
+  }
+}
+
+void RunHandler::replyUnauthorized(Request& r) {
+  HttpHeaders headers{{"Content-Type", "application/json"}, {"X-Request-Id", r.request_id}};
+  r.exchange->respond(401, "Unauthorized", headers, kUnauthorizedBody);
+}
+
 void RunHandler::handleAdmin(HttpExchange& ex) {
   Request& r = adopt(ex);
   r.route = routeAdmin(ex.method(), ex.path());
@@ -394,7 +429,7 @@ void RunHandler::dispatch(Request& r) {
     r.principal.org_label = "-";
     return forward(r, ex.target(), Delivery::Streamed);
   }
-  if (r.route.kind == RouteKind::Stream && queryHasToken(ex.query())) {
+  if (!needsKey(r.route, ex)) {
     // A client token: its quota was spent when the client got it, and it
     // cannot be tied to an organisation. Forward at once, never cached.
     r.principal.org_label = "-";
@@ -402,12 +437,8 @@ void RunHandler::dispatch(Request& r) {
     return forward(r, ex.target(), Delivery::Streamed);
   }
 
-  AuthResult auth = authenticate(r, findHeader(ex.headers(), "authorization"));
-  if (auth.outcome != AuthOutcome::Authenticated) {
-    HttpHeaders headers{{"Content-Type", "application/json"}, {"X-Request-Id", r.request_id}};
-    r.exchange->respond(401, "Unauthorized", headers, kUnauthorizedBody);
-    return;
-  }
+  AuthResult auth = authenticate(ex, r.keys, findHeader(ex.headers(), "authorization"));
+  if (auth.outcome != AuthOutcome::Authenticated) return replyUnauthorized(r);
   r.principal = std::move(auth.principal);
 
   switch (r.route.kind) {
@@ -439,18 +470,19 @@ struct AuthMemo {
 };
 }  // namespace
 
-AuthResult RunHandler::authenticate(Request& r, const std::string* authorization) {
-  if (!authorization) return r.keys->authenticate(nullptr);
-  std::shared_ptr<void>& slot = r.exchange->connectionData();
+AuthResult RunHandler::authenticate(HttpExchange& ex, const std::shared_ptr<const KeyStore>& keys,
+                                    const std::string* authorization) {
+  if (!authorization) return keys->authenticate(nullptr);
+  std::shared_ptr<void>& slot = ex.connectionData();
   auto* memo = static_cast<AuthMemo*>(slot.get());
-  if (memo && memo->keys == r.keys && memo->authorization.size() == authorization->size() &&
+  if (memo && memo->keys == keys && memo->authorization.size() == authorization->size() &&
       CRYPTO_memcmp(memo->authorization.data(), authorization->data(), authorization->size()) == 0) {
     return memo->result;
   }
-  AuthResult result = r.keys->authenticate(authorization);
+  AuthResult result = keys->authenticate(authorization);
   if (result.outcome == AuthOutcome::Authenticated) {
     auto fresh = std::make_shared<AuthMemo>();
-    fresh->keys = r.keys;
+    fresh->keys = keys;
     fresh->authorization = *authorization;
     fresh->result = result;
     slot = std::move(fresh);
@@ -586,8 +618,11 @@ WaiterNeeds RunHandler::waiterNeeds(const Request& r) const {
   needs.min_stored_at_ms = now - toMillis(r.ttl_s);
   // ... young enough for max-age ...
   if (r.cc.max_age) needs.min_stored_at_ms = std::max(needs.min_stored_at_ms, now - *r.cc.max_age * 1000);
-  // ... and, under no-cache, nothing stored before the request came: only a run.
-  if (r.cc.no_cache || r.bypass) needs.min_stored_at_ms = INT64_MAX;
+  // ... and, under no-cache, nothing stored before the request came (the
+  // result of a run that ends after it came is as fresh as its own run).
+  // no-store reads nothing at all.
+  if (r.cc.no_cache) needs.min_stored_at_ms = std::max(needs.min_stored_at_ms, now);
+  if (r.bypass) needs.min_stored_at_ms = INT64_MAX;
   needs.may_run = !r.cc.only_if_cached;
   return needs;
 }

@@ -42,6 +42,9 @@ class RunHandler {
   // Requests keep the snapshot they started with.
   void setConfig(ConfigPtr config);
   void handleClient(HttpExchange& exchange);
+  // The server's head hook (HttpServer::setHeadHandler): answers 401 before
+  // the body is read when the request cannot authenticate; false otherwise.
+  bool handleHead(HttpExchange& exchange);
   void handleAdmin(HttpExchange& exchange);
   // A request the HTTP server refused before it reached a handler (malformed,
   // too large, too slow): access-logged and counted like any other request.
@@ -84,7 +87,11 @@ class RunHandler {
   void rememberRateLimit(const std::string& org, const HttpHeaders& headers);
   void handlePurge(Request& r);
   // Authorization → principal, remembered per connection (see AuthMemo).
-  AuthResult authenticate(Request& r, const std::string* authorization);
+  static AuthResult authenticate(HttpExchange& ex, const std::shared_ptr<const KeyStore>& keys,
+                                 const std::string* authorization);
+  // Does the route carry a key of ours (so the request must authenticate)?
+  static bool needsKey(const Route& route, const HttpExchange& ex);
+  void replyUnauthorized(Request& r);
   void startStream(Request& r);
   void fetchStreamToken(Request& r);
   void forward(Request& r, std::string target, Delivery delivery);

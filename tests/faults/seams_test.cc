@@ -368,5 +368,76 @@ TEST(BoundSeams, DistinctNeverCachedWorkflowsDoNotGrowMemory) {
   }
 }
 
+
+// --- 6. The key is checked on the head ------------------------------------------
+
+TEST(HeadSeams, ARequestWithoutAValidKeyIsRefusedBeforeItsBody) {
+  Simulator sim;
+  ProxyProcess p(baseConfig("limits:\n  max_body_bytes: 2MiB\n"), sim.url());
+  // Expect: 100-continue gets the 401, never a 100.
+  std::string raw = rawExchange(p.port(),
+                                "POST /api/v1/run/wf_head HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n"
+                                "Content-Type: application/json\r\nContent-Length: 1048576\r\n"
+                                "Expect: 100-continue\r\n\r\n",
+                                5s);
+  EXPECT_EQ(raw.rfind("HTTP/1.1 401 ", 0), 0u) << raw;
+  EXPECT_EQ(raw.find("100 Continue"), std::string::npos) << raw;
+  EXPECT_NE(raw.find("Connection: close"), std::string::npos) << raw;
+  EXPECT_NE(raw.find(kUnauthorizedBody), std::string::npos) << raw;
+  // No Authorization at all (no default_organisation) is refused the same way.
+  std::string none = rawExchange(p.port(),
+                                 "POST /api/v1/run/wf_head HTTP/1.1\r\nHost: x\r\n"
+                                 "Content-Length: 1048576\r\nExpect: 100-continue\r\n\r\n",
+                                 5s);
+  EXPECT_EQ(none.rfind("HTTP/1.1 401 ", 0), 0u) << none;
+
+  // 100 connections that announce 1 MiB and send half of it: each gets its
+  // 401 at once, and the proxy holds none of the bodies.
+  long before = rssKiB(p.process().pid());
+  const std::string half(512 * 1024, 'x');
+  std::vector<std::unique_ptr<Connection>> conns;
+  for (int i = 0; i < 100; ++i) {
+    conns.push_back(std::make_unique<Connection>(p.port()));
+    conns.back()->send("POST /api/v1/run/wf_head HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope-" +
+                       std::to_string(i) + "\r\nContent-Length: 1048576\r\n\r\n" + half);
+  }
+  long held = rssKiB(p.process().pid());
+  for (auto& c : conns) {
+    HttpResponse r = c->readResponse(5s);
+    ASSERT_TRUE(r.ok) << "no answer before the body was complete";
+    EXPECT_EQ(r.status, 401);
+    EXPECT_EQ(r.body, kUnauthorizedBody);
+  }
+  if (!underAsan()) {
+    EXPECT_LE(held - before, 8 * 1024) << "RSS " << before << " KiB → " << held << " KiB";
+  }
+  EXPECT_EQ(simTotal(sim), 0);
+  // A valid key still sends its body and runs.
+  EXPECT_EQ(runOn(p.port(), "wf_head", R"({"ok":1})").status, 200);
+  auto log = p.accessLog();
+  ASSERT_FALSE(log.empty());
+  EXPECT_EQ(log.front()["status"], 401);
+}
+
+
+// --- 8. TRACE and CONNECT --------------------------------------------------------
+
+TEST(MethodSeams, TraceAndConnectAreRefusedAndNeverForwarded) {
+  Simulator sim;
+  ProxyProcess p(baseConfig(), sim.url());
+  for (const std::string line : {"TRACE /api/v1/echo", "TRACE /api/v1/run/wf_x", "TRACE /api/v1/token",
+                                 "CONNECT /api/v1/echo", "CONNECT upstream.example:443"}) {
+    SCOPED_TRACE(line);
+    std::string raw = rawExchange(p.port(), line + " HTTP/1.1\r\nHost: x\r\n"
+                                                   "Authorization: Bearer acme-client-key\r\n\r\n", 5s);
+    HttpResponse r = parseResponse(raw);
+    EXPECT_EQ(r.status, 405) << raw;
+    EXPECT_NE(r.body.find("method_not_allowed"), std::string::npos) << raw;
+    EXPECT_TRUE(r.header("allow").has_value()) << raw;
+    EXPECT_EQ(raw.find("sk_sim_acme"), std::string::npos);
+  }
+  EXPECT_EQ(simTotal(sim), 0);
+}
+
 }  // namespace
 }  // namespace wfp::test::faults
