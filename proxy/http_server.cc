@@ -95,6 +95,32 @@ bool isToken(std::string_view s) {
   return true;
 }
 
+// RFC 9112 §3.2.3: uri-host ":" port, the host a reg-name or an IP literal
+// (RFC 3986 §3.2.2).
+bool isAuthorityForm(std::string_view s) {
+  size_t colon = s.rfind(':');
+  if (colon == std::string_view::npos || colon == 0) return false;
+  std::string_view host = s.substr(0, colon);
+  std::string_view port = s.substr(colon + 1);
+  if (port.empty() || port.size() > 5) return false;
+  for (char c : port) {
+    if (c < '0' || c > '9') return false;
+  }
+  auto alnum = [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); };
+  if (host.front() == '[') {
+    if (host.size() < 3 || host.back() != ']') return false;
+    for (char c : host.substr(1, host.size() - 2)) {
+      bool hex = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+      if (!hex && c != ':' && c != '.') return false;
+    }
+    return true;
+  }
+  for (char c : host) {
+    if (!alnum(c) && std::string_view("-._~%!$&'()*+,;=").find(c) == std::string_view::npos) return false;
+  }
+  return true;
+}
+
 inline char asciiLower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c; }
 
 inline bool isOws(char c) { return c == ' ' || c == '\t'; }
@@ -582,6 +608,9 @@ class HttpConnection {
     ex_.bytes_in_ = head_len;
     ex_.head_request_ = ex_.method_ == "HEAD";
     keep_alive_ = ex_.version_minor_ == 1 ? !info.conn_close : (info.conn_keep_alive && !info.conn_close);
+    // What follows a CONNECT is tunnel data sent ahead of the answer, not a
+    // request: the connection ends with the (refusing) response.
+    if (ex_.method_ == "CONNECT") keep_alive_ = false;
 
     const HttpServerLimits& limits = server_.limits;
     request_chunked_ = info.chunked;
@@ -654,6 +683,9 @@ class HttpConnection {
     if (target[0] != '/') {
       if (target == "*" && method == "OPTIONS") {
         // asterisk-form
+      } else if (method == "CONNECT" && isAuthorityForm(target)) {
+        // authority-form, CONNECT's only form (RFC 9112 §3.2.3): handed on
+        // so that routing refuses it like any CONNECT (405, SPEC §10.1).
       } else if (target.find("://") != std::string_view::npos) {
         return badRequest("absolute-form request target not supported");
       } else {

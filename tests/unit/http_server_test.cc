@@ -545,6 +545,38 @@ TEST_F(HttpServerTest, Expect100Continue) {
   EXPECT_EQ(body, "hello");
 }
 
+// --- CONNECT and TRACE: handed to routing, which refuses them ----------------------
+
+TEST_F(HttpServerTest, ConnectAuthorityFormReachesTheHandler) {
+  std::vector<std::string> seen;
+  start([&](HttpExchange& ex) {
+    seen.push_back(ex.method() + " " + ex.target() + " " + std::string(ex.path()));
+    ex.respond(405, "Method Not Allowed", {{"Allow", ""}}, "");
+  });
+  run([&] {
+    for (const char* target : {"example.com:443", "[::1]:8443", "10.0.0.1:80"}) {
+      Client c(port_);
+      c.send("CONNECT "s + target + " HTTP/1.1\r\nHost: " + target + "\r\n\r\n");
+      // Whatever a CONNECT client sends next is tunnel data: the connection closes.
+      c.send("\x16\x03\x01 a TLS ClientHello sent ahead\r\n\r\n");
+      EXPECT_EQ(c.readAll(), "HTTP/1.1 405 Method Not Allowed\r\nAllow: \r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+          << target;
+    }
+    // Anything else in a non-origin form is still the server's 400.
+    for (const char* line : {"GET example.com:443", "connect example.com:443", "CONNECT example.com",
+                             "CONNECT example.com:", "CONNECT :443", "CONNECT a/b:443", "CONNECT example.com:123456",
+                             "CONNECT user@example.com:443", "CONNECT [zz::1]:443",
+                             "TRACE http://example.com/", "CONNECT http://example.com:443"}) {
+      Client c(port_);
+      c.send(std::string(line) + " HTTP/1.1\r\nHost: x\r\n\r\n");
+      std::string r = c.readAll();
+      EXPECT_EQ(r.substr(0, 12), "HTTP/1.1 400") << line << ": " << r;
+    }
+  });
+  EXPECT_EQ(seen, (std::vector<std::string>{"CONNECT example.com:443 example.com:443",
+                                            "CONNECT [::1]:8443 [::1]:8443", "CONNECT 10.0.0.1:80 10.0.0.1:80"}));
+}
+
 TEST_F(HttpServerTest, ContentLengthOverLimitIs413WithoutContinue) {
   HttpServerLimits limits;
   limits.max_body_bytes = 10;
@@ -627,7 +659,7 @@ TEST_F(HttpServerTest, MalformedRequestsAreRejected) {
       {"no Host", "GET / HTTP/1.1\r\n\r\n", 400},
       {"no Host, with a body", "POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nab", 400},
       {"absolute-form", "GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n", 400},
-      {"authority-form", "CONNECT example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+      {"authority-form not CONNECT", "GET example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n", 400},
       {"asterisk not OPTIONS", "GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400},
       {"HTTP/2.0", "GET / HTTP/2.0\r\n\r\n", 505},
       {"HTTP/1.2", "GET / HTTP/1.2\r\n\r\n", 505},
