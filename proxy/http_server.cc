@@ -4,12 +4,15 @@
 // A connection is a small state machine:
 //
 //   Idle ──first byte──► Head ──head parsed──► Body ──body complete──► Exchange
-//    ▲                     │                     │                        │
+//    ▲                     │  │                  │                        │
+//    │                     │  └─ head handler answered (body unread) ───► │
 //    │                     └──── 4xx/5xx error ──┴──► Closing ◄── close ──┤
 //    └──────────── response flushed, keep-alive ◄─────────────────────────┘
 //   Closing: flush the output, then (after an error, or with unread input)
 //   Lingering: shutdown(SHUT_WR) and discard input until EOF or 2 s, so the
 //   client reads our error response instead of a reset.
+//   An exchange answered on its head (HttpServer::HeadHandler) discards its
+//   input as it comes, then always closes, lingering.
 //
 // Lifetime: a connection is freed only through close(), which releases the
 // socket at once and defers the memory to the next loop pass, so a callback
@@ -91,6 +94,32 @@ bool isToken(std::string_view s) {
   if (s.empty()) return false;
   for (char c : s) {
     if (!isTokenChar(c)) return false;
+  }
+  return true;
+}
+
+// RFC 9112 §3.2.3: uri-host ":" port, the host a reg-name or an IP literal
+// (RFC 3986 §3.2.2).
+bool isAuthorityForm(std::string_view s) {
+  size_t colon = s.rfind(':');
+  if (colon == std::string_view::npos || colon == 0) return false;
+  std::string_view host = s.substr(0, colon);
+  std::string_view port = s.substr(colon + 1);
+  if (port.empty() || port.size() > 5) return false;
+  for (char c : port) {
+    if (c < '0' || c > '9') return false;
+  }
+  auto alnum = [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); };
+  if (host.front() == '[') {
+    if (host.size() < 3 || host.back() != ']') return false;
+    for (char c : host.substr(1, host.size() - 2)) {
+      bool hex = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+      if (!hex && c != ':' && c != '.') return false;
+    }
+    return true;
+  }
+  for (char c : host) {
+    if (!alnum(c) && std::string_view("-._~%!$&'()*+,;=").find(c) == std::string_view::npos) return false;
   }
   return true;
 }
@@ -335,6 +364,7 @@ struct HttpServer::Impl {
   EventLoop& loop;
   HttpServerLimits limits;
   Handler handler;
+  HeadHandler head_handler;
   ErrorObserver on_error;
   std::vector<Listener> listeners;
   HttpConnection* connections = nullptr;  // intrusive list of open connections
@@ -468,6 +498,12 @@ class HttpConnection {
         evbuffer_drain(in_, evbuffer_get_length(in_));
         return;
       case State::Exchange:
+        if (body_unread_) {
+          // Answered on its head: the body and anything behind it are never
+          // read, only discarded as they come.
+          evbuffer_drain(in_, evbuffer_get_length(in_));
+          return;
+        }
         // Keep reading so a client that leaves is noticed; park pipelined
         // bytes, up to a bound.
         if (!read_suspended_ &&
@@ -582,6 +618,9 @@ class HttpConnection {
     ex_.bytes_in_ = head_len;
     ex_.head_request_ = ex_.method_ == "HEAD";
     keep_alive_ = ex_.version_minor_ == 1 ? !info.conn_close : (info.conn_keep_alive && !info.conn_close);
+    // What follows a CONNECT is tunnel data sent ahead of the answer, not a
+    // request: the connection ends with the (refusing) response.
+    if (ex_.method_ == "CONNECT") keep_alive_ = false;
 
     const HttpServerLimits& limits = server_.limits;
     request_chunked_ = info.chunked;
@@ -597,11 +636,14 @@ class HttpConnection {
         return false;
       }
       body_remaining_ = static_cast<uint64_t>(info.content_length);
-      ex_.body_.reserve(static_cast<size_t>(body_remaining_));
     } else {
       dispatch();
       return false;
     }
+    // A body is coming: the head handler may answer now, before the body is
+    // read (and before any 100 Continue).
+    if (server_.head_handler && offerHead()) return false;
+    if (!request_chunked_) ex_.body_.reserve(static_cast<size_t>(body_remaining_));
     state_ = State::Body;
     // Expect: 100-continue — tell the client to go ahead, unless its body is
     // already arriving.
@@ -654,6 +696,9 @@ class HttpConnection {
     if (target[0] != '/') {
       if (target == "*" && method == "OPTIONS") {
         // asterisk-form
+      } else if (method == "CONNECT" && isAuthorityForm(target)) {
+        // authority-form, CONNECT's only form (RFC 9112 §3.2.3): handed on
+        // so that routing refuses it like any CONNECT (405, SPEC §10.1).
       } else if (target.find("://") != std::string_view::npos) {
         return badRequest("absolute-form request target not supported");
       } else {
@@ -922,13 +967,57 @@ class HttpConnection {
   void dispatch() {
     disarm();
     state_ = State::Exchange;
+    openExchange();
+    if (!guarded("request handler", [this] { server_.handler(ex_); })) fail();
+  }
+
+  void openExchange() {
     // Unique across every HttpServer in the process: one handler serves
     // both the client and the admin listener and keys its requests by id.
     ex_.id_ = ++g_next_exchange_id;
     exchange_active_ = true;
     ++server_.exchange_count;
     if (applied_generation_ != server_.limits_generation) applyWriteTimeout();
-    if (!guarded("request handler", [this] { server_.handler(ex_); })) fail();
+  }
+
+  // The head of a request with a body is parsed: offers the exchange to the
+  // head handler. True when it answered (the body is then never read: the
+  // response says Connection: close, unread input is discarded, and the
+  // connection lingers and closes once the response is out) or the
+  // connection closed; false when the request goes on as if there were no
+  // head handler (that exchange is gone; the handler gets a new id).
+  bool offerHead() {
+    state_ = State::Exchange;  // the header timer stays armed: it cannot fire during the call
+    body_unread_ = true;       // a response started now says Connection: close
+    openExchange();
+    bool answered = false;
+    if (!guarded("head handler", [this, &answered] { answered = server_.head_handler(ex_); })) {
+      fail();
+      return true;
+    }
+    if (closed_) return true;  // abortResponse() in the hook
+    if (!answered && !ex_.response_started_) {
+      if (ex_.on_abort_ || ex_.on_complete_ || ex_.on_drain_) {
+        spdlog::error("http: head handler registered callbacks on exchange {} it did not answer; dropped", ex_.id_);
+      }
+      exchange_active_ = false;
+      --server_.exchange_count;
+      ex_.id_ = 0;
+      ex_.on_drain_ = nullptr;
+      ex_.on_abort_ = nullptr;
+      ex_.on_complete_ = nullptr;
+      body_unread_ = false;
+      state_ = State::Body;
+      return false;
+    }
+    disarm();
+    evbuffer_drain(in_, evbuffer_get_length(in_));
+    if (!ex_.response_started_) {
+      spdlog::error("http: head handler claimed exchange {} without answering it; sending 500", ex_.id_);
+      respond(500, {}, {}, {{"Content-Type", "application/json"}},
+              HttpServer::errorBody("Internal server error", "internal_error"), nullptr);
+    }
+    return true;
   }
 
   // The exchange ended by the client (or by a failure): onAbort, at most once.
@@ -960,9 +1049,10 @@ class HttpConnection {
       return;
     }
     if (closed_) return;
+    const bool body_unread = body_unread_;  // the client may still be sending it
     resetExchange();
-    if (!keep_alive_ || close_after_ || peer_eof_) {
-      startClose(false);
+    if (!keep_alive_ || close_after_ || peer_eof_ || body_unread) {
+      startClose(body_unread);
       return;
     }
     state_ = State::Idle;
@@ -1006,6 +1096,7 @@ class HttpConnection {
     declared_length_ = -1;
     body_sent_ = 0;
     body_remaining_ = 0;
+    body_unread_ = false;
   }
 
   bool canRespond(const char* what) const {
@@ -1020,7 +1111,7 @@ class HttpConnection {
   // Decides keep-alive for the response being started and appends the
   // Connection header it needs.
   void appendConnectionHeader(std::string& head, bool framed) {
-    keep_alive_ = keep_alive_ && framed && !close_after_;
+    keep_alive_ = keep_alive_ && framed && !close_after_ && !body_unread_;
     if (!keep_alive_) {
       head.append("Connection: close\r\n");
     } else if (ex_.version_minor_ == 0) {
@@ -1442,6 +1533,10 @@ class HttpConnection {
     close();
   }
 
+  size_t requestBytesHeld() const {
+    return (closed_ ? 0 : evbuffer_get_length(in_)) + ex_.body_.capacity();
+  }
+
   bool idle() const { return state_ == State::Idle && !exchange_active_ && evbuffer_get_length(in_) == 0; }
 
   HttpServer::Impl& server_;
@@ -1469,6 +1564,7 @@ class HttpConnection {
   bool write_failed_ = false;
   bool linger_ = false;
   bool request_chunked_ = false;
+  bool body_unread_ = false;  // the head handler answered: the request's body is never read
   uint64_t applied_generation_ = 0;
   size_t head_scan_ = 0;
   size_t line_scan_ = 0;
@@ -1686,8 +1782,16 @@ void HttpServer::setLimits(const HttpServerLimits& limits) {
 
 void HttpServer::setErrorObserver(ErrorObserver observer) { impl_->on_error = std::move(observer); }
 
+void HttpServer::setHeadHandler(HeadHandler handler) { impl_->head_handler = std::move(handler); }
+
 size_t HttpServer::connectionCount() const { return impl_->connection_count; }
 size_t HttpServer::exchangeCount() const { return impl_->exchange_count; }
+
+size_t HttpServer::requestBytesHeld() const {
+  size_t total = 0;
+  for (const HttpConnection* c = impl_->connections; c; c = c->next_) total += c->requestBytesHeld();
+  return total;
+}
 
 // --- HttpExchange ---------------------------------------------------------------------
 

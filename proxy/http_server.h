@@ -9,11 +9,21 @@
 // time), Content-Length and chunked request bodies, Expect: 100-continue.
 //
 // Life of an exchange:
-//   bytes → parse head → (100-continue) → read body → handler(exchange)
-//   handler answers now or later: respond(), or begin() write()* end()
-//   the response is flushed → onComplete → the next pipelined request
+//   bytes → parse head ─(a body follows)─► headHandler(exchange)?
+//         │                                  │ answered: Connection: close,
+//         │                                  │   the body is never read ─┐
+//         │                                  ▼ false                     │
+//         │                 (100-continue) → read body                   │
+//         ▼                                  ▼                           │
+//   (no body) ──────────────────► handler(exchange) ◄ a new exchange id  │
+//   handler answers now or later: respond(), or begin() write()* end()   │
+//   the response is flushed → onComplete ◄───────────────────────────────┘
+//     → the next pipelined request (or, after a head answer, a lingering
+//       close that discards whatever the client still sends)
 //   client EOF/error before the response is complete → onAbort, then the
 //   exchange is destroyed; no other callback runs after onAbort.
+//   onComplete and onAbort never run inside respond()/end(): on a later
+//   callback of the loop.
 //
 // Ownership: the server owns connections; a connection owns its current
 // HttpExchange. Handlers must not keep an HttpExchange* beyond onAbort or
@@ -174,6 +184,26 @@ class HttpServer {
   // its own (the connection then closes); the fields live for the call only.
   // It must not call back into the server.
   using ErrorObserver = std::function<void(const HttpServerError&)>;
+  // Runs once the head of a request that has a body (Content-Length > 0 or
+  // chunked, within max_body_bytes) is parsed: before any `100 Continue` and
+  // before a byte of the body is read, so a request that will be refused
+  // (no valid key, SPEC §10.1) costs neither. The exchange is live: it has
+  // its id, counts in exchangeCount(), method/target/headers are set, body()
+  // is empty, setOnAbort/setOnComplete work. The hook either
+  //   - answers it now (respond(), or begin() with write()/end() now or
+  //     later) and returns true: the response carries `Connection: close`,
+  //     the body is never read (what the client still sends, pipelined
+  //     requests included, is discarded, not buffered, and bytesIn() counts
+  //     only the head), onComplete or onAbort run as for any exchange, and
+  //     the connection closes after the response (lingering, so the client
+  //     reads it rather than a reset); or
+  //   - returns false having registered nothing (callbacks it set are
+  //     dropped, with an error logged) and not touched the request (no
+  //     takeBody/releaseHeaders): the server goes on as without the hook
+  //     (100 Continue, the body, then the Handler with a NEW exchange id).
+  // True without a response is a bug: the server answers 500. A request
+  // without a body never reaches the hook: the Handler runs on its head.
+  using HeadHandler = std::function<bool(HttpExchange&)>;
 
   HttpServer(EventLoop& loop, HttpServerLimits limits, Handler handler);
   ~HttpServer();
@@ -189,9 +219,14 @@ class HttpServer {
   void closeIdleConnections();
   void setLimits(const HttpServerLimits& limits);  // reload: applies to new requests
   void setErrorObserver(ErrorObserver observer);
+  void setHeadHandler(HeadHandler handler);
 
   size_t connectionCount() const;
   size_t exchangeCount() const;  // requests handed to the handler, not yet complete
+  // Memory held for requests as they come in, over every connection: input
+  // not yet parsed (or not yet discarded) plus the capacity of the request
+  // bodies. Walks the connections: for tests and an occasional gauge.
+  size_t requestBytesHeld() const;
 
   // The JSON error body the server uses for its own errors (and that the
   // proxy reuses): {"error":"<message>","success":false,"code":"<code>"}.

@@ -8,7 +8,24 @@ constexpr std::string_view kRunPrefix = "/api/v1/run/";
 
 Route make(RouteKind kind) { return Route{kind, {}, {}}; }
 
-Route notAllowed(std::string allow) { return Route{RouteKind::MethodNotAllowed, {}, std::move(allow)}; }
+Route notAllowed(std::string_view allow) { return Route{RouteKind::MethodNotAllowed, {}, std::string(allow)}; }
+
+bool equalsAsciiIgnoreCase(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    char x = a[i], y = b[i];
+    if (x >= 'a' && x <= 'z') x = static_cast<char>(x - 32);
+    if (y >= 'a' && y <= 'z') y = static_cast<char>(y - 32);
+    if (x != y) return false;
+  }
+  return true;
+}
+
+// A path no method is served on: 404, but a never-forwarded method is told
+// 405 on any path (SPEC §10.1), with an empty Allow.
+Route nowhere(std::string_view method) {
+  return isNeverForwardedMethod(method) ? notAllowed("") : make(RouteKind::NotFound);
+}
 
 // GET-only admin routes; HEAD is answered like GET by nobody here, keep it simple.
 Route adminGet(std::string_view method, RouteKind kind) {
@@ -27,7 +44,14 @@ bool isValidWorkflowId(std::string_view id) {
   return true;
 }
 
+bool isNeverForwardedMethod(std::string_view method) {
+  return equalsAsciiIgnoreCase(method, "TRACE") || equalsAsciiIgnoreCase(method, "CONNECT") ||
+         equalsAsciiIgnoreCase(method, "TRACK");
+}
+
 Route routeClient(std::string_view method, std::string_view raw_path, bool admin_here) {
+  // Only an origin-form path is ever appended to upstream.base_url.
+  if (raw_path.empty() || raw_path.front() != '/') return nowhere(method);
   if (admin_here) {
     if (raw_path == "/healthz") return adminGet(method, RouteKind::Health);
     if (raw_path == "/readyz") return adminGet(method, RouteKind::Ready);
@@ -40,10 +64,10 @@ Route routeClient(std::string_view method, std::string_view raw_path, bool admin
     size_t slash = rest.find('/');
     std::string_view id = rest.substr(0, slash);
     if (slash != std::string_view::npos) {
-      if (rest.substr(slash) != "/stream") return make(RouteKind::NotFound);
+      if (rest.substr(slash) != "/stream") return nowhere(method);
       stream = true;
     }
-    if (!isValidWorkflowId(id)) return make(RouteKind::NotFound);
+    if (!isValidWorkflowId(id)) return nowhere(method);
     if (method == "OPTIONS") return make(RouteKind::Options);
     if (method != "POST") return notAllowed("POST, OPTIONS");
     return Route{stream ? RouteKind::Stream : RouteKind::Run, std::string(id), {}};
@@ -53,6 +77,7 @@ Route routeClient(std::string_view method, std::string_view raw_path, bool admin
     if (method != "GET") return notAllowed("GET, OPTIONS");
     return make(RouteKind::Token);
   }
+  if (isNeverForwardedMethod(method)) return notAllowed(kForwardedMethods);
   return make(RouteKind::PassThrough);
 }
 
@@ -64,7 +89,7 @@ Route routeAdmin(std::string_view method, std::string_view raw_path) {
     if (method != "POST") return notAllowed("POST");
     return make(RouteKind::Purge);
   }
-  return make(RouteKind::NotFound);
+  return nowhere(method);
 }
 
 }  // namespace wfp

@@ -23,14 +23,32 @@ enum class RouteKind {
 struct Route {
   RouteKind kind = RouteKind::NotFound;
   std::string workflow_id;  // Run, Stream
-  std::string allow;        // MethodNotAllowed
+  // MethodNotAllowed: the methods the path takes, for the Allow header. Empty
+  // ("Allow: ", RFC 9110 §10.2.1: no method) where none is: a target that is
+  // not a path, a malformed workflow id, an unknown admin path.
+  std::string allow;
 };
 
 // [A-Za-z0-9_-]{1,128}
 bool isValidWorkflowId(std::string_view id);
 
-// Routes on the client listener. `admin_here`: admin_listen is "" so the
-// health/readiness/metrics routes are served on this listener too.
+// Methods never forwarded, whatever the path (SPEC §10.1): TRACE echoes the
+// request it receives, organisation key included, and CONNECT asks for a
+// tunnel. Matched without regard to case, and TRACK (IIS's TRACE) with them:
+// RFC 9110 makes `trace` another method, but an upstream or intermediary that
+// folds case would echo it all the same, and no API call uses these names.
+bool isNeverForwardedMethod(std::string_view method);
+
+// The methods a pass-through path lists in Allow. Every other method but the
+// never-forwarded ones is forwarded too (an extension method is the
+// upstream's to judge); Allow names the usual ones.
+inline constexpr std::string_view kForwardedMethods = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+// Routes on the client listener. `raw_path` is the request-target up to '?':
+// anything that is not an origin-form path ("*", a CONNECT's "host:443") is
+// never forwarded (404, or 405 for a never-forwarded method). `admin_here`:
+// admin_listen is "" so the health/readiness/metrics routes are served on this
+// listener too.
 Route routeClient(std::string_view method, std::string_view raw_path, bool admin_here);
 // Routes on the admin listener.
 Route routeAdmin(std::string_view method, std::string_view raw_path);

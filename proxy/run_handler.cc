@@ -316,8 +316,9 @@ RunHandler::Request& RunHandler::adopt(HttpExchange& ex) {
 void RunHandler::handleClient(HttpExchange& ex) {
   Request& r = adopt(ex);
   bool admin_here = !r.config->admin_listen.has_value();
-  r.route = ex.target().empty() || ex.target()[0] != '/' ? Route{}
-                                                           : routeClient(ex.method(), ex.path(), admin_here);
+  // Any target form: routing refuses what is not an origin-form path (404,
+  // or 405 for CONNECT's authority-form).
+  r.route = routeClient(ex.method(), ex.path(), admin_here);
   dispatch(r);
 }
 

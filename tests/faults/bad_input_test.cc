@@ -324,6 +324,41 @@ TEST_F(BadInput, AbsoluteAndAuthorityFormTargetsAre400AndNothingIsSent) {
   EXPECT_EQ(recs[0]["uri"], "//evil.example/x");
 }
 
+// SPEC §10.1: TRACE and CONNECT on any path are 405, never forwarded: an
+// upstream path that echoes the request would hand the organisation key to
+// the client. CONNECT's real shape (authority-form) included.
+TEST_F(BadInput, TraceAndConnectAre405AndNeverForwarded) {
+  const std::string close = "Connection: close\r\n";
+  struct Case {
+    std::string request;
+    std::string allow;
+  };
+  const std::string forwarded = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+  const std::vector<Case> cases = {
+      {"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n" + kAuth + close + "\r\n", ""},
+      {"CONNECT 127.0.0.1:6379 HTTP/1.1\r\nHost: 127.0.0.1:6379\r\n" + close + "\r\n", ""},
+      {"CONNECT /api/v1/balance HTTP/1.1\r\nHost: x\r\n" + kAuth + close + "\r\n", forwarded},
+      {"TRACE /api/v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + kAuth + close + "\r\n", forwarded},
+      {"TRACE / HTTP/1.1\r\nHost: x\r\n" + close + "\r\n", forwarded},
+      {"TRACE /echo HTTP/1.1\r\nHost: x\r\n" + kAuth + close + "Content-Length: 2\r\n\r\n{}", forwarded},
+      {"TRACE /api/v1/token HTTP/1.1\r\nHost: x\r\n" + kAuth + close + "\r\n", "GET, OPTIONS"},
+      {"TRACE /api/v1/run/wf_x/stream HTTP/1.1\r\nHost: x\r\n" + kAuth + close + "\r\n", "POST, OPTIONS"},
+      {"TRACE /api/v1/run/wf%2Fx HTTP/1.1\r\nHost: x\r\n" + kAuth + close + "\r\n", ""},
+      // Case variants and IIS's TRACK: refused too.
+      {"trace /api/v1/balance HTTP/1.1\r\nHost: x\r\n" + kAuth + close + "\r\n", forwarded},
+      {"Connect /api/v1/balance HTTP/1.1\r\nHost: x\r\n" + kAuth + close + "\r\n", forwarded},
+      {"TRACK /api/v1/balance HTTP/1.1\r\nHost: x\r\n" + kAuth + close + "\r\n", forwarded},
+  };
+  for (const Case& c : cases) {
+    HttpResponse r = expectError(c.request, 405, "method_not_allowed");
+    EXPECT_EQ(r.headerCount("allow"), 1u) << printable(c.request);
+    EXPECT_EQ(r.header("allow"), c.allow) << printable(c.request);
+  }
+  // An absolute-form TRACE is refused earlier, as any absolute-form target.
+  expectError("TRACE http://127.0.0.1/ HTTP/1.1\r\nHost: x\r\n" + kAuth + "\r\n", 400, "bad_request");
+  expectNothingUpstream();
+}
+
 TEST_F(BadInput, MultipleHostHeadersAre400) {
   expectError("GET /api/v1/balance HTTP/1.1\r\nHost: a\r\nHost: b\r\n" + kAuth + "\r\n", 400, "bad_request");
   expectNothingUpstream();

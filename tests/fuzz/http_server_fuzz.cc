@@ -9,6 +9,11 @@
 //   1  begin() (chunked) + write() + end()
 //   2  begin() with a Content-Length + write() + end()
 //   3  on the next loop pass (the client may be gone by then)
+// and bits 2-3 how the head handler treats a request with a body:
+//   0  declines (the body is read, the handler runs)
+//   1  answers 401 at once (the body is never read)
+//   2  begins a chunked answer and ends it on the next loop pass
+//   3  answers when the target starts with "/deny", declines otherwise
 // Small limits make the 408/413/431 paths reachable.
 //
 // Checks: no crash or sanitizer report; the server closes the connection
@@ -46,6 +51,7 @@ struct Harness {
   std::unique_ptr<wfp::HttpServer> server;
   uint16_t port = 0;
   int mode = 0;
+  int head_mode = 0;
   size_t handled = 0;
 };
 
@@ -84,6 +90,32 @@ void handle(wfp::HttpExchange& ex) {
   }
 }
 
+bool handleHead(wfp::HttpExchange& ex) {
+  switch (g->head_mode) {
+    case 0:
+      return false;
+    case 1:
+      ex.respond(401, "Unauthorized", {{"Content-Type", "application/json"}}, R"({"success":false})");
+      return true;
+    case 2: {
+      ex.begin(403, "Forbidden", {});
+      ex.write("refused");
+      auto alive = std::make_shared<bool>(true);
+      ex.setOnAbort([alive] { *alive = false; });
+      ex.setOnComplete([alive] { *alive = false; });
+      wfp::HttpExchange* p = &ex;
+      g->loop.post([alive, p] {
+        if (*alive) p->end();
+      });
+      return true;
+    }
+    default:
+      if (ex.target().rfind("/deny", 0) != 0) return false;
+      ex.respond(401, "Unauthorized", {}, "");
+      return true;
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
@@ -97,6 +129,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   limits.idle_timeout_s = 2;
   limits.write_timeout_s = 2;
   g->server = std::make_unique<wfp::HttpServer>(g->loop, limits, handle);
+  g->server->setHeadHandler(handleHead);
   wfp::ListenAddress address;
   address.host = "127.0.0.1";
   address.port = 0;
@@ -110,6 +143,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0 || size > 64 * 1024) return 0;
   g->mode = data[0] & 3;
+  g->head_mode = (data[0] >> 2) & 3;
   std::string_view bytes(reinterpret_cast<const char*>(data + 1), size - 1);
 
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <stdexcept>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -545,6 +546,315 @@ TEST_F(HttpServerTest, Expect100Continue) {
   EXPECT_EQ(body, "hello");
 }
 
+// --- the head handler (SPEC §10.1: refuse a request before reading its body) ---------
+
+const std::string kUnauthorizedJson = R"({"error":"Unauthorized. Please provide a valid secret key.","success":false})";
+
+void answer401(HttpExchange& ex) {
+  ex.respond(401, "Unauthorized", {{"Content-Type", "application/json"}}, kUnauthorizedJson);
+}
+
+const std::string kExpected401 = "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: " +
+                                 std::to_string(kUnauthorizedJson.size()) + "\r\nConnection: close\r\n\r\n" +
+                                 kUnauthorizedJson;
+
+TEST_F(HttpServerTest, HeadHandlerAnswersBeforeContinueAndTheBody) {
+  int handled = 0, heads = 0, completions = 0, aborts = 0;
+  size_t count_in_hook = 0, bytes_in = 0, body_size = 99, body_capacity = 0;
+  std::string method, target, auth;
+  start([&](HttpExchange&) { ++handled; });
+  server_->setHeadHandler([&](HttpExchange& ex) {
+    ++heads;
+    count_in_hook = server_->exchangeCount();
+    method = ex.method();
+    target = ex.target();
+    if (const std::string* h = findHeader(ex.headers(), "authorization")) auth = *h;
+    HttpExchange* e = &ex;
+    ex.setOnAbort([&] { ++aborts; });
+    ex.setOnComplete([&, e] {
+      ++completions;
+      bytes_in = e->bytesIn();
+      body_size = e->body().size();
+      body_capacity = e->body().capacity();
+    });
+    answer401(ex);
+    EXPECT_EQ(completions, 0);  // never inside respond()
+    return true;
+  });
+  const std::string head =
+      "POST /api/v1/run/wf_x HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer nope\r\nExpect: 100-continue\r\n"
+      "Content-Length: 1048576\r\n\r\n";
+  run([&] {
+        Client c(port_);
+        c.send(head);
+        // No 100 Continue: the refusal comes first, and the connection closes.
+        EXPECT_EQ(c.response(), kExpected401);
+        EXPECT_EQ(c.readAll(), "");
+      },
+      [&] { return server_->connectionCount() == 0; });
+  EXPECT_EQ(heads, 1);
+  EXPECT_EQ(handled, 0);
+  EXPECT_EQ(completions, 1);
+  EXPECT_EQ(aborts, 0);
+  EXPECT_EQ(count_in_hook, 1u);
+  EXPECT_EQ(method, "POST");
+  EXPECT_EQ(target, "/api/v1/run/wf_x");
+  EXPECT_EQ(auth, "Bearer nope");
+  EXPECT_EQ(bytes_in, head.size());
+  EXPECT_EQ(body_size, 0u);
+  EXPECT_LT(body_capacity, 4096u);  // no room was made for the 1 MiB either
+  EXPECT_EQ(server_->exchangeCount(), 0u);
+}
+
+// The client does not wait for a 100: its 1 MiB body and a pipelined request
+// follow the head at once. The server answers, discards what comes (never
+// holding the body), serves nothing else and closes cleanly (no reset: the
+// client reads the whole answer).
+TEST_F(HttpServerTest, HeadHandlerAnswerNeverHoldsTheBodyNorServesWhatFollows) {
+  for (bool chunked : {false, true}) {
+    SCOPED_TRACE(chunked ? "chunked" : "Content-Length");
+    int handled = 0, heads = 0, completions = 0;
+    size_t held = 0;
+    // Sampled when a request is handled or completes, and on every pass of
+    // the test's poll.
+    start([&](HttpExchange& ex) {
+      ++handled;
+      held = std::max(held, server_->requestBytesHeld());
+      textReply(ex, "served");
+    });
+    server_->setHeadHandler([&](HttpExchange& ex) {
+      ++heads;
+      ex.setOnComplete([&] {
+        ++completions;
+        held = std::max(held, server_->requestBytesHeld());
+      });
+      answer401(ex);
+      return true;
+    });
+    const std::string body(1 << 20, 'b');
+    run([&] {
+          Client c(port_);
+          c.send(chunked ? "POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         : "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 1048576\r\n\r\n");
+          for (size_t off = 0; off < body.size(); off += 64 * 1024) {
+            std::string piece = body.substr(off, 64 * 1024);
+            c.send(chunked ? "10000\r\n" + piece + "\r\n" : piece);
+          }
+          if (chunked) c.send("0\r\n\r\n");
+          c.send("GET /second HTTP/1.1\r\nHost: h\r\n\r\n");
+          c.shutdownWrite();
+          EXPECT_EQ(c.readAll(), kExpected401);
+        },
+        [&] {
+          held = std::max(held, server_->requestBytesHeld());
+          return server_->connectionCount() == 0;
+        });
+    EXPECT_EQ(heads, 1);
+    EXPECT_EQ(handled, 0);
+    EXPECT_EQ(completions, 1);
+    EXPECT_LT(held, 256u * 1024) << "the server held the body";
+    EXPECT_EQ(server_->exchangeCount(), 0u);
+    server_.reset();
+  }
+}
+
+// An answer on the head that is still being written when the body arrives:
+// the body is discarded as it comes (reading is never suspended for it) and
+// the connection closes after end().
+TEST_F(HttpServerTest, HeadHandlerStreamedAnswerDiscardsTheBodyMeanwhile) {
+  int handled = 0, completions = 0;
+  size_t held = 0;
+  std::atomic<bool> sent{false};
+  HttpExchange* open = nullptr;
+  start([&](HttpExchange&) { ++handled; });
+  server_->setHeadHandler([&](HttpExchange& ex) {
+    open = &ex;
+    ex.setOnComplete([&] {
+      ++completions;
+      open = nullptr;
+    });
+    ex.begin(403, "Forbidden", {{"Content-Type", "text/plain"}});
+    ex.write("no");
+    return true;
+  });
+  Timer* self = nullptr;
+  Timer finish(loop_, [&] {
+    held = std::max(held, server_->requestBytesHeld());
+    if (sent && open) {
+      open->write(" body");
+      open->end();
+    } else {
+      self->start(1ms);
+    }
+  });
+  self = &finish;
+  finish.start(1ms);
+  const std::string body(1 << 20, 'b');
+  run([&] {
+        Client c(port_);
+        c.send("PUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 1048576\r\n\r\n");
+        c.send(body);
+        c.send("GET /second HTTP/1.1\r\nHost: h\r\n\r\n");
+        sent = true;
+        std::string r = c.response();
+        EXPECT_EQ(r.substr(0, r.find("\r\n\r\n") + 4),
+                  "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n"
+                  "Connection: close\r\n\r\n");
+        EXPECT_EQ(dechunk(r), "no body");
+        c.shutdownWrite();
+        EXPECT_EQ(c.readAll(), "");
+      },
+      [&] {
+        held = std::max(held, server_->requestBytesHeld());
+        return server_->connectionCount() == 0;
+      });
+  EXPECT_EQ(handled, 0);
+  EXPECT_EQ(completions, 1);
+  EXPECT_LT(held, 256u * 1024) << "the server held the body";
+}
+
+TEST_F(HttpServerTest, HeadHandlerDeclinesAndTheRequestGoesOnUnchanged) {
+  std::vector<uint64_t> hook_ids, handler_ids;
+  std::vector<std::string> bodies;
+  size_t count_in_hook = 0, count_after_hook = 99;
+  bool body_empty_in_hook = false;
+  start([&](HttpExchange& ex) {
+    handler_ids.push_back(ex.id());
+    bodies.push_back(ex.body());
+    textReply(ex, "got " + ex.body());
+  });
+  server_->setHeadHandler([&](HttpExchange& ex) {
+    hook_ids.push_back(ex.id());
+    count_in_hook = server_->exchangeCount();
+    body_empty_in_hook = ex.body().empty();
+    // The first request waits for its 100: the next loop pass is while its body is read.
+    if (hook_ids.size() == 1) loop_.post([&] { count_after_hook = server_->exchangeCount(); });
+    return false;
+  });
+  run([&] {
+    Client c(port_);
+    c.send("PUT /x HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
+    EXPECT_EQ(c.response(), "HTTP/1.1 100 Continue\r\n\r\n");
+    c.send("hello");
+    EXPECT_EQ(c.response(), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n\r\ngot hello");
+    // Keep-alive as before; chunked too; a request without a body never
+    // meets the hook.
+    c.send("POST /y HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+    EXPECT_EQ(c.response(), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 7\r\n\r\ngot abc");
+    c.send("GET /z HTTP/1.1\r\nHost: h\r\n\r\nPOST /e HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n");
+    EXPECT_EQ(c.response(), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 4\r\n\r\ngot ");
+    EXPECT_EQ(c.response(), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 4\r\n\r\ngot ");
+  });
+  ASSERT_EQ(hook_ids.size(), 2u);
+  ASSERT_EQ(handler_ids.size(), 4u);
+  EXPECT_EQ(bodies[0], "hello");
+  EXPECT_EQ(bodies[1], "abc");
+  EXPECT_EQ(count_in_hook, 1u);
+  EXPECT_EQ(count_after_hook, 0u);  // while the body is read, nothing is counted
+  EXPECT_TRUE(body_empty_in_hook);
+  // The handler's exchange is a new one.
+  EXPECT_NE(hook_ids[0], handler_ids[0]);
+  EXPECT_NE(hook_ids[1], handler_ids[1]);
+  EXPECT_EQ(server_->exchangeCount(), 0u);
+}
+
+TEST_F(HttpServerTest, HeadHandlerIsNotAskedAboutABodyOverTheLimit) {
+  HttpServerLimits limits;
+  limits.max_body_bytes = 10;
+  int heads = 0;
+  start([&](HttpExchange& ex) { textReply(ex, "x"); }, limits);
+  server_->setHeadHandler([&](HttpExchange&) {
+    ++heads;
+    return false;
+  });
+  run([&] {
+    Client c(port_);
+    c.send("POST /x HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 11\r\n\r\n");
+    EXPECT_EQ(c.readAll(), errorResponse(413, "Payload Too Large", "Request body too large", "payload_too_large"));
+  });
+  EXPECT_EQ(heads, 0);
+}
+
+// Contract breaches: the server does not hang or leak the exchange.
+TEST_F(HttpServerTest, HeadHandlerMisuseIsContained) {
+  std::atomic<int> mode{0};
+  int handled = 0, stray = 0;
+  start([&](HttpExchange& ex) {
+    ++handled;
+    textReply(ex, "ok");
+  });
+  server_->setHeadHandler([&](HttpExchange& ex) {
+    switch (mode) {
+      case 0:  // true without an answer
+        return true;
+      case 1:  // false, but with callbacks: dropped
+        ex.setOnComplete([&] { ++stray; });
+        ex.setOnAbort([&] { ++stray; });
+        return false;
+      default:
+        throw std::runtime_error("boom");
+    }
+  });
+  spdlog::set_level(spdlog::level::off);
+  run([&] {
+        Client c(port_);
+        c.send("POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nab");
+        std::string r = c.readAll();
+        EXPECT_EQ(r.substr(0, 13), "HTTP/1.1 500 ") << r;
+        EXPECT_NE(r.find("\r\nConnection: close\r\n"), std::string::npos) << r;
+        mode = 1;
+      },
+      [&] { return server_->connectionCount() == 0; });
+  run([&] {
+        Client c(port_);
+        c.send("POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nab");
+        EXPECT_EQ(c.response(), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok");
+        mode = 2;
+      },
+      [&] { return handled == 1; });
+  run([&] {
+        Client c(port_);
+        c.send("POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nab");
+        EXPECT_EQ(c.readAll(), "");
+      },
+      [&] { return server_->connectionCount() == 0; });
+  EXPECT_EQ(handled, 1);
+  EXPECT_EQ(stray, 0);
+  EXPECT_EQ(server_->exchangeCount(), 0u);
+}
+
+// --- CONNECT and TRACE: handed to routing, which refuses them ----------------------
+
+TEST_F(HttpServerTest, ConnectAuthorityFormReachesTheHandler) {
+  std::vector<std::string> seen;
+  start([&](HttpExchange& ex) {
+    seen.push_back(ex.method() + " " + ex.target() + " " + std::string(ex.path()));
+    ex.respond(405, "Method Not Allowed", {{"Allow", ""}}, "");
+  });
+  run([&] {
+    for (const char* target : {"example.com:443", "[::1]:8443", "10.0.0.1:80"}) {
+      Client c(port_);
+      c.send("CONNECT "s + target + " HTTP/1.1\r\nHost: " + target + "\r\n\r\n");
+      // Whatever a CONNECT client sends next is tunnel data: the connection closes.
+      c.send("\x16\x03\x01 a TLS ClientHello sent ahead\r\n\r\n");
+      EXPECT_EQ(c.readAll(), "HTTP/1.1 405 Method Not Allowed\r\nAllow: \r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+          << target;
+    }
+    // Anything else in a non-origin form is still the server's 400.
+    for (const char* line : {"GET example.com:443", "connect example.com:443", "CONNECT example.com",
+                             "CONNECT example.com:", "CONNECT :443", "CONNECT a/b:443", "CONNECT example.com:123456",
+                             "CONNECT user@example.com:443", "CONNECT [zz::1]:443",
+                             "TRACE http://example.com/", "CONNECT http://example.com:443"}) {
+      Client c(port_);
+      c.send(std::string(line) + " HTTP/1.1\r\nHost: x\r\n\r\n");
+      std::string r = c.readAll();
+      EXPECT_EQ(r.substr(0, 12), "HTTP/1.1 400") << line << ": " << r;
+    }
+  });
+  EXPECT_EQ(seen, (std::vector<std::string>{"CONNECT example.com:443 example.com:443",
+                                            "CONNECT [::1]:8443 [::1]:8443", "CONNECT 10.0.0.1:80 10.0.0.1:80"}));
+}
+
 TEST_F(HttpServerTest, ContentLengthOverLimitIs413WithoutContinue) {
   HttpServerLimits limits;
   limits.max_body_bytes = 10;
@@ -627,7 +937,7 @@ TEST_F(HttpServerTest, MalformedRequestsAreRejected) {
       {"no Host", "GET / HTTP/1.1\r\n\r\n", 400},
       {"no Host, with a body", "POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nab", 400},
       {"absolute-form", "GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n", 400},
-      {"authority-form", "CONNECT example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+      {"authority-form not CONNECT", "GET example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n", 400},
       {"asterisk not OPTIONS", "GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400},
       {"HTTP/2.0", "GET / HTTP/2.0\r\n\r\n", 505},
       {"HTTP/1.2", "GET / HTTP/1.2\r\n\r\n", 505},

@@ -41,6 +41,82 @@ TEST(Routes, TokenOptionsAndPassThrough) {
   EXPECT_EQ(routeClient("GET", "/healthz", false).kind, RouteKind::PassThrough);
 }
 
+// SPEC §10.1: TRACE echoes the request (organisation key included) and CONNECT
+// asks for a tunnel: 405 on every path, never a route that forwards.
+bool forwards(RouteKind kind) {
+  return kind == RouteKind::Run || kind == RouteKind::Stream || kind == RouteKind::Token ||
+         kind == RouteKind::Options || kind == RouteKind::PassThrough;
+}
+
+TEST(Routes, TraceAndConnectAre405OnEveryPathWithWhatThePathAllows) {
+  struct Case {
+    const char* path;
+    bool admin_here;
+    const char* allow;
+  };
+  const Case cases[] = {
+      {"/api/v1/chat/completions", false, "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"},
+      {"/", false, "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"},
+      {"/echo/headers", false, "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"},
+      {"/healthz", false, "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"},
+      {"/admin/purge", true, "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"},
+      {"/api/v1/run/wf_x", false, "POST, OPTIONS"},
+      {"/api/v1/run/wf_x/stream", false, "POST, OPTIONS"},
+      {"/api/v1/token", false, "GET, OPTIONS"},
+      {"/healthz", true, "GET, HEAD"},
+      {"/metrics", true, "GET, HEAD"},
+      // Paths no method is served on: an empty Allow.
+      {"/api/v1/run/wf%2Fx", false, ""},
+      {"/api/v1/run/wf_x/more", false, ""},
+      {"example.com:443", false, ""},  // CONNECT's authority-form
+      {"[::1]:443", false, ""},
+      {"*", false, ""},
+  };
+  for (const char* method : {"TRACE", "CONNECT", "TRACK"}) {
+    for (const Case& c : cases) {
+      Route r = routeClient(method, c.path, c.admin_here);
+      EXPECT_EQ(r.kind, RouteKind::MethodNotAllowed) << method << " " << c.path;
+      EXPECT_EQ(r.allow, c.allow) << method << " " << c.path;
+      EXPECT_TRUE(r.workflow_id.empty());
+    }
+  }
+  for (const char* path : {"/healthz", "/admin/purge", "/nope", "example.com:443"}) {
+    EXPECT_EQ(routeAdmin("TRACE", path).kind, RouteKind::MethodNotAllowed) << path;
+    EXPECT_EQ(routeAdmin("CONNECT", path).kind, RouteKind::MethodNotAllowed) << path;
+  }
+  EXPECT_EQ(routeAdmin("TRACE", "/nope").allow, "");
+}
+
+// Method names are case-sensitive (RFC 9110 §9.1), so `trace` is not TRACE;
+// but an upstream or a hop before it that folds case would echo it the same:
+// refused like the upper-case names, never forwarded.
+TEST(Routes, CaseVariantsOfTraceAndConnectAreNotForwarded) {
+  for (const char* method : {"trace", "Trace", "tRACE", "connect", "Connect", "track"}) {
+    for (const char* path : {"/api/v1/chat/completions", "/api/v1/run/wf_x", "/api/v1/token", "/x:1"}) {
+      Route r = routeClient(method, path, false);
+      EXPECT_EQ(r.kind, RouteKind::MethodNotAllowed) << method << " " << path;
+    }
+  }
+  // Names that merely contain them are ordinary (extension) methods.
+  EXPECT_EQ(routeClient("TRACES", "/x", false).kind, RouteKind::PassThrough);
+  EXPECT_EQ(routeClient("RECONNECT", "/x", false).kind, RouteKind::PassThrough);
+  EXPECT_EQ(routeClient("PROPFIND", "/x", false).kind, RouteKind::PassThrough);
+}
+
+// Only an origin-form path is ever appended to upstream.base_url: whatever
+// the method, a target that is not one is never a forwarding route.
+TEST(Routes, OnlyAnOriginFormPathIsForwarded) {
+  for (const char* method : {"GET", "POST", "OPTIONS", "PUT", "TRACE", "CONNECT"}) {
+    for (const char* path : {"", "*", "example.com:443", "http://evil.example/x", "evil.example", "@evil"}) {
+      for (bool admin_here : {false, true}) {
+        EXPECT_FALSE(forwards(routeClient(method, path, admin_here).kind)) << method << " '" << path << "'";
+      }
+    }
+  }
+  EXPECT_EQ(routeClient("OPTIONS", "*", false).kind, RouteKind::NotFound);
+  EXPECT_EQ(routeClient("GET", "example.com:443", false).kind, RouteKind::NotFound);
+}
+
 TEST(Routes, AdminRoutes) {
   EXPECT_EQ(routeClient("GET", "/healthz", true).kind, RouteKind::Health);
   EXPECT_EQ(routeClient("GET", "/metrics", true).kind, RouteKind::Metrics);
