@@ -1,6 +1,6 @@
 #include "proxy/cache.h"
 
-#include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "proxy/hash.h"
@@ -11,7 +11,92 @@ namespace wfp {
 namespace {
 
 constexpr std::string_view kMagic = "WFPC";
-constexpr uint8_t kFormatVersion = 2;
+// 3: format 1's fields with format 2's XXH64 checksum. Format 2 also carried
+// the client head preformatted, which a reader cannot trust (SPEC §10.2):
+// it is read past and rebuilt from the checked headers.
+constexpr uint8_t kFormatVersion = 3;
+constexpr uint8_t kFormatWithHead = 2;
+constexpr uint8_t kFormatSha256 = 1;
+
+int64_t wallClockMillis() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// reason-phrase = *( HTAB / SP / VCHAR / obs-text ) (RFC 9112 §4).
+bool isReasonByte(unsigned char c) { return c == '\t' || (c >= 0x20 && c != 0x7f); }
+
+bool isReasonPhrase(std::string_view s) {
+  if (s.size() > kMaxReasonBytes) return false;
+  for (unsigned char c : s) {
+    if (!isReasonByte(c)) return false;
+  }
+  return true;
+}
+
+std::string cleanReasonPhrase(std::string_view s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (out.size() == kMaxReasonBytes) break;
+    if (isReasonByte(c)) out.push_back(static_cast<char>(c));
+  }
+  return out;
+}
+
+// What a stored header is to a hit.
+enum class Field {
+  Line,                // written from the entry
+  RateLimitLimit,      // x-ratelimit-*: written by the hit, from the entry or the latest seen
+  RateLimitRemaining,
+  PerRequest,          // X-Request-Id, Server-Timing: each hit writes its own
+  Forbidden,           // hop-by-hop or framing: never from a stored entry
+};
+
+// Is `name` the lower-case `lower`, ignoring ASCII case? Inline, against a
+// lower-case literal: this runs for every header of every value decoded
+// from Redis (equalsIgnoreCase, a call that lowers both sides, cost a Redis
+// hit 5% more instructions).
+bool named(std::string_view name, std::string_view lower) {
+  if (name.size() != lower.size()) return false;
+  for (size_t i = 0; i < name.size(); ++i) {
+    char c = name[i];
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + ('a' - 'A'));
+    if (c != lower[i]) return false;
+  }
+  return true;
+}
+
+Field classify(std::string_view name) {
+  if (isHopByHop(name) || named(name, "content-length")) return Field::Forbidden;
+  if (named(name, "x-ratelimit-limit")) return Field::RateLimitLimit;
+  if (named(name, "x-ratelimit-remaining")) return Field::RateLimitRemaining;
+  if (named(name, "x-request-id") || named(name, "server-timing")) return Field::PerRequest;
+  return Field::Line;
+}
+
+// Adds `h` to `head` the way a hit writes it. False, adding nothing, for a
+// field a client must never receive from a stored entry: a name that is not
+// a token, a value with CR, LF or NUL (appendHeaderLine, isSafeHeaderValue),
+// a hop-by-hop or framing field (isHopByHop, Content-Length).
+bool addToHead(CachedResponse::ClientHead& head, const HttpHeader& h) {
+  const Field field = classify(h.name);
+  switch (field) {
+    case Field::Forbidden:
+      return false;
+    case Field::RateLimitLimit:
+    case Field::RateLimitRemaining: {
+      if (!isSafeHeaderValue(h.value)) return false;
+      auto& slot = field == Field::RateLimitLimit ? head.ratelimit_limit : head.ratelimit_remaining;
+      if (!slot) slot = h.value;
+      return true;
+    }
+    case Field::PerRequest:
+      return isSafeHeaderValue(h.value);
+    case Field::Line:
+      return appendHeaderLine(head.lines, h.name, h.value);
+  }
+  return false;
+}
 
 void putU32(std::string& out, uint32_t v) {
   for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
@@ -46,6 +131,14 @@ struct Reader {
     std::string s(in.substr(0, n));
     in.remove_prefix(n);
     return s;
+  }
+  void skipBytes() {
+    uint64_t n = u(4);
+    if (!ok || in.size() < n) {
+      ok = false;
+      return;
+    }
+    in.remove_prefix(n);
   }
 };
 
@@ -183,20 +276,10 @@ bool isSuccessObject(std::string_view body) { return SuccessScan(body).run(); }
 const CachedResponse::ClientHead& CachedResponse::clientHead() const {
   if (client_head_) return *client_head_;
   // `headers` are what storedResponse() kept (end-to-end, no X-Request-Id or
-  // Server-Timing), also when decoded; the checks below only keep a foreign
-  // or damaged entry from writing hop-by-hop or framing fields.
+  // Server-Timing); a field a client may not get is left out.
   auto head = std::make_shared<ClientHead>();
   head->lines.reserve(256);
-  for (const HttpHeader& h : headers) {
-    if (equalsIgnoreCase(h.name, "x-ratelimit-limit")) {
-      if (!head->ratelimit_limit) head->ratelimit_limit = h.value;
-    } else if (equalsIgnoreCase(h.name, "x-ratelimit-remaining")) {
-      if (!head->ratelimit_remaining) head->ratelimit_remaining = h.value;
-    } else if (!isHopByHop(h.name) && !equalsIgnoreCase(h.name, "x-request-id") &&
-               !equalsIgnoreCase(h.name, "server-timing")) {
-      appendHeaderLine(head->lines, h.name, h.value);
-    }
-  }
+  for (const HttpHeader& h : headers) addToHead(*head, h);
   client_head_ = std::move(head);
   return *client_head_;
 }
@@ -216,15 +299,18 @@ CachedResponse storedResponse(int status, std::string reason, const HttpHeaders&
 }
 
 // Layout: "WFPC", an 8-byte checksum of the payload, the payload. Payload:
-// version (1 byte), stream flag, status, stored_at, reason, headers, body;
-// version 2 adds the client head (see clientHead()), so that a hit from Redis
-// does not filter and format the headers again, and checks the payload with
-// XXH64 (version 1: truncated SHA-256, a tenth of a Redis hit's time).
-// Version 1 values, written by older proxies of a fleet, are still read.
+// version (1 byte), stream flag (0 or 1), status (4), stored_at (8), reason,
+// header count (4), headers (name, value), body; byte strings are a 4-byte
+// length and the bytes, integers little-endian.
+//   format 1: checksum = truncated SHA-256 (a tenth of a Redis hit's time);
+//   format 2: XXH64, and after the body the client head (lines, then the
+//             x-ratelimit pair as flag + bytes), read past, never used;
+//   format 3: XXH64, nothing after the body.
+// Values of formats 1 and 2, written by older proxies of a fleet, are still
+// read; an older proxy finds a format-3 value a miss and writes its own.
 std::string encodeCachedResponse(const CachedResponse& e) {
-  const CachedResponse::ClientHead& head = e.clientHead();
   std::string out;
-  out.reserve(kMagic.size() + 8 + e.body.size() + head.lines.size() + 256);
+  out.reserve(kMagic.size() + 8 + e.body.size() + 256);
   out.append(kMagic);
   out.append(8, '\0');  // the checksum, below
   const size_t payload_at = out.size();
@@ -232,64 +318,87 @@ std::string encodeCachedResponse(const CachedResponse& e) {
   out.push_back(e.stream ? 1 : 0);
   putU32(out, static_cast<uint32_t>(e.status));
   putU64(out, static_cast<uint64_t>(e.stored_at_ms));
-  putBytes(out, e.reason);
-  putU32(out, static_cast<uint32_t>(e.headers.size()));
+  putBytes(out, isReasonPhrase(e.reason) ? e.reason : cleanReasonPhrase(e.reason));
+  const size_t count_at = out.size();
+  putU32(out, 0);  // the count of the headers kept, below
+  uint32_t count = 0;
+  CachedResponse::ClientHead scratch;  // what decoding will check, run here
   for (const auto& h : e.headers) {
+    if (count == kMaxStoredHeaders || !addToHead(scratch, h)) continue;
     putBytes(out, h.name);
     putBytes(out, h.value);
+    ++count;
   }
+  for (size_t i = 0; i < 4; ++i) out[count_at + i] = static_cast<char>((count >> (8 * i)) & 0xff);
   putBytes(out, e.body);
-  putBytes(out, head.lines);
-  for (const auto* v : {&head.ratelimit_limit, &head.ratelimit_remaining}) {
-    out.push_back(v->has_value() ? 1 : 0);
-    putBytes(out, v->has_value() ? std::string_view(**v) : std::string_view());
-  }
   uint64_t sum = xxh64(std::string_view(out).substr(payload_at));
   for (size_t i = 0; i < 8; ++i) out[kMagic.size() + i] = static_cast<char>((sum >> (8 * i)) & 0xff);
   return out;
 }
 
-std::optional<CachedResponse> decodeCachedResponse(std::string_view bytes) {
+std::optional<CachedResponse> decodeCachedResponse(std::string_view bytes, int64_t now_ms) {
   if (bytes.size() < kMagic.size() + 8 + 2 || bytes.substr(0, kMagic.size()) != kMagic) return std::nullopt;
   std::string_view sum = bytes.substr(kMagic.size(), 8);
   std::string_view payload = bytes.substr(kMagic.size() + 8);
   const auto version = static_cast<uint8_t>(payload[0]);
-  if (version == 1) {
-    Sha256 actual = sha256(payload);  // format 1: a truncated SHA-256
+  if (version == kFormatSha256) {
+    Sha256 actual = sha256(payload);
     if (std::memcmp(actual.data(), sum.data(), 8) != 0) return std::nullopt;
-  } else if (version == kFormatVersion) {
+  } else if (version == kFormatWithHead || version == kFormatVersion) {
     if (Reader{sum}.u(8) != xxh64(payload)) return std::nullopt;
   } else {
     return std::nullopt;
   }
+  // A valid checksum proves nothing about who wrote the value: every field
+  // is checked as if a client had sent it.
   Reader r{payload.substr(1)};
   CachedResponse e;
-  e.stream = r.u(1) != 0;
-  e.status = static_cast<int>(r.u(4));
-  e.stored_at_ms = static_cast<int64_t>(r.u(8));
+  const uint64_t stream = r.u(1);
+  const uint64_t status = r.u(4);
+  const auto stored_at = static_cast<int64_t>(r.u(8));
+  if (!r.ok || stream > 1 || status < static_cast<uint64_t>(kMinStoredStatus) ||
+      status > static_cast<uint64_t>(kMaxStoredStatus)) {
+    return std::nullopt;
+  }
+  // Not before 1970, not in the future beyond the skew (the difference in
+  // unsigned arithmetic: exact, and no overflow for any now_ms).
+  if (stored_at < 0 || (stored_at > now_ms && static_cast<uint64_t>(stored_at) - static_cast<uint64_t>(now_ms) >
+                                                     static_cast<uint64_t>(kMaxStoredAtSkewMs))) {
+    return std::nullopt;
+  }
+  e.stream = stream == 1;
+  e.status = static_cast<int>(status);
+  e.stored_at_ms = stored_at;
   e.reason = r.bytes();
+  if (!r.ok || !isReasonPhrase(e.reason)) return std::nullopt;
   uint64_t count = r.u(4);
-  if (!r.ok || count > 10000 || count > r.in.size() / 8) return std::nullopt;  // 8: two empty byte strings
+  if (!r.ok || count > kMaxStoredHeaders || count > r.in.size() / 8) return std::nullopt;  // 8: two empty strings
   e.headers.reserve(count);
-  for (uint64_t i = 0; i < count && r.ok; ++i) {
-    HttpHeader h;
-    h.name = r.bytes();
-    h.value = r.bytes();
-    e.headers.push_back(std::move(h));
+  auto head = std::make_shared<CachedResponse::ClientHead>();
+  head->lines.reserve(256);
+  for (uint64_t i = 0; i < count; ++i) {
+    std::string name = r.bytes();
+    std::string value = r.bytes();
+    if (!r.ok) return std::nullopt;
+    const HttpHeader& h = e.headers.emplace_back(HttpHeader{std::move(name), std::move(value)});
+    if (!addToHead(*head, h)) return std::nullopt;
   }
   e.body = r.bytes();
-  if (version == kFormatVersion) {
-    auto head = std::make_shared<CachedResponse::ClientHead>();
-    head->lines = r.bytes();
-    for (auto* v : {&head->ratelimit_limit, &head->ratelimit_remaining}) {
-      bool present = r.u(1) != 0;
-      std::string value = r.bytes();
-      if (present) *v = std::move(value);
+  if (version == kFormatWithHead) {
+    r.skipBytes();  // the stored lines: never trusted
+    for (int i = 0; i < 2; ++i) {
+      const uint64_t present = r.u(1);
+      r.skipBytes();
+      if (present > 1) return std::nullopt;
     }
-    e.client_head_ = std::move(head);
   }
-  if (!r.ok || !r.in.empty() || e.status < 100 || e.status > 999) return std::nullopt;
+  if (!r.ok || !r.in.empty()) return std::nullopt;
+  e.client_head_ = std::move(head);
   return e;
+}
+
+std::optional<CachedResponse> decodeCachedResponse(std::string_view bytes) {
+  return decodeCachedResponse(bytes, wallClockMillis());
 }
 
 std::string cacheKey(std::string_view prefix, std::string_view ns, std::string_view route,

@@ -5,6 +5,11 @@
 // the time it was stored. Entries are encoded with a format version and a
 // checksum; a value that does not decode (corrupt, foreign, older format) is
 // a miss, never a crash or a wrong answer.
+//
+// A value read from Redis is untrusted input (SPEC §10.2): anyone who can
+// write to the shared Redis can compute a valid checksum. The decoder checks
+// every field like client input and rebuilds what a hit writes from the
+// checked headers; it never copies preformatted bytes from a value.
 #pragma once
 
 #include <cstdint>
@@ -31,7 +36,11 @@ struct CachedResponse {
   // ("Name: value\r\n" lines, see appendHeaderLine): clientResponseHeaders()
   // without X-Request-Id, Server-Timing, x-ratelimit-limit and
   // x-ratelimit-remaining, which every hit writes itself. Built on first use
-  // (entries are immutable once shared, and used on the loop thread only).
+  // (entries are immutable once shared, and used on the loop thread only),
+  // or by decodeCachedResponse() from the headers it checked. A field whose
+  // name is not a token, whose value has CR, LF or NUL, or that is hop-by-hop
+  // or framing (Content-Length, Transfer-Encoding, Connection, ...) is never
+  // in it.
   struct ClientHead {
     std::string lines;
     std::optional<std::string> ratelimit_limit;  // the stored values, if any
@@ -55,7 +64,30 @@ CachedResponse storedResponse(int status, std::string reason, const HttpHeaders&
 // malformed JSON: false.
 bool isSuccessObject(std::string_view body);
 
+// Bounds a decoded value must keep (SPEC §10.2); anything else is a miss.
+inline constexpr int kMinStoredStatus = 100;  // RFC 9110 §15: 100..599
+inline constexpr int kMaxStoredStatus = 599;
+inline constexpr size_t kMaxReasonBytes = 1024;
+inline constexpr uint64_t kMaxStoredHeaders = 10000;
+// How far a stored time may be ahead of the reader's clock (instances of a
+// fleet disagree a little). Beyond it the value is a miss: a time in the
+// future would otherwise keep an entry fresh for as long as it is ahead.
+inline constexpr int64_t kMaxStoredAtSkewMs = 60'000;
+
+// Writes format 3. Fields a decoder would refuse are left out (a header that
+// may not reach a client) or cleaned (reason-phrase bytes outside HTAB, SP,
+// VCHAR, obs-text; beyond kMaxReasonBytes), so what this proxy stores always
+// reads back.
 std::string encodeCachedResponse(const CachedResponse& entry);
+// Reads formats 1, 2 and 3. nullopt (a miss) unless the checksum holds and
+// every field is in bounds: status kMinStoredStatus..kMaxStoredStatus; a
+// reason phrase of at most kMaxReasonBytes of HTAB, SP, VCHAR or obs-text;
+// 0 <= stored_at_ms <= now_ms + kMaxStoredAtSkewMs; at most
+// kMaxStoredHeaders headers, each with a token name, a value without CR, LF
+// or NUL, none hop-by-hop or Content-Length; no byte left over. The entry's
+// clientHead() is built here from those headers (format 2's stored head is
+// read past and ignored). `now_ms`: unix time; without it, the wall clock.
+std::optional<CachedResponse> decodeCachedResponse(std::string_view bytes, int64_t now_ms);
 std::optional<CachedResponse> decodeCachedResponse(std::string_view bytes);
 
 // <prefix>v1:{<namespace>}:<route>:<workflow_id>:<generation>:<hex sha256 of canonical body>

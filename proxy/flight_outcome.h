@@ -2,12 +2,14 @@
 // form on the flight's Redis channel, where the leading instance announces it
 // to the instances that follow (SPEC §4.3, "across instances").
 //
-// A message read from Redis is untrusted input (SPEC §10.2): decodeOutcome()
-// rejects anything malformed or out of range, never trusts a length or a
-// number it reads, and returns a response whose headers passed the same
-// checks as a cached entry's (see decodeCachedResponse).
+// A message read from Redis is untrusted input (SPEC §10.2): anyone who can
+// PUBLISH can send one. decodeOutcome() rejects anything malformed or out of
+// range (nullopt: the follower ignores it and keeps polling), never trusts a
+// length or a number it reads, and returns a response that passed every
+// check of a cached entry's (see decodeCachedResponse).
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -30,7 +32,15 @@ struct FlightOutcome {
   int retry_after_s = 0;
 };
 
+// The largest Retry-After an outcome carries (a day); the encoder clamps to
+// 0..this, the decoder refuses anything else.
+inline constexpr int kMaxOutcomeRetryAfterS = 86400;
+
 std::string encodeOutcome(const FlightOutcome& outcome);
+// Exactly "T", "U", "Q" + 1..5 digits (<= kMaxOutcomeRetryAfterS), or "R",
+// then 'S' or '-', then a value decodeCachedResponse(…, now_ms) accepts;
+// anything else is nullopt. `now_ms`: unix time; without it, the wall clock.
+std::optional<FlightOutcome> decodeOutcome(std::string_view message, int64_t now_ms);
 std::optional<FlightOutcome> decodeOutcome(std::string_view message);
 
 }  // namespace wfp

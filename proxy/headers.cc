@@ -3,6 +3,7 @@
 #include <sys/random.h>
 
 #include <array>
+#include <cstdint>
 
 #include "proxy/hash.h"
 
@@ -13,6 +14,13 @@ namespace {
 constexpr std::array<std::string_view, 9> kHopByHop = {
     "connection", "keep-alive", "proxy-connection", "te",     "trailer",
     "transfer-encoding", "upgrade", "proxy-authenticate", "proxy-authorization"};
+// Bit n is set when some name above has n characters: most names are
+// refused on their length alone.
+constexpr uint32_t kHopByHopLengths = [] {
+  uint32_t bits = 0;
+  for (auto hop : kHopByHop) bits |= 1u << hop.size();
+  return bits;
+}();
 
 // Is `name` one of the comma-separated tokens of any Connection header?
 bool listedInConnection(const HttpHeaders& headers, std::string_view name) {
@@ -39,8 +47,11 @@ bool dropForResponse(const HttpHeaders& all, const HttpHeader& h) {
 }  // namespace
 
 bool isHopByHop(std::string_view name) {
+  // Cheap refusals first: this runs for every header of every cache value
+  // decoded from Redis.
+  if (name.size() >= 32 || ((kHopByHopLengths >> name.size()) & 1) == 0) return false;
   for (auto hop : kHopByHop) {
-    if (equalsIgnoreCase(name, hop)) return true;
+    if (name.size() == hop.size() && (name[0] | 0x20) == hop[0] && equalsIgnoreCase(name, hop)) return true;
   }
   return false;
 }

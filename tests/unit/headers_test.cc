@@ -75,5 +75,18 @@ TEST(Headers, SafeValuesAndRequestIds) {
   EXPECT_NE(id, newRequestId());
 }
 
+TEST(Headers, HopByHopIsEveryListedNameInAnyCase) {
+  for (const char* hop : {"connection", "Keep-Alive", "PROXY-CONNECTION", "te", "TE", "Trailer", "transfer-encoding",
+                          "Upgrade", "Proxy-Authenticate", "proxy-authorization"}) {
+    EXPECT_TRUE(isHopByHop(hop)) << hop;
+  }
+  // Same length or first letter as a listed name, or a byte away from one.
+  for (const char* end_to_end : {"", "t", "tE-", "ta", "content-length", "x-ratelimit-limit", "transfer-encodinG2",
+                                 "connectiom", "Connection ", " connection", "keep_alive", "upgrade\r",
+                                 "proxy-authorization-x-much-longer-than-any-listed-name"}) {
+    EXPECT_FALSE(isHopByHop(end_to_end)) << end_to_end;
+  }
+}
+
 }  // namespace
 }  // namespace wfp
