@@ -1,8 +1,9 @@
 // libFuzzer harness for the client-facing HTTP/1.1 server (proxy/http_server.h;
 // scripts/fuzz runs it).
 //
-// One real HttpServer on 127.0.0.1:0 and its EventLoop live for the whole
-// run. For each input a fresh client socket connects, writes the bytes after
+// One real HttpServer and its EventLoop live for the whole run, on a Unix
+// socket (thousands of TCP connections a second would leave the client's
+// ports in TIME_WAIT until connect() fails). For each input a fresh client socket connects, writes the bytes after
 // the first, half-closes, and reads until the server closes the connection.
 // Byte 0 picks how the handler answers each request it is handed:
 //   0  respond() at once, echoing the body
@@ -21,14 +22,15 @@
 // connection whose peer is gone); everything it writes is a sequence of
 // HTTP/1.1 status lines it could have sent (the first bytes are "HTTP/1.1 ").
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -49,7 +51,7 @@ namespace {
 struct Harness {
   wfp::EventLoop loop;
   std::unique_ptr<wfp::HttpServer> server;
-  uint16_t port = 0;
+  std::string path;  // the listener's Unix socket
   int mode = 0;
   int head_mode = 0;
   size_t handled = 0;
@@ -131,12 +133,13 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   g->server = std::make_unique<wfp::HttpServer>(g->loop, limits, handle);
   g->server->setHeadHandler(handleHead);
   wfp::ListenAddress address;
-  address.host = "127.0.0.1";
-  address.port = 0;
+  address.kind = wfp::ListenAddress::Kind::Unix;
+  address.path = "/tmp/wfp-http-server-fuzz-" + std::to_string(::getpid()) + ".sock";
   wfp::BoundListener bound;
   std::string error;
   if (!g->server->listen(address, &bound, &error)) die("listen failed", error);
-  g->port = bound.port;
+  g->path = address.path;
+  std::atexit([] { ::unlink(g->path.c_str()); });
   return 0;
 }
 
@@ -146,16 +149,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   g->head_mode = (data[0] >> 2) & 3;
   std::string_view bytes(reinterpret_cast<const char*>(data + 1), size - 1);
 
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) die("socket", "");
   int big = 1 << 20;
   ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
   ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
-  sockaddr_in sin{};
-  sin.sin_family = AF_INET;
-  sin.sin_port = htons(g->port);
-  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&sin), sizeof sin) != 0) die("connect", "");
+  sockaddr_un sun{};
+  sun.sun_family = AF_UNIX;
+  std::memcpy(sun.sun_path, g->path.c_str(), g->path.size() + 1);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&sun), sizeof sun) != 0) die("connect", std::strerror(errno));
   size_t off = 0;
   while (off < bytes.size()) {
     ssize_t n = ::send(fd, bytes.data() + off, bytes.size() - off, MSG_NOSIGNAL);
