@@ -322,14 +322,25 @@ void RunHandler::handleClient(HttpExchange& ex) {
   dispatch(r);
 }
 
-// SPEC §10.1: authenticate on the head. A request that needs a key and has
-// none (without default_organisation) or an unknown one (reject) is refused
-// before its body is read: no 100 Continue, no body buffered. Everything
-// else is left to handleClient once the body is in.
+// SPEC §10.1: authenticate on the head. A request whose answer does not
+// depend on its body is answered before the body is read (no 100 Continue,
+// nothing buffered): one that needs a key and has none (without
+// default_organisation) or an unknown one (reject) gets its 401; a route
+// that does not exist or a refused method its 404/405; a forwarded request
+// while draining its 503. Everything else is left to handleClient once the
+// body is in.
 bool RunHandler::handleHead(HttpExchange& ex) {
-  if (draining_ || ex.target().empty() || ex.target()[0] != '/') return false;
   bool admin_here = !config_->admin_listen.has_value();
   Route route = routeClient(ex.method(), ex.path(), admin_here);
+  bool forwarded = route.kind == RouteKind::Run || route.kind == RouteKind::Stream ||
+                   route.kind == RouteKind::Token || route.kind == RouteKind::PassThrough ||
+                   route.kind == RouteKind::Options;
+  if (route.kind == RouteKind::NotFound || route.kind == RouteKind::MethodNotAllowed || (forwarded && draining_)) {
+    Request& r = adopt(ex);
+    r.route = std::move(route);
+    dispatch(r);  // answers at once, from the head alone
+    return true;
+  }
   if (!needsKey(route, ex)) return false;
   AuthResult auth = authenticate(ex, keys_, findHeader(ex.headers(), "authorization"));
   if (auth.outcome == AuthOutcome::Authenticated) return false;

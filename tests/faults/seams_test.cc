@@ -390,6 +390,15 @@ TEST(HeadSeams, ARequestWithoutAValidKeyIsRefusedBeforeItsBody) {
                                  "Content-Length: 1048576\r\nExpect: 100-continue\r\n\r\n",
                                  5s);
   EXPECT_EQ(none.rfind("HTTP/1.1 401 ", 0), 0u) << none;
+  // So is a request whose route does not exist or refuses the method.
+  for (const std::string line : {"POST /api/v1/run/bad%2Fid", "GET /api/v1/run/wf_head"}) {
+    std::string refused = rawExchange(p.port(),
+                                      line + " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer acme-client-key\r\n"
+                                             "Content-Length: 1048576\r\nExpect: 100-continue\r\n\r\n",
+                                      5s);
+    EXPECT_EQ(refused.find("100 Continue"), std::string::npos) << refused;
+    EXPECT_TRUE(refused.rfind("HTTP/1.1 404 ", 0) == 0 || refused.rfind("HTTP/1.1 405 ", 0) == 0) << refused;
+  }
 
   // 100 connections that announce 1 MiB and send half of it: each gets its
   // 401 at once, and the proxy holds none of the bodies.
