@@ -150,7 +150,10 @@ void Scheduler::sending(uint64_t ticket) {
   if (it == tickets_.end() || it->second->state != Ticket::State::Started) return;
   Ticket& t = *it->second;
   t.started = limiterOf(*t.budget, t).onSent(t.started);
-  if (t.via == Ticket::Via::Shared && shared_) shared_->sent(t.budget->name, t.shared_member);
+  if (t.via == Ticket::Via::Shared && shared_) {
+    const auto window = std::chrono::duration_cast<std::chrono::milliseconds>(t.budget->limiter.window());
+    shared_->sent(t.budget->name, t.shared_member, window.count());
+  }
 }
 
 void Scheduler::finish(uint64_t ticket, const UpstreamSignals& signals) {

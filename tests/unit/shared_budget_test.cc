@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <random>
@@ -287,7 +288,7 @@ TEST_F(SharedBudgetTest, AStartCountsFromItsSend) {
   ASSERT_FALSE(d.member.empty());
   runFor(loop_, 150ms);
   const auto sent_at = SteadyClock::now();
-  a_->sent(kOrg, d.member);
+  a_->sent(kOrg, d.member, 1000);
   runFor(loop_, 20ms);  // on a's connection; the next question goes on b's
   SharedDecision refused = ask(*b_, 1, 1000, 100);
   ASSERT_TRUE(refused.reachable);
@@ -301,7 +302,7 @@ TEST_F(SharedBudgetTest, AStartCountsFromItsSend) {
   ASSERT_TRUE(other.admitted);
   raw({"ZREM", std::string(kPrefix) + "rl:{other-org}:starts", other.member});
   EXPECT_TRUE(ask(*b_, 1, 1000, 100, "other-org").admitted);
-  a_->sent("other-org", other.member);
+  a_->sent("other-org", other.member, 1000);
   runFor(loop_, 20ms);
   EXPECT_EQ(zcard(std::string(kPrefix) + "rl:{other-org}:starts"), 2);
 }
@@ -527,6 +528,93 @@ TEST_F(SharedBudgetTest, TwoHammeringInstancesNeverExceedTheWindow) {
     w.next.reset();
     w.finishes.clear();
   }
+}
+
+// --- replies from Redis are untrusted (SPEC §10.2) --------------------------
+
+RedisReply integer(long long n) {
+  RedisReply r;
+  r.type = RedisReply::Type::Integer;
+  r.integer = n;
+  return r;
+}
+
+RedisReply array(std::vector<RedisReply> elements) {
+  RedisReply r;
+  r.type = RedisReply::Type::Array;
+  r.elements = std::move(elements);
+  return r;
+}
+
+RedisReply triple(long long a, long long b, long long c) { return array({integer(a), integer(b), integer(c)}); }
+
+TEST(SharedBudgetReplies, DecisionsTheScriptSendsAreRead) {
+  auto d = SharedBudget::decodeDecision(triple(1, 0, 4), 5, 1010);
+  ASSERT_TRUE(d);
+  EXPECT_TRUE(d->reachable);
+  EXPECT_TRUE(d->admitted);
+  EXPECT_EQ(d->remaining, 4);
+  d = SharedBudget::decodeDecision(triple(1, 0, 0), 5, 1010);
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->remaining, 0);
+  d = SharedBudget::decodeDecision(triple(0, 0, 0), 5, 1010);  // max_concurrent: wait for a release
+  ASSERT_TRUE(d);
+  EXPECT_FALSE(d->admitted);
+  EXPECT_EQ(d->wait_ms, 0);
+  d = SharedBudget::decodeDecision(triple(0, 1011, 0), 5, 1010);  // the window
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->wait_ms, 1011);
+  d = SharedBudget::decodeDecision(triple(0, 3'600'000, 0), 5, 1010);  // the longest pause
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->wait_ms, 3'600'000);
+}
+
+TEST(SharedBudgetReplies, OutOfRangeDecisionsAreRejectedOrCut) {
+  // Rejected: a decision no script of ours sends.
+  for (const RedisReply& bad : {triple(2, 0, 0), triple(-1, 0, 0), triple(1, 0, -1), triple(1, 0, 5),
+                                triple(1, 0, 1LL << 40), triple(1, 7, 0), triple(0, -1, 0),
+                                triple(0, -9'000'000'000'000'000'000LL, 0), triple(0, 10, 3), integer(1),
+                                array({integer(1), integer(0)}), array({integer(1), integer(0), integer(0), integer(0)}),
+                                RedisReply{}}) {
+    EXPECT_FALSE(SharedBudget::decodeDecision(bad, 5, 1010));
+  }
+  RedisReply text;
+  text.type = RedisReply::Type::String;
+  text.str = "1";
+  EXPECT_FALSE(SharedBudget::decodeDecision(array({text, integer(0), integer(0)}), 5, 1010));
+  // Cut: a wait longer than any pause or window never holds a queue for ever
+  // (nor overflows a time point).
+  for (long long huge : {3'600'001LL, 1LL << 62, std::numeric_limits<long long>::max()}) {
+    auto d = SharedBudget::decodeDecision(triple(0, huge, 0), 5, 1010);
+    ASSERT_TRUE(d);
+    EXPECT_EQ(d->wait_ms, SharedBudget::kMaxWaitMs);
+  }
+  // A window longer than the longest pause: its own span is the bound.
+  auto d = SharedBudget::decodeDecision(triple(0, 1LL << 62, 0), 5, 7'200'010);
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->wait_ms, 7'200'011);
+}
+
+TEST(SharedBudgetReplies, InstanceCountsAndDigestsAreChecked) {
+  EXPECT_EQ(SharedBudget::decodeInstances(integer(1)), 1);
+  EXPECT_EQ(SharedBudget::decodeInstances(integer(3)), 3);
+  EXPECT_EQ(SharedBudget::decodeInstances(integer(SharedBudget::kMaxInstances)), SharedBudget::kMaxInstances);
+  for (long long bad : {0LL, -1LL, SharedBudget::kMaxInstances + 1LL, 1LL << 40, std::numeric_limits<long long>::min()}) {
+    EXPECT_EQ(SharedBudget::decodeInstances(integer(bad)), std::nullopt) << bad;
+  }
+  RedisReply text;
+  text.type = RedisReply::Type::String;
+  text.str = "3";
+  EXPECT_EQ(SharedBudget::decodeInstances(text), std::nullopt);
+
+  text.str = "e0e1f9fabfc9d4800c877a703b823ac0578ff8db";
+  EXPECT_EQ(SharedBudget::decodeDigest(text), text.str);
+  for (std::string bad : {"", "e0e1f9fabfc9d4800c877a703b823ac0578ff8d", "e0e1f9fabfc9d4800c877a703b823ac0578ff8dbb",
+                          "e0e1f9fabfc9d4800c877a703b823ac0578ff8d\n", "e0e1f9fabfc9d4800c877a703b823ac0578ff8 "}) {
+    text.str = bad;
+    EXPECT_EQ(SharedBudget::decodeDigest(text), std::nullopt) << bad;
+  }
+  EXPECT_EQ(SharedBudget::decodeDigest(integer(1)), std::nullopt);
 }
 
 }  // namespace
