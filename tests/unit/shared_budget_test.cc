@@ -25,8 +25,11 @@
 #include <thread>
 #include <vector>
 
+#include "proxy/config.h"
 #include "proxy/event_loop.h"
+#include "proxy/metrics.h"
 #include "proxy/redis_client.h"
+#include "proxy/scheduler.h"
 
 extern char** environ;
 
@@ -528,6 +531,65 @@ TEST_F(SharedBudgetTest, TwoHammeringInstancesNeverExceedTheWindow) {
     w.next.reset();
     w.finishes.clear();
   }
+}
+
+// SPEC §10.2 at fleet scale: with shared budgets, a pass_through key leaves
+// nothing behind — neither its budget in the scheduler nor a key in Redis
+// (each has a time to live) — and an absurd Retry-After pauses the fleet for
+// a window, not for ever (nor, as a cast overflowing, not at all).
+TEST_F(SharedBudgetTest, PassThroughKeysLeaveNothingBehindInTheSchedulerOrInRedis) {
+  ConfigResult config = loadConfigString("organisations:\n  - name: acme\n    api_key: sk_test_acme\n",
+                                         "test.yaml", [](const std::string&) { return std::nullopt; });
+  ASSERT_TRUE(config.config);
+  SystemClock clock;
+  Metrics metrics;
+  Scheduler scheduler(loop_, clock, metrics, a_.get());
+  scheduler.configure(config.config);
+  constexpr int kKeys = 50;
+  std::vector<uint64_t> tickets;
+  int started = 0;
+  for (int i = 0; i < kKeys; ++i) {
+    Admission a{"pt:" + std::to_string(i), "pass_through", "-", 1};
+    tickets.push_back(scheduler.submit(a, {[&started] { ++started; }, [](RejectReason, int) {}}));
+  }
+  ASSERT_TRUE(runUntil(loop_, [&] { return started == kKeys; }, 3000ms)) << started;
+  for (int i = 0; i < kKeys; ++i) {
+    scheduler.sending(tickets[static_cast<size_t>(i)]);
+    UpstreamSignals s;
+    if (i == 0) {
+      s.status_429 = true;
+      s.retry_after_s = 1e18;
+    }
+    scheduler.finish(tickets[static_cast<size_t>(i)], s);
+  }
+  EXPECT_EQ(scheduler.budgets(), static_cast<size_t>(kKeys));
+  runFor(loop_, 50ms);  // the finishes and the pause land
+
+  auto keys = raw({"KEYS", std::string(kPrefix) + "rl:*"});
+  ASSERT_TRUE(keys && keys->type == RedisReply::Type::Array);
+  EXPECT_GE(keys->elements.size(), static_cast<size_t>(kKeys));  // a start log each (leases are gone)
+  for (const RedisReply& key : keys->elements) {
+    auto ttl = raw({"PTTL", key.str});
+    ASSERT_TRUE(ttl && ttl->type == RedisReply::Type::Integer);
+    EXPECT_GT(ttl->integer, 0) << key.str << " never expires";
+    EXPECT_LE(ttl->integer, 2 * 1010) << key.str;
+  }
+  auto pause = raw({"PTTL", std::string(kPrefix) + "rl:{pt:0}:pause"});
+  ASSERT_TRUE(pause && pause->type == RedisReply::Type::Integer);
+  EXPECT_GT(pause->integer, 0) << "Retry-After out of range: one window's pause";
+  EXPECT_LE(pause->integer, 1000);
+
+  // The sweep timer drops the budgets about a window after their starts
+  // (the paused one once its pause is over), and Redis forgets them.
+  EXPECT_TRUE(runUntil(loop_, [&] { return scheduler.budgets() == 0; }, 3000ms)) << scheduler.budgets();
+  size_t left = 0;
+  for (auto deadline = SteadyClock::now() + 3000ms; SteadyClock::now() < deadline; runFor(loop_, 100ms)) {
+    auto k = raw({"KEYS", std::string(kPrefix) + "rl:*"});
+    ASSERT_TRUE(k && k->type == RedisReply::Type::Array);
+    left = k->elements.size();
+    if (left == 0) break;
+  }
+  EXPECT_EQ(left, 0u) << "keys of the pass_through budgets left in Redis";
 }
 
 // --- replies from Redis are untrusted (SPEC §10.2) --------------------------
