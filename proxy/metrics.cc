@@ -129,6 +129,14 @@ void Metrics::countUpstream(const std::string& org, int code) {
 void Metrics::countUpstream429(const std::string& org) { ++upstream_429_[labels({{"org", org}})]; }
 void Metrics::countCoalesced(const std::string& org) { ++coalesced_[labels({{"org", org}})]; }
 
+void Metrics::setTracked(std::string_view map, int64_t entries) {
+  if (auto it = tracked_.find(map); it != tracked_.end()) {
+    it->second = entries;
+    return;
+  }
+  tracked_.emplace(std::string(map), entries);
+}
+
 std::string Metrics::render() const {
   std::string out;
   out.reserve(4096);
@@ -154,6 +162,10 @@ std::string Metrics::render() const {
   out += "# TYPE workflow_proxy_overhead_seconds histogram\n";
   overhead_.render(out, "workflow_proxy_overhead_seconds");
   scalar(out, "workflow_proxy_client_connections", "gauge", "Open client connections.", connections_);
+  std::map<std::string, int64_t> tracked;
+  for (const auto& [map, n] : tracked_) tracked[labels({{"map", map}})] = n;
+  family(out, "workflow_proxy_tracked_entries", "gauge",
+         "Entries held in a per-key map (budgets, flights, ...), each bounded or evicted when idle.", tracked);
   return out;
 }
 

@@ -42,6 +42,12 @@ class Metrics {
   void setCacheEntries(int64_t entries) { cache_entries_ = entries; }
   void setRedisUp(bool up) { redis_up_ = up ? 1 : 0; }
   void setConnections(int64_t open) { connections_ = open; }
+  // Entries held in one per-key map (SPEC §10.2: each is bounded or evicted
+  // when idle), e.g. "budgets", "generations", "flights", "prepared_runs",
+  // "waiters", "ratelimit_seen": workflow_proxy_tracked_entries{map}. The
+  // names are fixed in code, never from input; a name seen before costs a
+  // lookup, no allocation.
+  void setTracked(std::string_view map, int64_t entries);
 
   std::string render() const;
 
@@ -58,6 +64,7 @@ class Metrics {
   std::map<std::string, uint64_t> coalesced_;
   std::map<std::string, int64_t> queue_depth_;
   std::map<std::string, int64_t> ratelimit_remaining_;
+  std::map<std::string, int64_t, std::less<>> tracked_;  // map name → entries
   Histogram upstream_duration_;
   Histogram queue_wait_;
   Histogram overhead_;

@@ -13,8 +13,6 @@ using Seconds = std::chrono::duration<double>;
 constexpr double kMaxWindowS = 86400.0 * 365;
 // x-ratelimit-limit is network input: keep it in int range.
 constexpr int64_t kMaxLearnedLimit = 1'000'000;
-// A Retry-After outside (0, 1 h] is treated as absent.
-constexpr double kMaxRetryAfterS = 3600;
 
 Clock::duration toDuration(double seconds) {
   if (!(seconds > 0)) return Clock::duration::zero();  // also NaN
@@ -36,6 +34,35 @@ uint64_t splitmix64(uint64_t& state) {
 
 }  // namespace
 
+void RateLimiter::Starts::popFront() {
+  if (++head_ == times_.size()) {
+    times_.clear();  // keeps the capacity: the next window needs it again
+    head_ = 0;
+  } else if (head_ >= 32 && head_ * 2 >= times_.size()) {
+    // Amortised O(1): moves at most as many as were popped since the last time.
+    times_.erase(times_.begin(), times_.begin() + static_cast<std::ptrdiff_t>(head_));
+    head_ = 0;
+  }
+}
+
+void RateLimiter::Starts::insertSorted(Clock::time_point t) {
+  if (empty() || back() <= t) {
+    times_.push_back(t);
+    return;
+  }
+  times_.insert(std::upper_bound(times_.begin() + static_cast<std::ptrdiff_t>(head_), times_.end(), t), t);
+}
+
+bool RateLimiter::Starts::eraseFromBack(Clock::time_point t) {
+  for (size_t i = times_.size(); i > head_; --i) {
+    if (times_[i - 1] == t) {
+      times_.erase(times_.begin() + static_cast<std::ptrdiff_t>(i - 1));
+      return true;
+    }
+  }
+  return false;
+}
+
 RateLimiter::RateLimiter(BudgetConfig config, const Clock& clock, uint64_t jitter_seed)
     : config_(config), clock_(clock), rng_(jitter_seed) {}
 
@@ -53,7 +80,7 @@ void RateLimiter::prune() const {
   const Clock::time_point now = clock_.now();
   const Clock::duration s = span();
   // A start at t counts during [t, t + span).
-  while (!starts_.empty() && starts_.front() + s <= now) starts_.pop_front();
+  while (!starts_.empty() && starts_.front() + s <= now) starts_.popFront();
 }
 
 int RateLimiter::effectiveLimit() const {
@@ -93,13 +120,13 @@ Clock::time_point RateLimiter::nextStartTime() const {
 
 void RateLimiter::trim() {
   const auto limit = static_cast<size_t>(effectiveLimit());
-  while (starts_.size() > limit) starts_.pop_front();
+  while (starts_.size() > limit) starts_.popFront();
 }
 
 Clock::time_point RateLimiter::onStart() {
   prune();
   const Clock::time_point now = clock_.now();
-  starts_.push_back(now);
+  starts_.pushBack(now);
   trim();
   ++in_flight_;
   return now;
@@ -111,17 +138,11 @@ Clock::time_point RateLimiter::onSent(Clock::time_point started) {
   prune();
   // Starts are indistinguishable apart from their time: drop one made at
   // `started` (pruned or trimmed already when the send came that late) and
-  // count the start from now, keeping the deque in time order. A send follows
+  // count the start from now, keeping starts_ in time order. A send follows
   // its start closely, so both ends of the work are near the back (a large
   // budget keeps thousands of starts here).
-  if (auto it = std::find(starts_.rbegin(), starts_.rend(), started); it != starts_.rend()) {
-    starts_.erase(std::next(it).base());
-  }
-  if (starts_.empty() || starts_.back() <= now) {
-    starts_.push_back(now);
-  } else {
-    starts_.insert(std::upper_bound(starts_.begin(), starts_.end(), now), now);
-  }
+  starts_.eraseFromBack(started);
+  starts_.insertSorted(now);
   trim();
   return now;
 }
@@ -144,14 +165,9 @@ void RateLimiter::onFinish(const UpstreamSignals& signals) {
     paused_until_ = std::max(paused_until_, arrival_bound + window());
   }
   if (signals.status_429) {
-    Clock::duration pause;
-    if (signals.retry_after_s && *signals.retry_after_s > 0 && *signals.retry_after_s <= kMaxRetryAfterS) {
-      pause = toDuration(*signals.retry_after_s);
-    } else {
-      // The upstream's 429 carries no Retry-After (upstream-api.md §7): wait
-      // out one window, jittered so instances sharing a key spread out.
-      pause = window() + jitter();
-    }
+    // The upstream's 429 carries no Retry-After (upstream-api.md §7): wait
+    // out one window, jittered so instances sharing a key spread out.
+    const Clock::duration pause = retryAfter(signals).value_or(window() + jitter());
     paused_until_ = std::max(paused_until_, now + pause);
   }
 }
@@ -166,6 +182,15 @@ int RateLimiter::remaining() const {
 std::optional<Clock::time_point> RateLimiter::pausedUntil() const {
   if (!paused(clock_.now())) return std::nullopt;
   return paused_until_;
+}
+
+bool RateLimiter::idle() const { return in_flight_ == 0 && !paused(clock_.now()) && startsInWindow() == 0; }
+
+std::optional<Clock::duration> RateLimiter::retryAfter(const UpstreamSignals& signals) {
+  if (!signals.retry_after_s) return std::nullopt;
+  const double s = *signals.retry_after_s;
+  if (!(s > 0) || s > kMaxRetryAfterS) return std::nullopt;  // also NaN
+  return toDuration(s);
 }
 
 Clock::duration RateLimiter::jitter() {

@@ -17,8 +17,8 @@
 
 #include <chrono>
 #include <cstdint>
-#include <deque>
 #include <optional>
+#include <vector>
 
 #include "proxy/clock.h"
 
@@ -79,15 +79,20 @@ class RateLimiter {
   // Budget left in the window now, as the proxy sees it (for Retry-After and metrics).
   int remaining() const;
   std::optional<Clock::time_point> pausedUntil() const;
+  // Nothing in it that still decides anything: no request in flight, no
+  // start within the window (+ margin), no pause in force. A fresh limiter
+  // with the same configuration then admits exactly what this one would
+  // (only a learned x-ratelimit-limit is not carried over), so an idle
+  // limiter may be dropped without ever letting a window see more starts.
+  bool idle() const;
+
+  // An upstream Retry-After as a pause: nullopt when absent or outside
+  // (0, kMaxRetryAfterS] (network input; out of range counts as absent).
+  static std::optional<Clock::duration> retryAfter(const UpstreamSignals& signals);
+  static constexpr double kMaxRetryAfterS = 3600;
 
   static constexpr std::chrono::milliseconds kSafetyMargin{10};
 
- private:
-  // Drops starts that no longer count (older than span()). Lazy: called by
-  // every query, so the deque never outgrows one span of starts.
-  void prune() const;
-  // Keeps the newest effectiveLimit() starts, the only ones that decide.
-  void trim();
   Clock::duration window() const;  // window_s
   // The window the budget is enforced over: window_s + kSafetyMargin. We
   // count our starts; the upstream counts arrivals, a little later. Spacing
@@ -95,8 +100,37 @@ class RateLimiter {
   // upstream window within the limit as long as the start→arrival delay
   // varies by less than the margin.
   Clock::duration span() const;
+
+ private:
+  // Drops starts that no longer count (older than span()). Lazy: called by
+  // every query, so starts_ never outgrows one span of starts.
+  void prune() const;
+  // Keeps the newest effectiveLimit() starts, the only ones that decide.
+  void trim();
   bool paused(Clock::time_point now) const { return now < paused_until_; }
   Clock::duration jitter();  // uniform in [0, window/10)
+
+  // Times in order, oldest first: a vector read from a moving head. Unlike a
+  // std::deque (which allocates ~600 bytes even empty) it costs nothing
+  // until the first start, and a budget is kept per pass_through key.
+  class Starts {
+   public:
+    size_t size() const { return times_.size() - head_; }
+    bool empty() const { return size() == 0; }
+    Clock::time_point front() const { return times_[head_]; }
+    Clock::time_point back() const { return times_.back(); }
+    Clock::time_point operator[](size_t i) const { return times_[head_ + i]; }
+    void pushBack(Clock::time_point t) { times_.push_back(t); }
+    void popFront();
+    // Inserts `t` after every time ≤ t.
+    void insertSorted(Clock::time_point t);
+    // Removes one entry equal to `t`, looking from the back; false if none.
+    bool eraseFromBack(Clock::time_point t);
+
+   private:
+    std::vector<Clock::time_point> times_;
+    size_t head_ = 0;  // entries before it are gone
+  };
 
   BudgetConfig config_;
   const Clock& clock_;
@@ -105,7 +139,7 @@ class RateLimiter {
   // Our starts, oldest first, within span() of now once pruned. Trimmed to
   // the newest effectiveLimit() on each start: only those decide canStart()
   // and nextStartTime(), so an older one is never needed.
-  mutable std::deque<Clock::time_point> starts_;
+  mutable Starts starts_;
   int in_flight_ = 0;
   Clock::time_point paused_until_{};  // no start before this (remaining: 0, 429)
 };

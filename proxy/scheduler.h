@@ -9,12 +9,25 @@
 // is full or the request waited max_wait_s. cancel() before the start leaves
 // the queue and spends nothing; after the start it only frees the
 // concurrency slot. Every started ticket ends with finish() or retry().
+//
+// Bounded (SPEC §10.2): a budget that is not a configured organisation's (a
+// pass_through key, or an organisation a reload removed) is dropped once it
+// is idle — no ticket, no shared decision outstanding, and nothing left in
+// its limiters (no start within the window, no pause; RateLimiter::idle()),
+// so a budget made afresh for the same key admits exactly what the old one
+// would have. A timer sweeps them every kSweepInterval while there are any,
+// oldest activity first. At most kMaxTransientBudgets exist at once; a new
+// key beyond that is refused like a full queue (429 with Retry-After).
+// Their count is the metric workflow_proxy_tracked_entries{map="budgets"}.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
+#include <list>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 
 #include "proxy/clock.h"
@@ -70,20 +83,44 @@ class Scheduler {
   size_t queued() const;
   std::unordered_map<std::string, size_t> depths() const;  // org label → queued
 
+  // Drops the transient budgets that are idle now; returns how many. Run by
+  // a timer every kSweepInterval; public for tests (with a fake clock).
+  size_t sweep();
+  size_t budgets() const { return budgets_.size(); }
+
+  // A budget costs ~0.5 KiB while it lives (504 bytes measured for a key
+  // that never had to wait; one that queued adds its FairQueue), and lives
+  // about a window (1 s for pass_through) + kSweepInterval after its key's
+  // last start: the cap is ~5 MiB, reached only by 10 000 keys within a
+  // second or so.
+  static constexpr size_t kMaxTransientBudgets = 10'000;
+  static constexpr std::chrono::milliseconds kSweepInterval{100};
+
  private:
   struct Budget;
   struct Ticket;
-  Budget& budget(const Admission& a);
+  using TicketMap = std::unordered_map<uint64_t, std::unique_ptr<Ticket>>;
+  // Finds or makes the admission's budget; null when a new transient budget
+  // would pass kMaxTransientBudgets.
+  Budget* budget(const Admission& a);
+  void dropTicket(TicketMap::iterator it);
+  bool idle(const Budget& b) const;
+  void touch(Budget& b);
+  void evict(Budget& b);
+  void reportTracked();
   RateLimiter& limiterOf(Budget& b, const Ticket& t);
   bool sharedUsable(const Budget& b) const;
+  static int64_t windowMs(const Budget& b);
   void startNext(Budget& b, int via, std::string shared_member = {});
+  // The ticket goes upstream now: counted, then its start() runs.
+  void begin(Budget& b, Ticket& t, int via, std::string shared_member);
   void askShared(Budget& b);
   void sharePause(Budget& b, const UpstreamSignals& signals);
   void pump(Budget& b);
   void expire(Budget& b);
   void arm(Budget& b);
   int retryAfter(const Budget& b) const;
-  void report(const Budget& b);
+  void report(Budget& b);
 
   EventLoop& loop_;
   const Clock& clock_;
@@ -91,8 +128,17 @@ class Scheduler {
   SharedBudget* shared_;
   ConfigPtr config_;
   uint64_t next_id_ = 1;
-  std::unordered_map<std::string, std::unique_ptr<Budget>> budgets_;
-  std::unordered_map<uint64_t, std::unique_ptr<Ticket>> tickets_;
+  // Keyed by a view of Budget::name (the budget is on the heap: the view
+  // stays valid while the entry exists).
+  std::unordered_map<std::string_view, std::unique_ptr<Budget>> budgets_;
+  TicketMap tickets_;
+  // The transient budgets, least recently active first (touch() moves one
+  // to the back), so a sweep looks only at those that may be idle.
+  std::list<Budget*> transient_;
+  std::unordered_map<std::string, int64_t> depth_by_label_;  // org label → queued, all its budgets
+  std::unique_ptr<Timer> sweep_timer_;
+  bool sweep_armed_ = false;
+  Clock::time_point last_full_warning_{};
 };
 
 // x-ratelimit-* and Retry-After of an upstream response.

@@ -48,6 +48,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "proxy/rate_limiter.h"
 #include "proxy/redis_client.h"
 
 namespace wfp {
@@ -57,6 +58,9 @@ using namespace std::chrono_literals;
 
 // Same as RateLimiter::kSafetyMargin: a start counts for window + margin.
 constexpr int64_t kMarginMs = 10;
+static_assert(std::chrono::milliseconds(kMarginMs) == RateLimiter::kSafetyMargin);
+// The longest pause is the longest Retry-After the limiter believes.
+static_assert(SharedBudget::kMaxWaitMs == static_cast<int64_t>(RateLimiter::kMaxRetryAfterS * 1000));
 // A lease outlives its last renewal by this much; an instance that dies
 // mid-request holds its concurrency slots at most this long.
 constexpr int64_t kLeaseMs = 60'000;
@@ -182,6 +186,13 @@ std::string randomInstanceId() {
   return id;
 }
 
+// window + margin, as the scripts count a start (ms); window_ms ≥ 1.
+int64_t spanMs(int64_t window_ms) {
+  // A year at most, as RateLimiter: keeps 2 × span far from overflowing.
+  constexpr int64_t kMaxWindowMs = 365LL * 86'400'000;
+  return std::clamp<int64_t>(window_ms, 1, kMaxWindowMs) + kMarginMs;
+}
+
 std::optional<int64_t> integerAt(const RedisReply& reply, size_t i) {
   if (i >= reply.elements.size() || reply.elements[i].type != RedisReply::Type::Integer) return std::nullopt;
   return reply.elements[i].integer;
@@ -302,8 +313,18 @@ struct SharedBudget::Impl {
     script.loading = true;
     send({"SCRIPT", "LOAD", std::string(script.body)}, [&script](std::optional<RedisReply> reply) {
       script.loading = false;
-      if (reply && reply->type == RedisReply::Type::String) script.sha = reply->str;
+      if (reply && !reply->isError()) {
+        if (auto sha = decodeDigest(*reply)) script.sha = std::move(*sha);
+      }
     });
+  }
+
+  // A reply no script of ours could have sent (rate-limited like errors).
+  void logBad(std::string_view what, const RedisReply&) {
+    auto now = std::chrono::steady_clock::now();
+    if (last_error_log && now - *last_error_log < kErrorLogInterval) return;
+    last_error_log = now;
+    spdlog::warn("shared budget: {}: Redis answered out of range; not believed", what);
   }
 
   void logError(std::string_view what, const std::optional<RedisReply>& reply) {
@@ -320,31 +341,27 @@ struct SharedBudget::Impl {
                 std::function<void(SharedDecision)> done) {
     std::string member = instance_id + ":" + std::to_string(next_member++);
     std::string inflight = inflightKey(budget);
-    const int64_t span = std::max<int64_t>(window_ms, 1) + kMarginMs;
-    starts_ttl[budget] = 2 * span;
+    const int64_t span = spanMs(window_ms);
     runScript(
         try_start_script, {startsKey(budget), inflight, pauseKey(budget)},
         {std::to_string(std::max(limit, 1)), std::to_string(span), std::to_string(std::max(max_concurrent, 1)),
          member, std::to_string(kLeaseMs), std::to_string(2 * span)},
-        [this, budget, inflight, member, done = std::move(done)](std::optional<RedisReply> reply) {
+        [this, budget, inflight, member, limit = std::max(limit, 1), span,
+         done = std::move(done)](std::optional<RedisReply> reply) {
           SharedDecision d;
-          auto admitted = reply && !reply->isError() ? integerAt(*reply, 0) : std::nullopt;
-          auto wait = reply && !reply->isError() ? integerAt(*reply, 1) : std::nullopt;
-          auto remaining = reply && !reply->isError() ? integerAt(*reply, 2) : std::nullopt;
-          if (admitted && wait && remaining) {
-            d.reachable = true;
-            d.admitted = *admitted == 1;
+          std::optional<SharedDecision> decoded;
+          if (reply && !reply->isError()) decoded = decodeDecision(*reply, limit, span);
+          if (decoded) {
+            d = std::move(*decoded);
             if (d.admitted) {
-              d.remaining = std::max<int64_t>(*remaining, 0);
               d.member = member;
               leases[budget].push_back(member);  // before done(), which may finish() at once
-            } else {
-              d.wait_ms = std::max<int64_t>(*wait, 0);
             }
           } else {
-            // No answer, or one we cannot read: the script may still have run
-            // (a timeout), so give back the lease it may have taken. Harmless
-            // if it did not; if this fails too, the lease expires.
+            // No answer, or one we cannot read or believe: the script may
+            // still have run (a timeout), so give back the lease it may have
+            // taken. Harmless if it did not; if this fails too, the lease expires.
+            if (reply && !reply->isError()) logBad("tryStart", *reply);
             logError("tryStart", reply);
             redis.command({"ZREM", inflight, member}, nullptr);
           }
@@ -353,12 +370,10 @@ struct SharedBudget::Impl {
         inflight, member);
   }
 
-  void sent(const std::string& budget, const std::string& member) {
+  void sent(const std::string& budget, const std::string& member, int64_t window_ms) {
     if (member.empty()) return;
-    // The starts' time to live as the budget's last tryStart set it.
-    auto ttl = starts_ttl.find(budget);
-    if (ttl == starts_ttl.end()) return;
-    runScript(sent_script, {startsKey(budget)}, {member, std::to_string(ttl->second)},
+    // The starts' time to live, as tryStart sets it.
+    runScript(sent_script, {startsKey(budget)}, {member, std::to_string(2 * spanMs(window_ms))},
               [this](std::optional<RedisReply> reply) { logError("sent", reply); });
   }
 
@@ -383,11 +398,15 @@ struct SharedBudget::Impl {
     redis.command({"SET", prefix + "instance:" + instance_id, "1", "PX", std::to_string(kHeartbeatTtlMs)}, nullptr);
     runScript(heartbeat_script, {prefix + "instances"}, {instance_id, std::to_string(kHeartbeatTtlMs)},
               [this](std::optional<RedisReply> reply) {
-                if (reply && reply->type == RedisReply::Type::Integer) {
-                  owner.instances_alive_ = static_cast<int>(std::max<long long>(reply->integer, 1));
+                std::optional<int> alive;
+                if (reply && !reply->isError()) alive = decodeInstances(*reply);
+                if (alive) {
+                  owner.instances_alive_ = *alive;
                   heard_once = true;
                 } else {
-                  logError("heartbeat", reply);  // down: keep the last count
+                  // Down, or an answer we cannot believe: keep the last count.
+                  if (reply && !reply->isError()) logBad("heartbeat", *reply);
+                  logError("heartbeat", reply);
                 }
               });
     if (++ticks % kLeaseRenewEvery == 0) renewLeases();
@@ -421,7 +440,6 @@ struct SharedBudget::Impl {
   std::unordered_map<uint64_t, Pending> pending;  // token → command
   // Our admitted starts not yet finished, per budget (interchangeable).
   std::unordered_map<std::string, std::vector<std::string>> leases;
-  std::unordered_map<std::string, int64_t> starts_ttl;  // budget → PEXPIRE of its starts (ms)
   Timer heartbeat_timer;  // last: cancelled first
 };
 
@@ -435,7 +453,50 @@ void SharedBudget::tryStart(const std::string& budget, int limit, int64_t window
   impl_->tryStart(budget, limit, window_ms, max_concurrent, std::move(done));
 }
 
-void SharedBudget::sent(const std::string& budget, const std::string& member) { impl_->sent(budget, member); }
+void SharedBudget::sent(const std::string& budget, const std::string& member, int64_t window_ms) {
+  impl_->sent(budget, member, window_ms);
+}
+
+std::optional<SharedDecision> SharedBudget::decodeDecision(const RedisReply& reply, int limit, int64_t span_ms) {
+  if (reply.type != RedisReply::Type::Array || reply.elements.size() != 3) return std::nullopt;
+  auto admitted = integerAt(reply, 0);
+  auto wait = integerAt(reply, 1);
+  auto remaining = integerAt(reply, 2);
+  if (!admitted || !wait || !remaining) return std::nullopt;
+  SharedDecision d;
+  d.reachable = true;
+  if (*admitted == 1) {
+    // The script admits only below the limit: limit − n − 1 with n < limit.
+    if (*wait != 0 || *remaining < 0 || *remaining >= std::max(limit, 1)) return std::nullopt;
+    d.admitted = true;
+    d.remaining = *remaining;
+  } else if (*admitted == 0) {
+    // PTTL of a pause, or until the window's oldest start leaves it; 0:
+    // wait for a release. Negative: no script of ours says that. Longer than
+    // any pause or window: cut, so that nothing waits on Redis' word for ever.
+    if (*wait < 0 || *remaining != 0) return std::nullopt;
+    d.wait_ms = std::min<int64_t>(*wait, std::max<int64_t>(kMaxWaitMs, span_ms + 1));
+  } else {
+    return std::nullopt;
+  }
+  return d;
+}
+
+std::optional<int> SharedBudget::decodeInstances(const RedisReply& reply) {
+  // The script counts this instance too: at least 1.
+  if (reply.type != RedisReply::Type::Integer || reply.integer < 1 || reply.integer > kMaxInstances) {
+    return std::nullopt;
+  }
+  return static_cast<int>(reply.integer);
+}
+
+std::optional<std::string> SharedBudget::decodeDigest(const RedisReply& reply) {
+  if (reply.type != RedisReply::Type::String || reply.str.size() != 40) return std::nullopt;
+  for (char c : reply.str) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) return std::nullopt;
+  }
+  return reply.str;
+}
 
 void SharedBudget::finish(const std::string& budget) { impl_->finish(budget); }
 

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "proxy/event_loop.h"
@@ -19,6 +20,7 @@
 namespace wfp {
 
 class RedisClient;
+struct RedisReply;
 
 struct SharedDecision {
   bool reachable = false;  // false: Redis did not answer; use the local 1/N fallback
@@ -43,7 +45,8 @@ class SharedBudget {
   // The admitted start `member` is being written upstream now: it counts
   // from now (Redis' time when this lands), not from the decision — the
   // reply's way back and our loop lie between the two. Fire and forget.
-  void sent(const std::string& budget, const std::string& member);
+  // `window_ms` as given to tryStart (it sets the starts' time to live).
+  void sent(const std::string& budget, const std::string& member, int64_t window_ms);
   // A started request ended (or was abandoned): in flight − 1.
   void finish(const std::string& budget);
   // An upstream 429 / remaining: 0 pauses every instance's starts for the budget.
@@ -51,6 +54,26 @@ class SharedBudget {
 
   // Instances whose heartbeat is fresh (≥ 1; this one included).
   int instancesAlive() const { return instances_alive_; }
+
+  // Decoders of the scripts' replies. What Redis returns is untrusted (SPEC
+  // §10.2: a flushed, restarted or tampered Redis, another version of the
+  // scripts): a reply the script could not have sent is rejected, never
+  // believed. Pure; public for tests.
+  //
+  // tryStart's {admitted 0|1, wait_ms, remaining} for `limit` and `span_ms`:
+  // admitted with 0 ≤ remaining < limit; refused with wait_ms ≥ 0, a wait
+  // beyond kMaxWaitMs (or the span, if longer) cut to it. Anything else:
+  // nullopt (the decision then counts as unreachable: 1/N for a while).
+  static std::optional<SharedDecision> decodeDecision(const RedisReply& reply, int limit, int64_t span_ms);
+  // The heartbeat's live-instance count: 1..kMaxInstances, else nullopt
+  // (the last count stays).
+  static std::optional<int> decodeInstances(const RedisReply& reply);
+  // SCRIPT LOAD's digest: 40 hex digits, else nullopt (EVAL stays in use).
+  static std::optional<std::string> decodeDigest(const RedisReply& reply);
+
+  // The longest pause an instance sets (Retry-After is capped at 1 h).
+  static constexpr int64_t kMaxWaitMs = 3'600'000;
+  static constexpr int kMaxInstances = 10'000;
 
  private:
   // Lifetime: `redis` and `loop` must outlive this object. The destructor

@@ -609,5 +609,82 @@ TEST(RateLimiter, ConfigureAppliesAtOnceAndKeepsHistoryAndPauses) {
   EXPECT_EQ(rl.nextStartTime(), clock.now() + 30s);  // the pause survives a reload
 }
 
+// idle(): the scheduler drops a pass_through budget on its word, so it must
+// hold while anything could still change a decision (SPEC §10.2).
+TEST(RateLimiter, IdleOnlyOnceNothingInItMattersAnyMore) {
+  FakeClock clock;
+  RateLimiter rl(budget(2), clock);
+  EXPECT_TRUE(rl.idle());
+  const TimePoint t0 = clock.now();
+  rl.onStart();
+  EXPECT_FALSE(rl.idle()) << "in flight";
+  rl.onFinish(ok());
+  EXPECT_FALSE(rl.idle()) << "its start is in the window";
+  clock.set(t0 + 1s + kMargin - 1us);
+  EXPECT_FALSE(rl.idle()) << "its start still counts (window + margin)";
+  clock.set(t0 + 1s + kMargin);
+  EXPECT_TRUE(rl.idle());
+
+  rl.onStart();
+  rl.onFinish(status429(30));
+  const TimePoint paused_at = clock.now();
+  clock.set(paused_at + 29s);
+  EXPECT_FALSE(rl.idle()) << "a pause is in force";
+  clock.set(paused_at + 30s);
+  EXPECT_TRUE(rl.idle());
+
+  // A started request given up still holds its slot until onAbandon.
+  rl.onStart();
+  clock.set(paused_at + 60s);
+  EXPECT_FALSE(rl.idle());
+  rl.onAbandon();
+  EXPECT_TRUE(rl.idle());
+}
+
+// Retry-After is network input: only (0, 1 h] is believed, the rest is absent.
+TEST(RateLimiter, RetryAfterOutOfRangeIsIgnored) {
+  auto pause = [](std::optional<double> s) { return RateLimiter::retryAfter(status429(s)); };
+  EXPECT_EQ(pause(std::nullopt), std::nullopt);
+  EXPECT_EQ(pause(2.5), std::optional<Clock::duration>(2500ms));
+  EXPECT_EQ(pause(3600), std::optional<Clock::duration>(3600s));
+  for (double bad : {0.0, -1.0, 3600.001, 1e18, std::numeric_limits<double>::infinity(),
+                     std::numeric_limits<double>::quiet_NaN()}) {
+    EXPECT_EQ(pause(bad), std::nullopt) << bad;
+  }
+  // With an absurd one the limiter pauses a window plus jitter.
+  FakeClock clock;
+  RateLimiter rl(budget(10), clock);
+  rl.onStart();
+  rl.onFinish(status429(1e18));
+  ASSERT_TRUE(rl.pausedUntil());
+  EXPECT_LE(*rl.pausedUntil(), clock.now() + 1100ms);
+}
+
+// The start log is a vector read from a moving head: a large budget that
+// runs for many windows keeps exactly the starts of the last one.
+TEST(RateLimiter, ALargeBudgetKeepsItsWindowAcrossManyWindows) {
+  FakeClock clock;
+  const TimePoint t0 = clock.now();
+  RateLimiter rl(budget(1000, 1, 1'000'000), clock);
+  std::deque<TimePoint> model;
+  for (int i = 0; i < 20'000; ++i) {
+    clock.set(t0 + i * 333us);
+    while (!model.empty() && model.front() + 1s + kMargin <= clock.now()) model.pop_front();
+    ASSERT_EQ(rl.canStart(), model.size() < 1000) << i;
+    if (rl.canStart()) {
+      TimePoint at = rl.onStart();
+      model.push_back(at);
+      if (i % 7 == 0) {  // sent a little later: moves to the back
+        clock.set(clock.now() + 100us);
+        model.erase(std::find(model.begin(), model.end(), at));
+        model.push_back(rl.onSent(at));
+      }
+      rl.onFinish(ok());
+    }
+    while (!model.empty() && model.front() + 1s + kMargin <= clock.now()) model.pop_front();
+    ASSERT_EQ(rl.startsInWindow(), static_cast<int>(model.size())) << i;
+  }
+}
+
 }  // namespace
 }  // namespace wfp

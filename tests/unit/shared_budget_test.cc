@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <random>
@@ -24,8 +25,11 @@
 #include <thread>
 #include <vector>
 
+#include "proxy/config.h"
 #include "proxy/event_loop.h"
+#include "proxy/metrics.h"
 #include "proxy/redis_client.h"
+#include "proxy/scheduler.h"
 
 extern char** environ;
 
@@ -287,7 +291,7 @@ TEST_F(SharedBudgetTest, AStartCountsFromItsSend) {
   ASSERT_FALSE(d.member.empty());
   runFor(loop_, 150ms);
   const auto sent_at = SteadyClock::now();
-  a_->sent(kOrg, d.member);
+  a_->sent(kOrg, d.member, 1000);
   runFor(loop_, 20ms);  // on a's connection; the next question goes on b's
   SharedDecision refused = ask(*b_, 1, 1000, 100);
   ASSERT_TRUE(refused.reachable);
@@ -301,7 +305,7 @@ TEST_F(SharedBudgetTest, AStartCountsFromItsSend) {
   ASSERT_TRUE(other.admitted);
   raw({"ZREM", std::string(kPrefix) + "rl:{other-org}:starts", other.member});
   EXPECT_TRUE(ask(*b_, 1, 1000, 100, "other-org").admitted);
-  a_->sent("other-org", other.member);
+  a_->sent("other-org", other.member, 1000);
   runFor(loop_, 20ms);
   EXPECT_EQ(zcard(std::string(kPrefix) + "rl:{other-org}:starts"), 2);
 }
@@ -527,6 +531,152 @@ TEST_F(SharedBudgetTest, TwoHammeringInstancesNeverExceedTheWindow) {
     w.next.reset();
     w.finishes.clear();
   }
+}
+
+// SPEC §10.2 at fleet scale: with shared budgets, a pass_through key leaves
+// nothing behind — neither its budget in the scheduler nor a key in Redis
+// (each has a time to live) — and an absurd Retry-After pauses the fleet for
+// a window, not for ever (nor, as a cast overflowing, not at all).
+TEST_F(SharedBudgetTest, PassThroughKeysLeaveNothingBehindInTheSchedulerOrInRedis) {
+  ConfigResult config = loadConfigString("organisations:\n  - name: acme\n    api_key: sk_test_acme\n",
+                                         "test.yaml", [](const std::string&) { return std::nullopt; });
+  ASSERT_TRUE(config.config);
+  SystemClock clock;
+  Metrics metrics;
+  Scheduler scheduler(loop_, clock, metrics, a_.get());
+  scheduler.configure(config.config);
+  constexpr int kKeys = 50;
+  std::vector<uint64_t> tickets;
+  int started = 0;
+  for (int i = 0; i < kKeys; ++i) {
+    Admission a{"pt:" + std::to_string(i), "pass_through", "-", 1};
+    tickets.push_back(scheduler.submit(a, {[&started] { ++started; }, [](RejectReason, int) {}}));
+  }
+  ASSERT_TRUE(runUntil(loop_, [&] { return started == kKeys; }, 3000ms)) << started;
+  for (int i = 0; i < kKeys; ++i) {
+    scheduler.sending(tickets[static_cast<size_t>(i)]);
+    UpstreamSignals s;
+    if (i == 0) {
+      s.status_429 = true;
+      s.retry_after_s = 1e18;
+    }
+    scheduler.finish(tickets[static_cast<size_t>(i)], s);
+  }
+  EXPECT_EQ(scheduler.budgets(), static_cast<size_t>(kKeys));
+  runFor(loop_, 50ms);  // the finishes and the pause land
+
+  auto keys = raw({"KEYS", std::string(kPrefix) + "rl:*"});
+  ASSERT_TRUE(keys && keys->type == RedisReply::Type::Array);
+  EXPECT_GE(keys->elements.size(), static_cast<size_t>(kKeys));  // a start log each (leases are gone)
+  for (const RedisReply& key : keys->elements) {
+    auto ttl = raw({"PTTL", key.str});
+    ASSERT_TRUE(ttl && ttl->type == RedisReply::Type::Integer);
+    EXPECT_GT(ttl->integer, 0) << key.str << " never expires";
+    EXPECT_LE(ttl->integer, 2 * 1010) << key.str;
+  }
+  auto pause = raw({"PTTL", std::string(kPrefix) + "rl:{pt:0}:pause"});
+  ASSERT_TRUE(pause && pause->type == RedisReply::Type::Integer);
+  EXPECT_GT(pause->integer, 0) << "Retry-After out of range: one window's pause";
+  EXPECT_LE(pause->integer, 1000);
+
+  // The sweep timer drops the budgets about a window after their starts
+  // (the paused one once its pause is over), and Redis forgets them.
+  EXPECT_TRUE(runUntil(loop_, [&] { return scheduler.budgets() == 0; }, 3000ms)) << scheduler.budgets();
+  size_t left = 0;
+  for (auto deadline = SteadyClock::now() + 3000ms; SteadyClock::now() < deadline; runFor(loop_, 100ms)) {
+    auto k = raw({"KEYS", std::string(kPrefix) + "rl:*"});
+    ASSERT_TRUE(k && k->type == RedisReply::Type::Array);
+    left = k->elements.size();
+    if (left == 0) break;
+  }
+  EXPECT_EQ(left, 0u) << "keys of the pass_through budgets left in Redis";
+}
+
+// --- replies from Redis are untrusted (SPEC §10.2) --------------------------
+
+RedisReply integer(long long n) {
+  RedisReply r;
+  r.type = RedisReply::Type::Integer;
+  r.integer = n;
+  return r;
+}
+
+RedisReply array(std::vector<RedisReply> elements) {
+  RedisReply r;
+  r.type = RedisReply::Type::Array;
+  r.elements = std::move(elements);
+  return r;
+}
+
+RedisReply triple(long long a, long long b, long long c) { return array({integer(a), integer(b), integer(c)}); }
+
+TEST(SharedBudgetReplies, DecisionsTheScriptSendsAreRead) {
+  auto d = SharedBudget::decodeDecision(triple(1, 0, 4), 5, 1010);
+  ASSERT_TRUE(d);
+  EXPECT_TRUE(d->reachable);
+  EXPECT_TRUE(d->admitted);
+  EXPECT_EQ(d->remaining, 4);
+  d = SharedBudget::decodeDecision(triple(1, 0, 0), 5, 1010);
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->remaining, 0);
+  d = SharedBudget::decodeDecision(triple(0, 0, 0), 5, 1010);  // max_concurrent: wait for a release
+  ASSERT_TRUE(d);
+  EXPECT_FALSE(d->admitted);
+  EXPECT_EQ(d->wait_ms, 0);
+  d = SharedBudget::decodeDecision(triple(0, 1011, 0), 5, 1010);  // the window
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->wait_ms, 1011);
+  d = SharedBudget::decodeDecision(triple(0, 3'600'000, 0), 5, 1010);  // the longest pause
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->wait_ms, 3'600'000);
+}
+
+TEST(SharedBudgetReplies, OutOfRangeDecisionsAreRejectedOrCut) {
+  // Rejected: a decision no script of ours sends.
+  for (const RedisReply& bad : {triple(2, 0, 0), triple(-1, 0, 0), triple(1, 0, -1), triple(1, 0, 5),
+                                triple(1, 0, 1LL << 40), triple(1, 7, 0), triple(0, -1, 0),
+                                triple(0, -9'000'000'000'000'000'000LL, 0), triple(0, 10, 3), integer(1),
+                                array({integer(1), integer(0)}), array({integer(1), integer(0), integer(0), integer(0)}),
+                                RedisReply{}}) {
+    EXPECT_FALSE(SharedBudget::decodeDecision(bad, 5, 1010));
+  }
+  RedisReply text;
+  text.type = RedisReply::Type::String;
+  text.str = "1";
+  EXPECT_FALSE(SharedBudget::decodeDecision(array({text, integer(0), integer(0)}), 5, 1010));
+  // Cut: a wait longer than any pause or window never holds a queue for ever
+  // (nor overflows a time point).
+  for (long long huge : {3'600'001LL, 1LL << 62, std::numeric_limits<long long>::max()}) {
+    auto d = SharedBudget::decodeDecision(triple(0, huge, 0), 5, 1010);
+    ASSERT_TRUE(d);
+    EXPECT_EQ(d->wait_ms, SharedBudget::kMaxWaitMs);
+  }
+  // A window longer than the longest pause: its own span is the bound.
+  auto d = SharedBudget::decodeDecision(triple(0, 1LL << 62, 0), 5, 7'200'010);
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->wait_ms, 7'200'011);
+}
+
+TEST(SharedBudgetReplies, InstanceCountsAndDigestsAreChecked) {
+  EXPECT_EQ(SharedBudget::decodeInstances(integer(1)), 1);
+  EXPECT_EQ(SharedBudget::decodeInstances(integer(3)), 3);
+  EXPECT_EQ(SharedBudget::decodeInstances(integer(SharedBudget::kMaxInstances)), SharedBudget::kMaxInstances);
+  for (long long bad : {0LL, -1LL, SharedBudget::kMaxInstances + 1LL, 1LL << 40, std::numeric_limits<long long>::min()}) {
+    EXPECT_EQ(SharedBudget::decodeInstances(integer(bad)), std::nullopt) << bad;
+  }
+  RedisReply text;
+  text.type = RedisReply::Type::String;
+  text.str = "3";
+  EXPECT_EQ(SharedBudget::decodeInstances(text), std::nullopt);
+
+  text.str = "e0e1f9fabfc9d4800c877a703b823ac0578ff8db";
+  EXPECT_EQ(SharedBudget::decodeDigest(text), text.str);
+  for (std::string bad : {"", "e0e1f9fabfc9d4800c877a703b823ac0578ff8d", "e0e1f9fabfc9d4800c877a703b823ac0578ff8dbb",
+                          "e0e1f9fabfc9d4800c877a703b823ac0578ff8d\n", "e0e1f9fabfc9d4800c877a703b823ac0578ff8 "}) {
+    text.str = bad;
+    EXPECT_EQ(SharedBudget::decodeDigest(text), std::nullopt) << bad;
+  }
+  EXPECT_EQ(SharedBudget::decodeDigest(integer(1)), std::nullopt);
 }
 
 }  // namespace
