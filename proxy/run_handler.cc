@@ -400,6 +400,7 @@ void RunHandler::dispatchAdmin(Request& r) {
       return replyJson(r, draining_ ? 503 : 200, draining_ ? "Service Unavailable" : "OK", readyBody());
     case RouteKind::Metrics: {
       if (connections_) metrics_.setConnections(connections_());
+      reportTracked();
       std::string body = metrics_.render();
       HttpHeaders headers{{"Content-Type", "text/plain; version=0.0.4; charset=utf-8"},
                           {"X-Request-Id", r.request_id}};
@@ -1280,6 +1281,18 @@ std::string RunHandler::readyBody() const {
   for (const auto& [org, depth] : scheduler_.depths()) queues[org] = depth;
   j["queues"] = queues;
   return j.dump();
+}
+
+// The per-key maps of the run path (SPEC §10.2), read when scraped: no cost
+// per request.
+void RunHandler::reportTracked() {
+  metrics_.setTracked("generations", static_cast<int64_t>(cache_.generationsTracked()));
+  metrics_.setTracked("flights", static_cast<int64_t>(coalescer_->flights()));
+  metrics_.setTracked("waiters", static_cast<int64_t>(coalescer_->waiters()));
+  metrics_.setTracked("prepared_runs", static_cast<int64_t>(runs_.size()));
+  metrics_.setTracked("stream_flights", static_cast<int64_t>(fanout_->flights()));
+  metrics_.setTracked("ratelimit_seen", static_cast<int64_t>(ratelimit_seen_.size()));
+  metrics_.setTracked("requests", static_cast<int64_t>(requests_.size()));
 }
 
 size_t RunHandler::runsInFlight() const {

@@ -117,6 +117,7 @@ class RunHandler {
   void finish(uint64_t id, bool aborted);
 
   std::string readyBody() const;
+  void reportTracked();
 
   EventLoop& loop_;
   UpstreamClient& upstream_;

@@ -193,6 +193,9 @@ TEST_F(RedisSeams, AFollowerSendsTheCurrentKeyAndRequestIdLater) {
   HttpResponse followed = runOn(b->port(), "wf_follow", input, with(kAcme, "X-Request-Id", "req-old"));
   EXPECT_EQ(followed.header("x-cache"), "COALESCED");
   EXPECT_EQ(led.get().status, 200);
+  // Nothing of the run b prepared but never led is left on b.
+  EXPECT_EQ(metricOf(*b, "workflow_proxy_tracked_entries{map=\"prepared_runs\"}"), 0.0) << metrics(*b);
+  EXPECT_EQ(metricOf(*b, "workflow_proxy_tracked_entries{map=\"flights\"}"), 0.0);
 
   // The input is purged, and acme's key rotated on b.
   ASSERT_EQ(httpRequest(a->adminPort(), "POST", "/admin/purge", {},
