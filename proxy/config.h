@@ -51,8 +51,18 @@ struct LimitsConfig {
   int max_client_connections = 10000;
 };
 
+// Where Redis is, from redis.url (parseRedisUrl below).
+struct RedisUrl {
+  std::string host;       // TCP: a name, IPv4 or IPv6 (no brackets)
+  int port = 6379;
+  std::string unix_path;  // unix:PATH (percent-decoded)
+  std::string password;   // percent-decoded; never logged
+  int db = 0;
+};
+
 struct RedisConfig {
-  std::string url;  // redis://[:password@]host:port/db or unix:PATH
+  std::string url;    // as written: redis://[:password@]host:port/db or unix:PATH
+  RedisUrl endpoint;  // `url` parsed: what the Redis client connects to
   std::string key_prefix = "wfp:";
   int timeout_ms = 250;
 };
@@ -145,5 +155,13 @@ ConfigResult loadConfigString(std::string_view yaml, const std::string& name,
 std::optional<size_t> parseSize(std::string_view text);
 // "127.0.0.1:8080", "[::1]:8080", "localhost:80", "unix:/path". nullopt if malformed.
 std::optional<ListenAddress> parseListenAddress(std::string_view text);
+
+// The one grammar of redis.url, used by the loader (so --check-config) and
+// nowhere else: the Redis client gets the parsed RedisConfig::endpoint.
+//   redis://[[default]:PASSWORD@]HOST[:PORT][/DB]   unix:PATH[?db=N][&password=PASSWORD]
+// nullopt and `error` when malformed; `error` never holds any part of the URL
+// (it may hold a password).
+std::optional<RedisUrl> parseRedisUrl(std::string_view url, std::string* error = nullptr);
+constexpr int kMaxRedisDb = 1 << 20;
 
 }  // namespace wfp

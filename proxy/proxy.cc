@@ -1,7 +1,5 @@
 #include "proxy/proxy.h"
 
-#include <stdexcept>
-
 #include <spdlog/spdlog.h>
 
 #include "proxy/logging.h"
@@ -27,11 +25,8 @@ UpstreamOptions upstreamOptions(const Config& config) {
 
 std::unique_ptr<RedisClient> makeRedisClient(EventLoop& loop, const Config& config, Metrics& metrics) {
   if (!config.redis) return nullptr;
-  std::string error;
-  auto url = parseRedisUrl(config.redis->url, &error);
-  if (!url) throw std::runtime_error("redis.url: " + error);  // the loader validated it already
   RedisOptions options;
-  options.url = *url;
+  options.url = config.redis->endpoint;  // parsed by the loader: nothing left to reject here
   options.timeout_ms = config.redis->timeout_ms;
   options.on_state = [&metrics](bool up) { metrics.setRedisUp(up); };
   return std::make_unique<RedisClient>(loop, std::move(options));

@@ -743,6 +743,7 @@ TEST(ConfigTest, BaseUrl) {
 TEST(ConfigTest, RedisUrls) {
   for (const char* good : {"redis://127.0.0.1:6379/0", "redis://localhost", "redis://host:6380",
                            "redis://:p%40ss@host:6379/2", "redis://[::1]:6379/1", "redis://host/",
+                           "redis://default:pw@host", "redis://host/1048576",
                            "unix:/run/redis.sock", "unix:///run/redis.sock", "unix:/run/redis.sock?db=3",
                            "unix:/run/redis.sock?db=3&password=pw", "unix:/run/redis.sock?password=pw"}) {
     auto r = load(withOrgs(std::string("redis:\n  url: \"") + good + "\"\n"));
@@ -754,11 +755,49 @@ TEST(ConfigTest, RedisUrls) {
   for (const char* bad :
        {"http://host", "redis://", "redis://host:0", "redis://host:port", "redis://host/db",
         "redis://host?db=1", "redis://user:pw@host", "redis://:@host", "unix:", "unix:/s?db=x",
-        "unix:/s?foo=1", "unix:/s?db=1&db=2", "unix:/s?password=", "redis://:p%4@host"}) {
+        "unix:/s?foo=1", "unix:/s?db=1&db=2", "unix:/s?password=", "redis://:p%4@host",
+        "redis://host/2000000", "redis://host/1048577", "unix:/s?db=2000000", "redis://[zz::1]:6379",
+        "unix:/s?db=1&"}) {
     auto r = load(withOrgs(std::string("redis:\n  url: \"") + bad + "\"\n"));
     EXPECT_ERROR(r, "test.yaml:2: redis.url: ");
   }
+  EXPECT_ERROR(load(withOrgs("redis:\n  url: redis://h/2000000\n")),
+               "test.yaml:2: redis.url: database must be a number from 0 to 1048576");
   EXPECT_ERROR(load(withOrgs("redis:\n  key_prefix: x\n")), "test.yaml:1: redis: url is required");
+  std::string long_path = "unix:/" + std::string(120, 's');
+  EXPECT_ERROR(load(withOrgs("redis:\n  url: " + long_path + "\n")), "redis.url: socket path longer than 107");
+}
+
+// Defect: the loader and the Redis client had a parser each; `redis://h/2000000`
+// passed --check-config and then stopped the start (exit 1). Now the loader
+// parses the URL once and the client is given the result.
+TEST(ConfigTest, RedisUrlIsParsedOnceIntoTheEndpointTheClientUses) {
+  auto tcp = load(withOrgs("redis:\n  url: \"redis://default:p%40ss@[::1]:6380/7\"\n"));
+  EXPECT_LOADS(tcp);
+  const RedisUrl& e = tcp.config->redis->endpoint;
+  EXPECT_EQ(e.host, "::1");
+  EXPECT_EQ(e.port, 6380);
+  EXPECT_EQ(e.password, "p@ss");
+  EXPECT_EQ(e.db, 7);
+  EXPECT_EQ(e.unix_path, "");
+
+  auto sock = load(withOrgs("redis:\n  url: \"unix:/run/re%20dis.sock?password=a%26b&db=3\"\n"));
+  EXPECT_LOADS(sock);
+  EXPECT_EQ(sock.config->redis->endpoint.unix_path, "/run/re dis.sock");
+  EXPECT_EQ(sock.config->redis->endpoint.password, "a&b");
+  EXPECT_EQ(sock.config->redis->endpoint.db, 3);
+  EXPECT_EQ(sock.config->redis->endpoint.host, "");
+
+  // Whatever the loader accepts, the one parser accepts with the same result.
+  for (const char* url : {"redis://h", "redis://:pw@h:1/1048576", "unix:relative.sock?db=0"}) {
+    auto r = load(withOrgs(std::string("redis:\n  url: \"") + url + "\"\n"));
+    EXPECT_LOADS(r) << url;
+    auto parsed = parseRedisUrl(url);
+    ASSERT_TRUE(parsed) << url;
+    EXPECT_EQ(parsed->host, r.config->redis->endpoint.host);
+    EXPECT_EQ(parsed->db, r.config->redis->endpoint.db);
+    EXPECT_EQ(parsed->unix_path, r.config->redis->endpoint.unix_path);
+  }
 }
 
 TEST(ConfigTest, LogLevelsAndAccessLog) {
