@@ -37,6 +37,14 @@
 //    an empty password, other query parameters and rediss:// (TLS) are
 //    rejected. No part of the URL is ever echoed in an error, since it may
 //    hold the password.
+//  * Relative paths (api_key_file, log.access_log, unix:PATH of listen and
+//    admin_listen) are relative to the config file's directory, so that
+//    `--check-config` run from a shell and the start under systemd (working
+//    directory /) name the same files. The unix: path of redis.url is a URL,
+//    left as written.
+//  * Values are parsed here with the parsers the start uses (log levels:
+//    logging.h; access_log keywords: access_log.h); what the start opens is
+//    opened by checkStart() (proxy.h), which --check-config runs too.
 //  * Secrets (api_key, api_key_file contents, plain client keys) must be
 //    visible ASCII (0x21-0x7e): they travel in an Authorization header, and a
 //    stray newline in a key file is a mistake, not a key.
@@ -49,6 +57,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <openssl/evp.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -66,6 +75,9 @@
 #include <initializer_list>
 #include <sstream>
 #include <utility>
+
+#include "proxy/access_log.h"
+#include "proxy/logging.h"
 
 namespace wfp {
 namespace {
@@ -480,6 +492,15 @@ class Loader {
   std::map<Sha256, DigestOwner> digests_;
   int cache_backend_line_ = 0;
   int shared_line_ = 0;
+  std::map<std::string, int, std::less<>> lines_;  // Config::lines
+
+  // A path from the configuration as the start opens it: relative paths are
+  // relative to the config file's directory, never to the working directory
+  // (which differs between `--check-config` in a shell and systemd's start).
+  std::string resolvePath(std::string_view path) const {
+    if (!path.empty() && path.front() == '/') return std::string(path);
+    return base_dir_ + "/" + std::string(path);
+  }
 };
 
 ConfigResult Loader::finish(Config* config) {
@@ -764,10 +785,20 @@ std::optional<ListenAddress> Loader::listenAddress(const Field& f, const std::st
   if (!expanded) expanded = text(f, path, "an address");
   if (!expanded) return std::nullopt;
   auto addr = parseListenAddress(*expanded);
+  if (addr && addr->kind == ListenAddress::Kind::Unix) {
+    addr->path = resolvePath(addr->path);
+    if (addr->path.size() >= sizeof(sockaddr_un{}.sun_path)) {
+      error(f.line, path + ": socket path " + quote(addr->path) + " is longer than " +
+                        std::to_string(sizeof(sockaddr_un{}.sun_path) - 1) + " bytes");
+      return std::nullopt;
+    }
+  }
   if (!addr) {
     error(f.line, path + ": expected host:port, [IPv6]:port or unix:PATH (at most 107 bytes), got " +
                       quote(*expanded));
+    return std::nullopt;
   }
+  lines_[path] = f.line;
   return addr;
 }
 
@@ -946,6 +977,7 @@ ConfigResult Loader::run(std::string_view yaml) {
   }
 
   loadOrganisations(*top, config);
+  config.lines = lines_;
 
   // Cross-field checks.
   if (config.cache.backend == CacheConfig::Backend::Redis && !config.redis) {
@@ -974,22 +1006,21 @@ void Loader::loadLog(const Section& top, LogConfig& log) {
   if (!s) return;
   if (const Field* f = s->find("level")) {
     if (auto t = text(*f, "log.level", "a log level")) {
-      static const std::initializer_list<std::string_view> kLevels = {"trace", "debug", "info", "warn",
-                                                                      "error"};
-      if (std::find(kLevels.begin(), kLevels.end(), *t) != kLevels.end()) {
+      if (parseLogLevel(*t)) {  // the parser main.cc and a reload use
         log.level = *t;
       } else {
         error(f->line, "log.level: expected trace, debug, info, warn or error, got " + quote(*t));
       }
     }
   }
-  std::string access_log;
-  if (getString(*s, "access_log", access_log)) {
-    if (access_log.empty()) {
-      error(s->find("access_log")->line,
-            "log.access_log: expected stderr, stdout, off or a file path, got ''");
-    } else {
-      log.access_log = std::move(access_log);
+  if (const Field* f = s->find("access_log")) {
+    if (auto t = text(*f, "log.access_log", "stderr, stdout, off or a file path")) {
+      if (t->empty()) {
+        error(f->line, "log.access_log: expected stderr, stdout, off or a file path, got ''");
+      } else {
+        log.access_log = AccessLog::isStream(*t) ? std::move(*t) : resolvePath(*t);
+        lines_["log.access_log"] = f->line;
+      }
     }
   }
 }
@@ -1223,8 +1254,7 @@ void Loader::loadApiKey(const Section& s, const std::string& path, Organisation&
     error(file->line, field + ": empty path");
     return;
   }
-  std::string resolved = *t;
-  if (resolved.front() != '/') resolved = base_dir_ + "/" + resolved;
+  std::string resolved = resolvePath(*t);
   std::string contents;
   if (auto problem = readFile(resolved, kMaxSecretFileBytes, contents)) {
     error(file->line, field + ": cannot read " + quote(resolved) + ": " + *problem);
@@ -1351,6 +1381,11 @@ double CacheConfig::staleIfErrorFor(const std::string& workflow_id) const {
   auto it = workflows.find(workflow_id);
   if (it != workflows.end() && it->second.stale_if_error_s) return *it->second.stale_if_error_s;
   return stale_if_error_s;
+}
+
+int Config::lineOf(std::string_view key) const {
+  auto it = lines.find(key);
+  return it == lines.end() ? 1 : it->second;
 }
 
 const Organisation* Config::findOrganisation(std::string_view name) const {
@@ -1629,6 +1664,25 @@ std::optional<RedisUrl> parseRedisUrl(std::string_view url, std::string* error) 
     return std::nullopt;
   }
   return out;
+}
+
+void AddrinfoFree::operator()(addrinfo* list) const {
+  if (list) ::freeaddrinfo(list);
+}
+
+AddrinfoList resolveListenAddress(const ListenAddress& address, std::string* error) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  std::string port = std::to_string(address.port);
+  int rc = ::getaddrinfo(address.host.empty() ? nullptr : address.host.c_str(), port.c_str(), &hints, &res);
+  if (rc != 0) {
+    if (error) *error = "resolve " + address.host + ": " + ::gai_strerror(rc);
+    return nullptr;
+  }
+  return AddrinfoList(res);
 }
 
 }  // namespace wfp
