@@ -124,14 +124,16 @@ int main(int argc, char** argv) {
     for (const auto& e : loaded.errors) std::fprintf(stderr, "%s\n", e.c_str());
     return kExitUsage;
   }
-  // What the start opens, opened (and closed) by the check too: "config OK"
-  // means the proxy starts, barring a port in use.
-  std::vector<std::string> unusable = wfp::checkStart(*loaded.config);
-  if (!unusable.empty()) {
-    for (const auto& e : unusable) std::fprintf(stderr, "%s\n", e.c_str());
-    return kExitUsage;
-  }
   if (check_only) {
+    // What the start opens, opened (and closed) by the check too: "config OK"
+    // means the proxy starts, barring a port in use. The start itself does
+    // not run this: what it cannot open is exit 1 (the unit restarts it: an
+    // address or a directory may appear), not 2 (RestartPreventExitStatus).
+    std::vector<std::string> unusable = wfp::checkStart(*loaded.config);
+    if (!unusable.empty()) {
+      for (const auto& e : unusable) std::fprintf(stderr, "%s\n", e.c_str());
+      return kExitUsage;
+    }
     std::puts("config OK");
     return kExitOk;
   }

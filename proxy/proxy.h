@@ -61,8 +61,7 @@ class Proxy {
   std::function<void()> drain_done_;
 };
 
-// What `--check-config` adds to loading, and what main runs before start():
-// opens (and closes again, leaving nothing behind) what start() opens — the
+// What `--check-config` adds to loading: opens (and closes again, leaving nothing behind) what start() opens — the
 // access log file, the listeners' unix socket directories, the listen hosts
 // (resolved as the start resolves them, bound with port 0) — and returns each
 // problem as "file:line: message" (exit code 2). Files the loader reads
