@@ -1,9 +1,14 @@
 #include "proxy/access_log.h"
 
 #include <cerrno>
+#include <climits>
 #include <chrono>
 #include <cstring>
 #include <ctime>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -21,6 +26,69 @@ std::string rfc3339(int64_t unix_micros) {
   return buf;
 }
 
+// How the access log file is opened, by open() and check() alike: appended
+// to, created (0666 less the umask, as fopen would) when missing.
+constexpr int kAppendFlags = O_WRONLY | O_APPEND | O_CLOEXEC | O_NOCTTY;
+constexpr mode_t kCreateMode = 0666;
+
+std::string describeError(const std::string& path, int err) { return path + ": " + std::strerror(err); }
+
+std::string parentDirectory(const std::string& path) {
+  size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+// AccessLog::check() of a path; `links`: symbolic links followed so far.
+bool checkPath(const std::string& destination, std::string* error, int links) {
+  // O_NONBLOCK: a FIFO without a reader must not hang the check.
+  int fd = ::open(destination.c_str(), kAppendFlags | O_NONBLOCK);
+  if (fd >= 0) {
+    ::close(fd);
+    return true;
+  }
+  int err = errno;
+  struct stat st {};
+  if (err == ENXIO && ::stat(destination.c_str(), &st) == 0 && S_ISFIFO(st.st_mode)) {
+    return true;  // no reader yet: the start waits for one
+  }
+  if (err == ENOENT && links < 8 && ::lstat(destination.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) {
+    // A dangling symbolic link: the start creates its target.
+    std::string target(PATH_MAX, '\0');
+    ssize_t n = ::readlink(destination.c_str(), target.data(), target.size());
+    if (n > 0 && static_cast<size_t>(n) < target.size()) {
+      target.resize(static_cast<size_t>(n));
+      if (target.front() != '/') target = parentDirectory(destination) + "/" + target;
+      return checkPath(target, error, links + 1);
+    }
+  }
+  if (err == ENOENT) {
+    // Missing: can it be created? First without a name, so that nothing ever
+    // appears in the directory (a log shipper watching it sees nothing).
+    fd = ::open(parentDirectory(destination).c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, kCreateMode);
+    if (fd >= 0) {
+      ::close(fd);
+      return true;
+    }
+    err = errno;
+    if (err == EOPNOTSUPP || err == EISDIR) {
+      // The file system has no O_TMPFILE: create it and remove it again.
+      // O_EXCL: only a file this check created is removed.
+      fd = ::open(destination.c_str(), kAppendFlags | O_CREAT | O_EXCL, kCreateMode);
+      if (fd >= 0) {
+        ::close(fd);
+        ::unlink(destination.c_str());
+        return true;
+      }
+      err = errno;
+      if (err == EEXIST) return true;  // created meanwhile (by a running proxy, say)
+    }
+  }
+  if (error) *error = describeError(destination, err);
+  return false;
+}
+
 double roundMs(double ms) { return static_cast<double>(static_cast<int64_t>(ms * 1000.0 + 0.5)) / 1000.0; }
 }  // namespace
 
@@ -30,6 +98,10 @@ void AccessLog::closeFile() {
   if (owned_ && out_) fclose(out_);
   out_ = nullptr;
   owned_ = false;
+}
+
+bool AccessLog::isStream(std::string_view destination) {
+  return destination == "stderr" || destination == "stdout" || destination == "off";
 }
 
 bool AccessLog::open(const std::string& destination, std::string* error) {
@@ -42,15 +114,22 @@ bool AccessLog::open(const std::string& destination, std::string* error) {
     out_ = destination == "stderr" ? stderr : stdout;
     return true;
   }
-  FILE* f = fopen(destination.c_str(), "ae");
+  int fd = ::open(destination.c_str(), kAppendFlags | O_CREAT, kCreateMode);
+  FILE* f = fd < 0 ? nullptr : fdopen(fd, "a");
   if (!f) {
-    if (error) *error = destination + ": " + std::strerror(errno);
+    int err = errno;
+    if (fd >= 0) ::close(fd);
+    if (error) *error = describeError(destination, err);
     return false;
   }
   closeFile();
   out_ = f;
   owned_ = true;
   return true;
+}
+
+bool AccessLog::check(const std::string& destination, std::string* error) {
+  return isStream(destination) || checkPath(destination, error, 0);
 }
 
 std::string AccessLog::format(const AccessRecord& r, int64_t unix_micros) {

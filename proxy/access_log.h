@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <string>
+#include <string_view>
 
 namespace wfp {
 
@@ -32,6 +33,14 @@ class AccessLog {
   // "stderr" | "stdout" | "off" | PATH. False (and `error` set) if PATH
   // cannot be opened; the previous destination is kept.
   bool open(const std::string& destination, std::string* error);
+  // Whether open(destination) would succeed, found by opening PATH the same
+  // way (for appending, created if missing) and closing it again, for
+  // `--check-config`. Leaves nothing behind: an existing file is not written
+  // to; a missing one is created unnamed (O_TMPFILE) in its directory, or,
+  // where the file system cannot do that, created and removed again.
+  static bool check(const std::string& destination, std::string* error);
+  // "stderr", "stdout" or "off": not a path.
+  static bool isStream(std::string_view destination);
   void write(const AccessRecord& record);
   bool enabled() const { return out_ != nullptr; }
 

@@ -26,14 +26,25 @@
 //  * Only one YAML document per file.
 //  * upstream.base_url must not contain user:password@ (credentials belong in
 //    api_key) and may carry a path prefix (https://host/prefix).
-//  * redis.url accepts exactly:
+//  * redis.url accepts exactly (parseRedisUrl(), the only parser of it: the
+//    Redis client is given the parsed endpoint):
 //      redis://[:PASSWORD@]HOST[:PORT][/DB]    HOST a name, IPv4 or [IPv6];
 //                                               PORT 1-65535, default 6379;
-//                                               DB default 0
+//                                               DB 0-1048576, default 0
 //      unix:PATH[?db=N][&password=PASSWORD]     also unix://PATH
-//    PASSWORD may use %XX escapes (for '@', '/', '?', '&'); ACL user names,
-//    other query parameters and rediss:// (TLS) are rejected. No part of the
-//    URL is ever echoed in an error, since it may hold the password.
+//    PASSWORD (and PATH) may use %XX escapes (for '@', '/', '?', '&');
+//    "default:PASSWORD@" is the same as ":PASSWORD@"; other ACL user names,
+//    an empty password, other query parameters and rediss:// (TLS) are
+//    rejected. No part of the URL is ever echoed in an error, since it may
+//    hold the password.
+//  * Relative paths (api_key_file, log.access_log, unix:PATH of listen and
+//    admin_listen) are relative to the config file's directory, so that
+//    `--check-config` run from a shell and the start under systemd (working
+//    directory /) name the same files. The unix: path of redis.url is a URL,
+//    left as written.
+//  * Values are parsed here with the parsers the start uses (log levels:
+//    logging.h; access_log keywords: access_log.h); what the start opens is
+//    opened by checkStart() (proxy.h), which --check-config runs too.
 //  * Secrets (api_key, api_key_file contents, plain client keys) must be
 //    visible ASCII (0x21-0x7e): they travel in an Authorization header, and a
 //    stray newline in a key file is a mistake, not a key.
@@ -46,6 +57,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <openssl/evp.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -63,6 +75,9 @@
 #include <initializer_list>
 #include <sstream>
 #include <utility>
+
+#include "proxy/access_log.h"
+#include "proxy/logging.h"
 
 namespace wfp {
 namespace {
@@ -145,10 +160,9 @@ std::optional<uint16_t> parsePort(std::string_view s) {
   return static_cast<uint16_t>(v);
 }
 
-// Host part of a URL authority: "name", "1.2.3.4" or "[v6]", then ":port".
-// Returns false when malformed; sets port when present.
-bool parseAuthority(std::string_view authority, std::optional<uint16_t>& port) {
-  std::string_view host;
+// A URL authority: "name", "1.2.3.4" or "[v6]", then ":port". Returns false
+// when malformed; sets `host` (brackets stripped) and, when present, `port`.
+bool parseAuthority(std::string_view authority, std::string_view& host, std::optional<uint16_t>& port) {
   std::string_view rest;
   if (!authority.empty() && authority.front() == '[') {
     size_t close = authority.find(']');
@@ -181,6 +195,26 @@ bool isValidPercentText(std::string_view s) {
     }
   }
   return true;
+}
+
+int hexValue(char c) {
+  if (isDigit(c)) return c - '0';
+  return lower(c) - 'a' + 10;
+}
+
+// Decodes text that passed isValidPercentText().
+std::string percentDecode(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '%') {
+      out += static_cast<char>(hexValue(s[i + 1]) * 16 + hexValue(s[i + 2]));
+      i += 2;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
 }
 
 size_t editDistance(std::string_view a, std::string_view b) {
@@ -305,90 +339,6 @@ std::optional<std::string> readFile(const std::string& path, size_t max_bytes, s
   return std::nullopt;
 }
 
-// A problem with a redis.url, or nullopt when it is acceptable. The message
-// never contains any part of the URL (it may hold a password).
-std::optional<std::string> redisUrlProblem(std::string_view url) {
-  static const std::string kForms =
-      "expected redis://[:password@]host[:port][/db] or unix:PATH[?db=N&password=...]";
-  if (istartsWith(url, "rediss://")) return std::string("TLS to Redis is not supported");
-  if (istartsWith(url, "redis://")) {
-    std::string_view rest = url.substr(8);
-    if (rest.find_first_of("?#") != std::string_view::npos) {
-      return "query and fragment are not supported in redis:// URLs; " + kForms;
-    }
-    size_t at = rest.rfind('@');
-    if (at != std::string_view::npos) {
-      std::string_view userinfo = rest.substr(0, at);
-      if (userinfo.empty() || userinfo.front() != ':') {
-        return "user names are not supported; write the password as redis://:PASSWORD@host";
-      }
-      std::string_view password = userinfo.substr(1);
-      if (password.empty()) return std::string("empty password");
-      if (!isValidPercentText(password))
-        return std::string("malformed password (bad %-escape or control character)");
-      rest = rest.substr(at + 1);
-    }
-    size_t slash = rest.find('/');
-    std::string_view authority = rest.substr(0, slash);
-    std::optional<uint16_t> port;
-    if (!parseAuthority(authority, port)) return "bad host or port; " + kForms;
-    if (port && *port == 0) return std::string("port 0 is not a valid Redis port");
-    if (slash != std::string_view::npos) {
-      std::string_view db = rest.substr(slash + 1);
-      if (!db.empty()) {
-        int v = 0;
-        auto r = std::from_chars(db.data(), db.data() + db.size(), v);
-        if (!allDigits(db) || r.ec != std::errc())
-          return std::string("database must be a non-negative integer");
-      }
-    }
-    return std::nullopt;
-  }
-  if (istartsWith(url, "unix:")) {
-    std::string_view rest = url.substr(5);
-    if (rest.substr(0, 2) == "//") rest.remove_prefix(2);
-    size_t q = rest.find('?');
-    std::string_view path = rest.substr(0, q);
-    if (path.empty()) return "empty socket path; " + kForms;
-    if (path.size() >= sizeof(sockaddr_un{}.sun_path)) {
-      return "socket path longer than " + std::to_string(sizeof(sockaddr_un{}.sun_path) - 1) + " bytes";
-    }
-    if (q == std::string_view::npos) return std::nullopt;
-    std::string_view query = rest.substr(q + 1);
-    bool seen_db = false;
-    bool seen_password = false;
-    while (true) {
-      size_t amp = query.find('&');
-      std::string_view param = query.substr(0, amp);
-      size_t eq = param.find('=');
-      std::string_view key = param.substr(0, eq);
-      std::string_view value = eq == std::string_view::npos ? std::string_view() : param.substr(eq + 1);
-      if (eq == std::string_view::npos)
-        return "malformed query (expected db=N and/or password=...); " + kForms;
-      if (key == "db") {
-        if (seen_db) return std::string("db given twice");
-        seen_db = true;
-        int v = 0;
-        auto r = std::from_chars(value.data(), value.data() + value.size(), v);
-        if (!allDigits(value) || r.ec != std::errc())
-          return std::string("database must be a non-negative integer");
-      } else if (key == "password") {
-        if (seen_password) return std::string("password given twice");
-        seen_password = true;
-        if (value.empty()) return std::string("empty password");
-        if (!isValidPercentText(value))
-          return std::string("malformed password (bad %-escape or control character)");
-      } else {
-        return std::string("unknown query parameter (only db and password are accepted)");
-      }
-      if (amp == std::string_view::npos) break;
-      query = query.substr(amp + 1);
-    }
-    return std::nullopt;
-  }
-  return kForms;
-}
-
 // Validates and normalises upstream.base_url. Returns the problem, or nullopt
 // with `out` set. Errors never echo the URL.
 std::optional<std::string> normaliseBaseUrl(std::string_view url, std::string& out) {
@@ -414,8 +364,9 @@ std::optional<std::string> normaliseBaseUrl(std::string_view url, std::string& o
     return std::string("must not contain credentials (the organisation's api_key is sent instead)");
   }
   if (authority.empty()) return std::string("URL has no host");
+  std::string_view host;
   std::optional<uint16_t> port;
-  if (!parseAuthority(authority, port) || (port && *port == 0)) {
+  if (!parseAuthority(authority, host, port) || (port && *port == 0)) {
     return std::string("bad host or port in URL");
   }
   out.assign(url);
@@ -541,6 +492,15 @@ class Loader {
   std::map<Sha256, DigestOwner> digests_;
   int cache_backend_line_ = 0;
   int shared_line_ = 0;
+  std::map<std::string, int, std::less<>> lines_;  // Config::lines
+
+  // A path from the configuration as the start opens it: relative paths are
+  // relative to the config file's directory, never to the working directory
+  // (which differs between `--check-config` in a shell and systemd's start).
+  std::string resolvePath(std::string_view path) const {
+    if (!path.empty() && path.front() == '/') return std::string(path);
+    return base_dir_ + "/" + std::string(path);
+  }
 };
 
 ConfigResult Loader::finish(Config* config) {
@@ -825,10 +785,20 @@ std::optional<ListenAddress> Loader::listenAddress(const Field& f, const std::st
   if (!expanded) expanded = text(f, path, "an address");
   if (!expanded) return std::nullopt;
   auto addr = parseListenAddress(*expanded);
+  if (addr && addr->kind == ListenAddress::Kind::Unix) {
+    addr->path = resolvePath(addr->path);
+    if (addr->path.size() >= sizeof(sockaddr_un{}.sun_path)) {
+      error(f.line, path + ": socket path " + quote(addr->path) + " is longer than " +
+                        std::to_string(sizeof(sockaddr_un{}.sun_path) - 1) + " bytes");
+      return std::nullopt;
+    }
+  }
   if (!addr) {
     error(f.line, path + ": expected host:port, [IPv6]:port or unix:PATH (at most 107 bytes), got " +
                       quote(*expanded));
+    return std::nullopt;
   }
+  lines_[path] = f.line;
   return addr;
 }
 
@@ -1007,6 +977,7 @@ ConfigResult Loader::run(std::string_view yaml) {
   }
 
   loadOrganisations(*top, config);
+  config.lines = lines_;
 
   // Cross-field checks.
   if (config.cache.backend == CacheConfig::Backend::Redis && !config.redis) {
@@ -1035,22 +1006,21 @@ void Loader::loadLog(const Section& top, LogConfig& log) {
   if (!s) return;
   if (const Field* f = s->find("level")) {
     if (auto t = text(*f, "log.level", "a log level")) {
-      static const std::initializer_list<std::string_view> kLevels = {"trace", "debug", "info", "warn",
-                                                                      "error"};
-      if (std::find(kLevels.begin(), kLevels.end(), *t) != kLevels.end()) {
+      if (parseLogLevel(*t)) {  // the parser main.cc and a reload use
         log.level = *t;
       } else {
         error(f->line, "log.level: expected trace, debug, info, warn or error, got " + quote(*t));
       }
     }
   }
-  std::string access_log;
-  if (getString(*s, "access_log", access_log)) {
-    if (access_log.empty()) {
-      error(s->find("access_log")->line,
-            "log.access_log: expected stderr, stdout, off or a file path, got ''");
-    } else {
-      log.access_log = std::move(access_log);
+  if (const Field* f = s->find("access_log")) {
+    if (auto t = text(*f, "log.access_log", "stderr, stdout, off or a file path")) {
+      if (t->empty()) {
+        error(f->line, "log.access_log: expected stderr, stdout, off or a file path, got ''");
+      } else {
+        log.access_log = AccessLog::isStream(*t) ? std::move(*t) : resolvePath(*t);
+        lines_["log.access_log"] = f->line;
+      }
     }
   }
 }
@@ -1094,10 +1064,12 @@ void Loader::loadRedis(const Section& top, std::optional<RedisConfig>& redis) {
   if (const Field* f = s->find("url")) {
     // text() echoes nothing of a scalar, and the problems name no part of it.
     if (auto t = text(*f, "redis.url", "a URL")) {
-      if (auto problem = redisUrlProblem(*t)) {
-        error(f->line, "redis.url: " + *problem);
-      } else {
+      std::string problem;
+      if (auto endpoint = parseRedisUrl(*t, &problem)) {
         rc.url = std::move(*t);
+        rc.endpoint = std::move(*endpoint);
+      } else {
+        error(f->line, "redis.url: " + problem);
       }
     }
   } else {
@@ -1282,8 +1254,7 @@ void Loader::loadApiKey(const Section& s, const std::string& path, Organisation&
     error(file->line, field + ": empty path");
     return;
   }
-  std::string resolved = *t;
-  if (resolved.front() != '/') resolved = base_dir_ + "/" + resolved;
+  std::string resolved = resolvePath(*t);
   std::string contents;
   if (auto problem = readFile(resolved, kMaxSecretFileBytes, contents)) {
     error(file->line, field + ": cannot read " + quote(resolved) + ": " + *problem);
@@ -1410,6 +1381,11 @@ double CacheConfig::staleIfErrorFor(const std::string& workflow_id) const {
   auto it = workflows.find(workflow_id);
   if (it != workflows.end() && it->second.stale_if_error_s) return *it->second.stale_if_error_s;
   return stale_if_error_s;
+}
+
+int Config::lineOf(std::string_view key) const {
+  auto it = lines.find(key);
+  return it == lines.end() ? 1 : it->second;
 }
 
 const Organisation* Config::findOrganisation(std::string_view name) const {
@@ -1556,6 +1532,157 @@ std::optional<ListenAddress> parseListenAddress(std::string_view text) {
   addr.host = std::string(host);
   addr.port = *p;
   return addr;
+}
+
+}  // namespace wfp
+
+// ---------------------------------------------------------------------------
+// redis.url (the README's "Configuration" lists the accepted forms).
+
+namespace wfp {
+namespace {
+
+// "0".."kMaxRedisDb".
+std::optional<int> parseRedisDb(std::string_view s) {
+  if (!allDigits(s) || s.size() > 7) return std::nullopt;
+  int v = 0;
+  std::from_chars(s.data(), s.data() + s.size(), v);
+  if (v > kMaxRedisDb) return std::nullopt;
+  return v;
+}
+
+const std::string kRedisForms = "expected redis://[:password@]host[:port][/db] or unix:PATH[?db=N&password=...]";
+const std::string kBadDb = "database must be a number from 0 to " + std::to_string(kMaxRedisDb);
+const std::string kBadPassword = "malformed password (bad %-escape or control character)";
+
+// redis://[[default]:PASSWORD@]HOST[:PORT][/DB]; `rest` follows "redis://".
+std::optional<std::string> parseTcpRedisUrl(std::string_view rest, RedisUrl& out) {
+  if (rest.find_first_of("?#") != std::string_view::npos) {
+    return "query and fragment are not supported in redis:// URLs; " + kRedisForms;
+  }
+  // The DB path cannot hold '@': the last one ends the password, which may
+  // therefore hold '@' and '/' unescaped.
+  size_t at = rest.rfind('@');
+  if (at != std::string_view::npos) {
+    std::string_view userinfo = rest.substr(0, at);
+    size_t colon = userinfo.find(':');
+    if (colon == std::string_view::npos) {
+      return std::string("a user name without a password is not supported; write redis://:PASSWORD@host");
+    }
+    // AUTH <password> authenticates the "default" user, so that one name is
+    // the same as none; other ACL users would need AUTH <user> <password>.
+    std::string_view user = userinfo.substr(0, colon);
+    if (!user.empty() && user != "default") {
+      return std::string("ACL user names are not supported (only the default user); write redis://:PASSWORD@host");
+    }
+    std::string_view password = userinfo.substr(colon + 1);
+    if (password.empty()) return std::string("empty password");
+    if (!isValidPercentText(password)) return kBadPassword;
+    out.password = percentDecode(password);
+    rest = rest.substr(at + 1);
+  }
+  size_t slash = rest.find('/');
+  std::string_view authority = rest.substr(0, slash);
+  std::string_view host;
+  std::optional<uint16_t> port;
+  if (!parseAuthority(authority, host, port)) return "bad host or port; " + kRedisForms;
+  if (port && *port == 0) return std::string("port 0 is not a valid Redis port");
+  out.host.assign(host);
+  if (port) out.port = *port;
+  if (slash != std::string_view::npos) {
+    std::string_view db = rest.substr(slash + 1);
+    if (!db.empty()) {
+      auto v = parseRedisDb(db);
+      if (!v) return kBadDb;
+      out.db = *v;
+    }
+  }
+  return std::nullopt;
+}
+
+// unix:PATH[?db=N][&password=PASSWORD] (also unix://PATH); `rest` follows "unix:".
+std::optional<std::string> parseUnixRedisUrl(std::string_view rest, RedisUrl& out) {
+  if (rest.substr(0, 2) == "//") rest.remove_prefix(2);
+  size_t q = rest.find('?');
+  std::string_view path = rest.substr(0, q);
+  if (path.empty()) return "empty socket path; " + kRedisForms;
+  if (!isValidPercentText(path)) return std::string("malformed socket path (bad %-escape or control character)");
+  out.unix_path = percentDecode(path);
+  if (out.unix_path.find('\0') != std::string::npos) return std::string("socket path holds a NUL byte");
+  if (out.unix_path.size() >= sizeof(sockaddr_un{}.sun_path)) {
+    return "socket path longer than " + std::to_string(sizeof(sockaddr_un{}.sun_path) - 1) + " bytes";
+  }
+  if (q == std::string_view::npos) return std::nullopt;
+  std::string_view query = rest.substr(q + 1);
+  bool seen_db = false;
+  bool seen_password = false;
+  for (;;) {
+    size_t amp = query.find('&');
+    std::string_view param = query.substr(0, amp);
+    size_t eq = param.find('=');
+    if (eq == std::string_view::npos) return "malformed query (expected db=N and/or password=...); " + kRedisForms;
+    std::string_view key = param.substr(0, eq);
+    std::string_view value = param.substr(eq + 1);
+    if (key == "db") {
+      if (seen_db) return std::string("db given twice");
+      seen_db = true;
+      auto v = parseRedisDb(value);
+      if (!v) return kBadDb;
+      out.db = *v;
+    } else if (key == "password") {
+      if (seen_password) return std::string("password given twice");
+      seen_password = true;
+      if (value.empty()) return std::string("empty password");
+      if (!isValidPercentText(value)) return kBadPassword;
+      out.password = percentDecode(value);
+    } else {
+      // The name is not echoed: a mistyped "pasword=" would show the password's neighbourhood.
+      return std::string("unknown query parameter (only db and password are accepted)");
+    }
+    if (amp == std::string_view::npos) break;
+    query = query.substr(amp + 1);
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<RedisUrl> parseRedisUrl(std::string_view url, std::string* error) {
+  RedisUrl out;
+  std::optional<std::string> problem;
+  if (istartsWith(url, "rediss://")) {
+    problem = "TLS to Redis is not supported (rediss://); use redis:// or unix:";
+  } else if (istartsWith(url, "redis://")) {
+    problem = parseTcpRedisUrl(url.substr(8), out);
+  } else if (istartsWith(url, "unix:")) {
+    problem = parseUnixRedisUrl(url.substr(5), out);
+  } else {
+    problem = kRedisForms;
+  }
+  if (problem) {
+    if (error) *error = std::move(*problem);
+    return std::nullopt;
+  }
+  return out;
+}
+
+void AddrinfoFree::operator()(addrinfo* list) const {
+  if (list) ::freeaddrinfo(list);
+}
+
+AddrinfoList resolveListenAddress(const ListenAddress& address, std::string* error) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  std::string port = std::to_string(address.port);
+  int rc = ::getaddrinfo(address.host.empty() ? nullptr : address.host.c_str(), port.c_str(), &hints, &res);
+  if (rc != 0) {
+    if (error) *error = "resolve " + address.host + ": " + ::gai_strerror(rc);
+    return nullptr;
+  }
+  return AddrinfoList(res);
 }
 
 }  // namespace wfp

@@ -19,6 +19,8 @@
 #include <string_view>
 #include <vector>
 
+struct addrinfo;
+
 namespace wfp {
 
 using Sha256 = std::array<uint8_t, 32>;
@@ -51,8 +53,18 @@ struct LimitsConfig {
   int max_client_connections = 10000;
 };
 
+// Where Redis is, from redis.url (parseRedisUrl below).
+struct RedisUrl {
+  std::string host;       // TCP: a name, IPv4 or IPv6 (no brackets)
+  int port = 6379;
+  std::string unix_path;  // unix:PATH (percent-decoded)
+  std::string password;   // percent-decoded; never logged
+  int db = 0;
+};
+
 struct RedisConfig {
-  std::string url;  // redis://[:password@]host:port/db or unix:PATH
+  std::string url;    // as written: redis://[:password@]host:port/db or unix:PATH
+  RedisUrl endpoint;  // `url` parsed: what the Redis client connects to
   std::string key_prefix = "wfp:";
   int timeout_ms = 250;
 };
@@ -119,8 +131,14 @@ struct Config {
   enum class UnknownKeys { Reject, PassThrough };
   UnknownKeys unknown_keys = UnknownKeys::Reject;
   std::vector<Organisation> organisations;
+  // The line each value that names something outside the file was written
+  // on ("listen", "admin_listen", "log.access_log"), for problems found
+  // after loading (checkStart() in proxy.h); absent: the default was used.
+  std::map<std::string, int, std::less<>> lines;
 
   const Organisation* findOrganisation(std::string_view name) const;
+  // lines[key], or 1.
+  int lineOf(std::string_view key) const;
 };
 
 using ConfigPtr = std::shared_ptr<const Config>;
@@ -135,8 +153,9 @@ using EnvLookup = std::function<std::optional<std::string>(const std::string&)>;
 EnvLookup processEnv();
 
 ConfigResult loadConfigFile(const std::string& path, const EnvLookup& env = processEnv());
-// `name` is used as the file part of error messages; relative api_key_file
-// paths are resolved against `base_dir`.
+// `name` is used as the file part of error messages; relative paths in the
+// configuration (api_key_file, log.access_log, unix: listen addresses) are
+// resolved against `base_dir` (loadConfigFile: the config file's directory).
 ConfigResult loadConfigString(std::string_view yaml, const std::string& name,
                               const EnvLookup& env = processEnv(),
                               const std::string& base_dir = ".");
@@ -145,5 +164,23 @@ ConfigResult loadConfigString(std::string_view yaml, const std::string& name,
 std::optional<size_t> parseSize(std::string_view text);
 // "127.0.0.1:8080", "[::1]:8080", "localhost:80", "unix:/path". nullopt if malformed.
 std::optional<ListenAddress> parseListenAddress(std::string_view text);
+
+// The one grammar of redis.url, used by the loader (so --check-config) and
+// nowhere else: the Redis client gets the parsed RedisConfig::endpoint.
+//   redis://[[default]:PASSWORD@]HOST[:PORT][/DB]   unix:PATH[?db=N][&password=PASSWORD]
+// nullopt and `error` when malformed; `error` never holds any part of the URL
+// (it may hold a password).
+std::optional<RedisUrl> parseRedisUrl(std::string_view url, std::string* error = nullptr);
+constexpr int kMaxRedisDb = 1 << 20;
+
+// A TCP listen address resolved as the listener binds it (getaddrinfo:
+// passive, any family, numeric port), so that `--check-config` and the start
+// read a host name the same way. Null, with `error` set, when it does not
+// resolve.
+struct AddrinfoFree {
+  void operator()(addrinfo* list) const;
+};
+using AddrinfoList = std::unique_ptr<addrinfo, AddrinfoFree>;
+AddrinfoList resolveListenAddress(const ListenAddress& address, std::string* error);
 
 }  // namespace wfp

@@ -1709,16 +1709,13 @@ bool HttpServer::listen(const ListenAddress& address, BoundListener* bound, std:
     unix_path = address.path;
     result.address = "unix:" + address.path;
   } else {
-    addrinfo hints{};
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    addrinfo* res = nullptr;
+    // Resolved as --check-config resolves it (config.h).
+    std::string resolve_error;
+    AddrinfoList res = resolveListenAddress(address, &resolve_error);
+    if (!res) return fail(resolve_error);
     std::string port = std::to_string(address.port);
-    int rc = ::getaddrinfo(address.host.empty() ? nullptr : address.host.c_str(), port.c_str(), &hints, &res);
-    if (rc != 0) return fail("resolve " + address.host + ": " + gai_strerror(rc));
     std::string last_error = "no address";
-    for (addrinfo* ai = res; ai; ai = ai->ai_next) {
+    for (addrinfo* ai = res.get(); ai; ai = ai->ai_next) {
       int s = ::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
       if (s < 0) {
         last_error = std::strerror(errno);
@@ -1734,7 +1731,6 @@ bool HttpServer::listen(const ListenAddress& address, BoundListener* bound, std:
       fd = s;
       break;
     }
-    ::freeaddrinfo(res);
     std::string where = address.text.empty() ? address.host + ":" + port : address.text;
     if (fd < 0) return fail("listen " + where + ": " + last_error);
     sockaddr_storage ss{};

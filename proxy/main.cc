@@ -7,6 +7,7 @@
 #include <iostream>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <sys/resource.h>
 #include <systemd/sd-daemon.h>
@@ -31,7 +32,8 @@ const char* kUsage =
     "\n"
     "  --config PATH      YAML configuration (default: $WORKFLOW_PROXY_CONFIG,\n"
     "                     else /etc/workflow-proxy/workflow-proxy.yaml)\n"
-    "  --check-config     validate the configuration, print 'config OK' or every problem, exit\n"
+    "  --check-config     validate the configuration and open what the start opens (log file,\n"
+    "                     listen addresses, key files); print 'config OK' or every problem, exit\n"
     "  --log-level LEVEL  trace | debug | info | warn | error (overrides log.level)\n"
     "  --version          print the version and exit\n"
     "  keygen             print a new client key and its `clients:` entry\n"
@@ -123,6 +125,15 @@ int main(int argc, char** argv) {
     return kExitUsage;
   }
   if (check_only) {
+    // What the start opens, opened (and closed) by the check too: "config OK"
+    // means the proxy starts, barring a port in use. The start itself does
+    // not run this: what it cannot open is exit 1 (the unit restarts it: an
+    // address or a directory may appear), not 2 (RestartPreventExitStatus).
+    std::vector<std::string> unusable = wfp::checkStart(*loaded.config);
+    if (!unusable.empty()) {
+      for (const auto& e : unusable) std::fprintf(stderr, "%s\n", e.c_str());
+      return kExitUsage;
+    }
     std::puts("config OK");
     return kExitOk;
   }

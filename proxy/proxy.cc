@@ -1,6 +1,15 @@
 #include "proxy/proxy.h"
 
-#include <stdexcept>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <utility>
 
 #include <spdlog/spdlog.h>
 
@@ -27,14 +36,98 @@ UpstreamOptions upstreamOptions(const Config& config) {
 
 std::unique_ptr<RedisClient> makeRedisClient(EventLoop& loop, const Config& config, Metrics& metrics) {
   if (!config.redis) return nullptr;
-  std::string error;
-  auto url = parseRedisUrl(config.redis->url, &error);
-  if (!url) throw std::runtime_error("redis.url: " + error);  // the loader validated it already
   RedisOptions options;
-  options.url = *url;
+  options.url = config.redis->endpoint;  // parsed by the loader: nothing left to reject here
   options.timeout_ms = config.redis->timeout_ms;
   options.on_state = [&metrics](bool up) { metrics.setRedisUp(up); };
   return std::make_unique<RedisClient>(loop, std::move(options));
+}
+
+namespace {
+
+std::string parentDirectory(const std::string& path) {
+  size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+// What HttpServer::listen() needs of an address, found without taking it
+// (a running proxy may hold it: `--check-config` runs next to one before a
+// reload or a restart). Not checked: whether the port is free, and whether a
+// port below 1024 may be bound.
+bool checkListen(const ListenAddress& address, std::string* error) {
+  if (address.kind == ListenAddress::Kind::Unix) {
+    struct stat st {};
+    if (::lstat(address.path.c_str(), &st) == 0) {
+      if (S_ISSOCK(st.st_mode)) return true;  // stale (the start replaces it) or live
+      *error = address.path + " exists and is not a socket";
+      return false;
+    }
+    if (errno != ENOENT) {
+      *error = address.path + ": " + std::strerror(errno);
+      return false;
+    }
+    // bind() creates the socket file: its directory must exist and take it.
+    std::string dir = parentDirectory(address.path);
+    int err = 0;
+    if (::stat(dir.c_str(), &st) != 0) {
+      err = errno;
+    } else if (!S_ISDIR(st.st_mode)) {
+      err = ENOTDIR;
+    } else if (::access(dir.c_str(), W_OK | X_OK) != 0) {
+      err = errno;
+    }
+    if (err != 0) {
+      *error = address.path + ": directory " + dir + ": " + std::strerror(err);
+      return false;
+    }
+    return true;
+  }
+  // The host must resolve as the start resolves it, to an address of this
+  // machine: bound here with port 0, which never conflicts.
+  AddrinfoList list = resolveListenAddress(address, error);
+  if (!list) return false;
+  int last_error = EADDRNOTAVAIL;
+  for (addrinfo* ai = list.get(); ai; ai = ai->ai_next) {
+    sockaddr_storage ss{};
+    std::memcpy(&ss, ai->ai_addr, std::min<size_t>(ai->ai_addrlen, sizeof ss));
+    if (ss.ss_family == AF_INET) reinterpret_cast<sockaddr_in*>(&ss)->sin_port = 0;
+    if (ss.ss_family == AF_INET6) reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port = 0;
+    int s = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+    if (s < 0) {
+      last_error = errno;
+      continue;
+    }
+    int rc = ::bind(s, reinterpret_cast<sockaddr*>(&ss), ai->ai_addrlen);
+    last_error = errno;
+    ::close(s);
+    if (rc == 0) return true;
+  }
+  *error = address.text + ": " + std::strerror(last_error);
+  return false;
+}
+
+}  // namespace
+
+std::vector<std::string> checkStart(const Config& config) {
+  std::vector<std::pair<int, std::string>> problems;
+  auto check = [&](const char* key, const std::function<bool(std::string*)>& opens) {
+    std::string error;
+    if (!opens(&error)) problems.emplace_back(config.lineOf(key), std::string(key) + ": " + error);
+  };
+  check("log.access_log", [&](std::string* e) { return AccessLog::check(config.log.access_log, e); });
+  check("listen", [&](std::string* e) { return checkListen(config.listen, e); });
+  if (config.admin_listen) {
+    check("admin_listen", [&](std::string* e) { return checkListen(*config.admin_listen, e); });
+  }
+  std::stable_sort(problems.begin(), problems.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::vector<std::string> errors;
+  for (const auto& [line, message] : problems) {
+    errors.push_back(config.source + ":" + std::to_string(line) + ": " + message);
+  }
+  return errors;
 }
 
 Proxy::Proxy(EventLoop& loop, ConfigPtr config)

@@ -61,6 +61,14 @@ class Proxy {
   std::function<void()> drain_done_;
 };
 
+// What `--check-config` adds to loading: opens (and closes again, leaving nothing behind) what start() opens — the
+// access log file, the listeners' unix socket directories, the listen hosts
+// (resolved as the start resolves them, bound with port 0) — and returns each
+// problem as "file:line: message" (exit code 2). Files the loader reads
+// (api_key_file) were already read by loadConfigFile(). A file added to the
+// start (TLS, token files) belongs here too.
+std::vector<std::string> checkStart(const Config& config);
+
 HttpServerLimits serverLimits(const Config& config);
 std::unique_ptr<RedisClient> makeRedisClient(EventLoop& loop, const Config& config, Metrics& metrics);
 UpstreamOptions upstreamOptions(const Config& config);

@@ -27,21 +27,14 @@
 #include <string_view>
 #include <vector>
 
+#include "proxy/config.h"
 #include "proxy/event_loop.h"
 
 namespace wfp {
 
-struct RedisUrl {
-  std::string host;       // TCP
-  int port = 6379;
-  std::string unix_path;  // unix:PATH
-  std::string password;   // never logged
-  int db = 0;
-};
-
-// redis://[:password@]host[:port][/db] or unix:PATH[?db=N&password=P].
-// nullopt (and `error`, which never contains the password) when malformed.
-std::optional<RedisUrl> parseRedisUrl(std::string_view url, std::string* error = nullptr);
+// RedisUrl and parseRedisUrl(), the one grammar of redis.url, are in
+// config.h: the loader parses the URL (so --check-config rejects what the
+// client could not use) and the client is given RedisConfig::endpoint.
 
 struct RedisReply {
   enum class Type { Nil, Status, Error, Integer, String, Array };

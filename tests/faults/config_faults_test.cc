@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <thread>
@@ -114,6 +115,46 @@ TEST(Faults, CheckConfigOnAStrayCommaFailsQuickly) {
   EXPECT_TRUE(exited);
   EXPECT_LT(peak, 512 * 1024) << "KiB";
   EXPECT_EQ(code.value_or(-1), 2) << readFile(dir.file("err"));
+}
+
+// --check-config opens what the start opens (SPEC §10.1). It must not hang
+// on a FIFO nobody reads, and must not disturb a proxy already running with
+// the same configuration (the check before a reload or a restart): its
+// ports and its access log stay as they are.
+TEST(Faults, CheckConfigOnAFifoAccessLogDoesNotHang) {
+  TempDir dir;
+  ASSERT_EQ(::mkfifo(dir.file("fifo").c_str(), 0600), 0);
+  dir.write("c.yaml", "log: {access_log: " + dir.file("fifo") +
+                          "}\norganisations:\n  - name: acme\n    api_key: sk_x\n");
+  Process check({WFP_PROXY_BIN, "--check-config", "--config", dir.file("c.yaml")}, {}, dir.file("err"), true);
+  auto code = check.wait(5s);
+  if (!code) check.signal(SIGKILL);
+  EXPECT_EQ(code.value_or(-1), 0) << readFile(dir.file("err"));
+}
+
+TEST(Faults, CheckConfigBesideARunningProxyLeavesItAlone) {
+  Simulator sim;
+  const int port = freePort();
+  const int admin_port = freePort();
+  ProxyProcess proxy("listen: 127.0.0.1:" + std::to_string(port) + "\nadmin_listen: 127.0.0.1:" +
+                         std::to_string(admin_port) + "\n" + baseConfig(),
+                     sim.url());
+  ASSERT_EQ(runOn(proxy.port(), "wf_c", "{}").status, 200);
+  ASSERT_TRUE(eventually([&] { return proxy.accessLog().size() == 1; }));
+  const nlohmann::json first = proxy.accessLog().front();
+  Process check({WFP_PROXY_BIN, "--check-config", "--config", proxy.configPath()}, {},
+                proxy.dir().file("check.err"), true);
+  auto code = check.wait(10s);
+  EXPECT_EQ(code.value_or(-1), 0) << readFile(proxy.dir().file("check.err"));
+  EXPECT_EQ(check.drainStdout(), "config OK\n");
+  EXPECT_EQ(httpRequest(admin_port, "GET", "/healthz").status, 200);
+  EXPECT_EQ(runOn(proxy.port(), "wf_c", "{}").header("x-cache"), "HIT");
+  // The access log is the one the proxy had, still appended to.
+  EXPECT_TRUE(eventually([&] {
+    auto lines = proxy.accessLog();
+    return lines.size() >= 2 && lines.front() == first && lines.back()["cache"] == "HIT";
+  }));
+  expectAlive(proxy);
 }
 
 // Writes `prefix` before the running proxy's configuration, sends SIGHUP, and

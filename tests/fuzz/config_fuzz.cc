@@ -10,7 +10,12 @@
 //     entry's redis:// or unix: URL, when that value looks like a key, is long
 //     enough to be recognisable and occurs nowhere else in the input (so an
 //     error echoing some other scalar is not mistaken for a leak);
-//   * an accepted config only holds visible-ASCII organisation keys.
+//   * an accepted config only holds visible-ASCII organisation keys;
+//   * an accepted redis.url is one the Redis client can use as given: its
+//     endpoint is what parseRedisUrl() (the one parser) makes of the URL,
+//     with a port, db and socket path in range;
+//   * parseRedisUrl() on the raw input never echoes the URL's password.
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -134,6 +139,33 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (const std::string& e : result.errors) {
     for (const std::string& secret : secrets) {
       if (e.find(secret) != std::string::npos) die("an error message contains a secret", e);
+    }
+  }
+
+  // The raw input as a URL: any error names no part of the password.
+  std::string url_error;
+  if (!wfp::parseRedisUrl(text, &url_error)) {
+    // A password as plantedSecrets() would consider one: recognisable.
+    std::string_view password = urlPassword(text);
+    bool recognisable = password.size() >= 8 && occurrences(text, password) == 1 &&
+                        std::all_of(password.begin(), password.end(), isSecretChar);
+    if (recognisable && url_error.find(password) != std::string::npos) {
+      die("a redis.url error contains the password", url_error);
+    }
+  }
+
+  if (result.config && result.config->redis) {
+    const wfp::RedisConfig& redis = *result.config->redis;
+    auto again = wfp::parseRedisUrl(redis.url);
+    if (!again) die("an accepted redis.url does not parse", "");
+    const wfp::RedisUrl& e = redis.endpoint;
+    if (again->host != e.host || again->port != e.port || again->unix_path != e.unix_path ||
+        again->password != e.password || again->db != e.db) {
+      die("the endpoint is not what the parser makes of redis.url", "");
+    }
+    if (e.host.empty() == e.unix_path.empty()) die("an endpoint with both or neither of host and socket", "");
+    if (e.port < 1 || e.port > 65535 || e.db < 0 || e.db > wfp::kMaxRedisDb || e.unix_path.size() > 107) {
+      die("an endpoint out of range", "");
     }
   }
 

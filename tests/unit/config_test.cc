@@ -4,7 +4,14 @@
 #include "proxy/config.h"
 
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
 
 #include <filesystem>
 #include <fstream>
@@ -12,6 +19,9 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "proxy/access_log.h"
+#include "proxy/proxy.h"
 
 namespace wfp {
 namespace {
@@ -743,6 +753,7 @@ TEST(ConfigTest, BaseUrl) {
 TEST(ConfigTest, RedisUrls) {
   for (const char* good : {"redis://127.0.0.1:6379/0", "redis://localhost", "redis://host:6380",
                            "redis://:p%40ss@host:6379/2", "redis://[::1]:6379/1", "redis://host/",
+                           "redis://default:pw@host", "redis://host/1048576",
                            "unix:/run/redis.sock", "unix:///run/redis.sock", "unix:/run/redis.sock?db=3",
                            "unix:/run/redis.sock?db=3&password=pw", "unix:/run/redis.sock?password=pw"}) {
     auto r = load(withOrgs(std::string("redis:\n  url: \"") + good + "\"\n"));
@@ -754,11 +765,49 @@ TEST(ConfigTest, RedisUrls) {
   for (const char* bad :
        {"http://host", "redis://", "redis://host:0", "redis://host:port", "redis://host/db",
         "redis://host?db=1", "redis://user:pw@host", "redis://:@host", "unix:", "unix:/s?db=x",
-        "unix:/s?foo=1", "unix:/s?db=1&db=2", "unix:/s?password=", "redis://:p%4@host"}) {
+        "unix:/s?foo=1", "unix:/s?db=1&db=2", "unix:/s?password=", "redis://:p%4@host",
+        "redis://host/2000000", "redis://host/1048577", "unix:/s?db=2000000", "redis://[zz::1]:6379",
+        "unix:/s?db=1&"}) {
     auto r = load(withOrgs(std::string("redis:\n  url: \"") + bad + "\"\n"));
     EXPECT_ERROR(r, "test.yaml:2: redis.url: ");
   }
+  EXPECT_ERROR(load(withOrgs("redis:\n  url: redis://h/2000000\n")),
+               "test.yaml:2: redis.url: database must be a number from 0 to 1048576");
   EXPECT_ERROR(load(withOrgs("redis:\n  key_prefix: x\n")), "test.yaml:1: redis: url is required");
+  std::string long_path = "unix:/" + std::string(120, 's');
+  EXPECT_ERROR(load(withOrgs("redis:\n  url: " + long_path + "\n")), "redis.url: socket path longer than 107");
+}
+
+// Defect: the loader and the Redis client had a parser each; `redis://h/2000000`
+// passed --check-config and then stopped the start (exit 1). Now the loader
+// parses the URL once and the client is given the result.
+TEST(ConfigTest, RedisUrlIsParsedOnceIntoTheEndpointTheClientUses) {
+  auto tcp = load(withOrgs("redis:\n  url: \"redis://default:p%40ss@[::1]:6380/7\"\n"));
+  EXPECT_LOADS(tcp);
+  const RedisUrl& e = tcp.config->redis->endpoint;
+  EXPECT_EQ(e.host, "::1");
+  EXPECT_EQ(e.port, 6380);
+  EXPECT_EQ(e.password, "p@ss");
+  EXPECT_EQ(e.db, 7);
+  EXPECT_EQ(e.unix_path, "");
+
+  auto sock = load(withOrgs("redis:\n  url: \"unix:/run/re%20dis.sock?password=a%26b&db=3\"\n"));
+  EXPECT_LOADS(sock);
+  EXPECT_EQ(sock.config->redis->endpoint.unix_path, "/run/re dis.sock");
+  EXPECT_EQ(sock.config->redis->endpoint.password, "a&b");
+  EXPECT_EQ(sock.config->redis->endpoint.db, 3);
+  EXPECT_EQ(sock.config->redis->endpoint.host, "");
+
+  // Whatever the loader accepts, the one parser accepts with the same result.
+  for (const char* url : {"redis://h", "redis://:pw@h:1/1048576", "unix:relative.sock?db=0"}) {
+    auto r = load(withOrgs(std::string("redis:\n  url: \"") + url + "\"\n"));
+    EXPECT_LOADS(r) << url;
+    auto parsed = parseRedisUrl(url);
+    ASSERT_TRUE(parsed) << url;
+    EXPECT_EQ(parsed->host, r.config->redis->endpoint.host);
+    EXPECT_EQ(parsed->db, r.config->redis->endpoint.db);
+    EXPECT_EQ(parsed->unix_path, r.config->redis->endpoint.unix_path);
+  }
 }
 
 TEST(ConfigTest, LogLevelsAndAccessLog) {
@@ -774,6 +823,44 @@ TEST(ConfigTest, LogLevelsAndAccessLog) {
   }
   EXPECT_ERROR(load(withOrgs("log:\n  level: warning\n")), "log.level: expected trace");
   EXPECT_ERROR(load(withOrgs("log:\n  access_log: \"\"\n")), "log.access_log:");
+}
+
+// Relative paths are the config file's, not the working directory's: the
+// start under systemd (working directory /) and --check-config in a shell
+// must name the same files.
+TEST(ConfigTest, RelativePathsAreRelativeToTheConfigFile) {
+  auto r = load(withOrgs("log:\n  access_log: logs/access.log\nlisten: unix:run/wfp.sock\n"
+                         "admin_listen: unix:/abs/admin.sock\n"),
+                {}, "/etc/wfp");
+  EXPECT_LOADS(r);
+  EXPECT_EQ(r.config->log.access_log, "/etc/wfp/logs/access.log");
+  EXPECT_EQ(r.config->listen.path, "/etc/wfp/run/wfp.sock");
+  EXPECT_EQ(r.config->listen.text, "unix:run/wfp.sock");  // as written, for logs
+  EXPECT_EQ(r.config->admin_listen->path, "/abs/admin.sock");
+  for (const char* keyword : {"stderr", "stdout", "off"}) {
+    auto k = load(withOrgs(std::string("log:\n  access_log: ") + keyword + "\n"), {}, "/etc/wfp");
+    EXPECT_LOADS(k);
+    EXPECT_EQ(k.config->log.access_log, keyword);
+  }
+  // The resolved socket path must fit a sockaddr_un.
+  std::string deep = "/" + std::string(100, 'd');
+  EXPECT_ERROR(load(withOrgs("listen: unix:sock-with-a-name\n"), {}, deep),
+               "test.yaml:1: listen: socket path '" + deep.substr(0, 63));
+  // Two spellings of one socket are one address.
+  EXPECT_ERROR(load(withOrgs("listen: unix:a.sock\nadmin_listen: unix:/etc/wfp/a.sock\n"), {}, "/etc/wfp"),
+               "test.yaml:2: admin_listen: same address as listen");
+}
+
+TEST(ConfigTest, LinesOfValuesThatNameOutsideThingsAreKept) {
+  auto r = load(withOrgs("log:\n  level: info\n  access_log: /tmp/x.log\nlisten: 127.0.0.1:1\n"
+                         "admin_listen: 127.0.0.1:2\n"));
+  EXPECT_LOADS(r);
+  EXPECT_EQ(r.config->lineOf("log.access_log"), 3);
+  EXPECT_EQ(r.config->lineOf("listen"), 4);
+  EXPECT_EQ(r.config->lineOf("admin_listen"), 5);
+  auto defaults = load(kMinimalOrgs);
+  EXPECT_LOADS(defaults);
+  EXPECT_EQ(defaults.config->lineOf("listen"), 1);
 }
 
 TEST(ConfigTest, CacheBackendsAndWorkflowOverrides) {
@@ -1027,6 +1114,145 @@ fs::path confDir() {
   fs::path here = fs::path(__FILE__);
   if (here.is_relative()) here = fs::current_path() / here;
   return here.parent_path().parent_path().parent_path() / "conf";
+}
+
+// ---------------------------------------------------------------------------
+// checkStart(): what --check-config opens besides the file (SPEC §10.1).
+
+std::vector<std::string> checkYaml(const std::string& yaml, const std::string& base_dir = ".") {
+  auto r = load(yaml, {}, base_dir);
+  if (!r.config) throw std::runtime_error("does not load:\n" + joined(r.errors));
+  return checkStart(*r.config);
+}
+
+size_t entries(const fs::path& dir) {
+  return static_cast<size_t>(std::distance(fs::directory_iterator(dir), fs::directory_iterator()));
+}
+
+TEST(CheckStart, AccessLogProblemsAreReportedWithTheirLine) {
+  TempDir dir;
+  dir.write("file", "x");
+  fs::create_directory(dir.path() / "adir");
+  const std::string head = "listen: 127.0.0.1:0\nadmin_listen: \"\"\nlog:\n  access_log: ";
+  struct Case {
+    std::string path;
+    std::string error;
+  };
+  for (const Case& c : {Case{"/nonexistent-wfp-dir/access.log", "No such file or directory"},
+                        Case{(dir.path() / "file/access.log").string(), "Not a directory"},
+                        Case{(dir.path() / "adir").string(), "Is a directory"}}) {
+    auto errors = checkYaml(withOrgs(head + c.path + "\n"));
+    ASSERT_EQ(errors.size(), 1u) << c.path;
+    EXPECT_EQ(errors[0], "test.yaml:4: log.access_log: " + c.path + ": " + c.error);
+  }
+  EXPECT_EQ(entries(dir.path()), 2u);  // nothing created
+}
+
+TEST(CheckStart, AccessLogCheckLeavesNothingBehind) {
+  TempDir dir;
+  fs::path existing = dir.write("old.log", "line\n");
+  struct stat before {};
+  ASSERT_EQ(::stat(existing.c_str(), &before), 0);
+  const std::string head = "listen: 127.0.0.1:0\nadmin_listen: \"\"\nlog:\n  access_log: ";
+  EXPECT_TRUE(checkYaml(withOrgs(head + existing.string() + "\n")).empty());
+  struct stat after {};
+  ASSERT_EQ(::stat(existing.c_str(), &after), 0);
+  EXPECT_EQ(after.st_size, before.st_size);
+  EXPECT_EQ(after.st_mtim.tv_nsec, before.st_mtim.tv_nsec);
+  EXPECT_EQ(after.st_mtim.tv_sec, before.st_mtim.tv_sec);
+
+  // A missing file in a directory that exists: fine, and not created.
+  EXPECT_TRUE(checkYaml(withOrgs(head + "new.log\n"), dir.path().string()).empty());
+  EXPECT_FALSE(fs::exists(dir.path() / "new.log"));
+  EXPECT_EQ(entries(dir.path()), 1u);
+
+  // A dangling symbolic link: judged by its target, which is not created.
+  fs::create_symlink(dir.path() / "target.log", dir.path() / "link.log");
+  fs::create_symlink("/nonexistent-wfp-dir/target.log", dir.path() / "broken.log");
+  EXPECT_TRUE(checkYaml(withOrgs(head + "link.log\n"), dir.path().string()).empty());
+  EXPECT_FALSE(fs::exists(dir.path() / "target.log"));
+  auto broken = checkYaml(withOrgs(head + "broken.log\n"), dir.path().string());
+  ASSERT_EQ(broken.size(), 1u);
+  EXPECT_NE(broken[0].find("test.yaml:4: log.access_log: /nonexistent-wfp-dir/target.log: No such file"),
+            std::string::npos)
+      << broken[0];
+
+  // A FIFO nobody reads yet: accepted at once (the start waits for a reader).
+  ASSERT_EQ(::mkfifo((dir.path() / "fifo").c_str(), 0600), 0);
+  EXPECT_TRUE(checkYaml(withOrgs(head + "fifo\n"), dir.path().string()).empty());
+}
+
+// check() and open() are one rule: for each destination they agree.
+TEST(CheckStart, AccessLogCheckAgreesWithOpen) {
+  TempDir dir;
+  dir.write("file", "x");
+  dir.write("exists.log", "");
+  fs::create_directory(dir.path() / "adir");
+  fs::create_symlink(dir.path() / "via-link.log", dir.path() / "link.log");
+  for (const std::string& p :
+       {std::string("stderr"), std::string("off"), (dir.path() / "exists.log").string(),
+        (dir.path() / "new.log").string(), (dir.path() / "file/x.log").string(), (dir.path() / "adir").string(),
+        (dir.path() / "missing/x.log").string(), (dir.path() / "link.log").string()}) {
+    std::string check_error;
+    std::string open_error;
+    bool checked = AccessLog::check(p, &check_error);
+    AccessLog log;
+    bool opened = log.open(p, &open_error);
+    EXPECT_EQ(checked, opened) << p << ": check: " << check_error << "; open: " << open_error;
+    EXPECT_EQ(check_error, open_error) << p;
+  }
+}
+
+TEST(CheckStart, ListenAddressesAreCheckedWithoutTakingThem) {
+  TempDir dir;
+  // A port in use is not the check's business (a running proxy holds it).
+  int held = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(held, 0);
+  sockaddr_in sin{};
+  sin.sin_family = AF_INET;
+  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(held, reinterpret_cast<sockaddr*>(&sin), sizeof sin), 0);
+  ASSERT_EQ(::listen(held, 1), 0);
+  socklen_t len = sizeof sin;
+  ASSERT_EQ(::getsockname(held, reinterpret_cast<sockaddr*>(&sin), &len), 0);
+  std::string port = std::to_string(ntohs(sin.sin_port));
+  EXPECT_TRUE(checkYaml(withOrgs("listen: 127.0.0.1:" + port + "\nadmin_listen: localhost:" + port + "\n")).empty());
+  ::close(held);
+
+  // An address of no interface here (TEST-NET-1): the start could not bind it.
+  auto foreign = checkYaml(withOrgs("admin_listen: \"\"\nlisten: 192.0.2.1:8080\n"));
+  ASSERT_EQ(foreign.size(), 1u);
+  EXPECT_EQ(foreign[0], "test.yaml:2: listen: 192.0.2.1:8080: Cannot assign requested address");
+
+  // unix: the directory must exist; a file that is not a socket is in the way.
+  dir.write("plain", "");
+  auto unix_errors = checkYaml(withOrgs("listen: unix:missing/wfp.sock\nadmin_listen: unix:plain\n"),
+                               dir.path().string());
+  ASSERT_EQ(unix_errors.size(), 2u);
+  EXPECT_EQ(unix_errors[0], "test.yaml:1: listen: " + (dir.path() / "missing/wfp.sock").string() +
+                                ": directory " + (dir.path() / "missing").string() + ": No such file or directory");
+  EXPECT_EQ(unix_errors[1], "test.yaml:2: admin_listen: " + (dir.path() / "plain").string() +
+                                " exists and is not a socket");
+  auto unix_under_file = checkYaml(withOrgs("listen: unix:plain/wfp.sock\nadmin_listen: \"\"\n"),
+                                   dir.path().string());
+  ASSERT_EQ(unix_under_file.size(), 1u);
+  EXPECT_NE(unix_under_file[0].find("Not a directory"), std::string::npos) << unix_under_file[0];
+  EXPECT_TRUE(checkYaml(withOrgs("listen: unix:wfp.sock\nadmin_listen: \"\"\n"), dir.path().string()).empty());
+  EXPECT_FALSE(fs::exists(dir.path() / "wfp.sock"));
+
+  // A live socket (a running proxy's) is left alone and not an error.
+  int live = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  ASSERT_GE(live, 0);
+  sockaddr_un sun{};
+  sun.sun_family = AF_UNIX;
+  std::string live_path = (dir.path() / "live.sock").string();
+  ASSERT_LT(live_path.size(), sizeof sun.sun_path);
+  std::memcpy(sun.sun_path, live_path.c_str(), live_path.size() + 1);
+  ASSERT_EQ(::bind(live, reinterpret_cast<sockaddr*>(&sun), sizeof sun), 0);
+  ASSERT_EQ(::listen(live, 1), 0);
+  EXPECT_TRUE(checkYaml(withOrgs("listen: unix:live.sock\nadmin_listen: \"\"\n"), dir.path().string()).empty());
+  EXPECT_TRUE(fs::exists(live_path));
+  ::close(live);
 }
 
 TEST(ConfigTest, ShippedConfigsLoad) {

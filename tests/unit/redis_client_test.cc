@@ -184,6 +184,8 @@ class LogCapture {
 };
 
 // --- URL parsing -------------------------------------------------------------
+// parseRedisUrl() lives in config.cc, the one grammar of redis.url: the
+// loader parses the URL and the client is given RedisConfig::endpoint.
 
 TEST(ParseRedisUrl, AcceptsTheDocumentedForms) {
   struct Case {
@@ -206,7 +208,8 @@ TEST(ParseRedisUrl, AcceptsTheDocumentedForms) {
       {"redis://:p%40ss%20w%3Ard@h", "h", 6379, "", "p@ss w:rd", 0},
       {"redis://:a@b@h", "h", 6379, "", "a@b", 0},
       {"redis://default:pw@h", "h", 6379, "", "pw", 0},
-      {"redis://:@h", "h", 6379, "", "", 0},
+      {"redis://h/1048576", "h", 6379, "", "", 1048576},
+      {"unix:/run/re%20dis.sock", "", 6379, "/run/re dis.sock", "", 0},
       {"unix:/run/redis/redis.sock", "", 6379, "/run/redis/redis.sock", "", 0},
       {"unix:///run/redis.sock", "", 6379, "/run/redis.sock", "", 0},
       {"unix:/run/redis.sock?db=4&password=x%26y", "", 6379, "/run/redis.sock", "x&y", 4},
@@ -244,6 +247,8 @@ TEST(ParseRedisUrl, RejectsMalformedWithoutLeakingThePassword) {
       "redis://:TopSecret1@h/-1",
       "redis://:TopSecret1@h/1/2",
       "redis://:TopSecret1@h/99999999999",
+      "redis://:TopSecret1@h/2000000",
+      "redis://:@h",
       "redis://:TopSecret1@h?db=1",
       "redis://:Top%zzSecret1@h",
       "redis://:TopSecret1%4@h",
@@ -256,6 +261,9 @@ TEST(ParseRedisUrl, RejectsMalformedWithoutLeakingThePassword) {
       "unix:/s?db=x&password=TopSecret1",
       "unix:/s?password=TopSecret1&color=red",
       "unix:/s?password=Top%GGSecret1",
+      "unix:/s?password=TopSecret1&db=2000000",
+      "unix:/s?password=TopSecret1&",
+      "unix:/s?password=TopSecret1&password=TopSecret1",
   };
   for (const char* u : bad) {
     SCOPED_TRACE(u);
