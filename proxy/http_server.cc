@@ -641,8 +641,11 @@ class HttpConnection {
       return false;
     }
     // A body is coming: the head handler may answer now, before the body is
-    // read (and before any 100 Continue).
-    if (server_.head_handler && offerHead()) return false;
+    // read (and before any 100 Continue). Not when the whole body is already
+    // here (a small request sent in one piece): refusing it early would save
+    // nothing and cost the client its keep-alive connection.
+    const bool body_here = !request_chunked_ && evbuffer_get_length(in_) >= body_remaining_;
+    if (server_.head_handler && !body_here && offerHead()) return false;
     if (!request_chunked_) ex_.body_.reserve(static_cast<size_t>(body_remaining_));
     state_ = State::Body;
     // Expect: 100-continue — tell the client to go ahead, unless its body is

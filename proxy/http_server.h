@@ -185,7 +185,8 @@ class HttpServer {
   // It must not call back into the server.
   using ErrorObserver = std::function<void(const HttpServerError&)>;
   // Runs once the head of a request that has a body (Content-Length > 0 or
-  // chunked, within max_body_bytes) is parsed: before any `100 Continue` and
+  // chunked, within max_body_bytes) is parsed, unless a Content-Length body
+  // is already wholly received with it: before any `100 Continue` and
   // before a byte of the body is read, so a request that will be refused
   // (no valid key, SPEC §10.1) costs neither. The exchange is live: it has
   // its id, counts in exchangeCount(), method/target/headers are set, body()

@@ -796,9 +796,10 @@ TEST_F(HttpServerTest, HeadHandlerMisuseIsContained) {
     }
   });
   spdlog::set_level(spdlog::level::off);
+  // Heads sent without their bodies: the hook is offered a body still to come.
   run([&] {
         Client c(port_);
-        c.send("POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nab");
+        c.send("POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n");
         std::string r = c.readAll();
         EXPECT_EQ(r.substr(0, 13), "HTTP/1.1 500 ") << r;
         EXPECT_NE(r.find("\r\nConnection: close\r\n"), std::string::npos) << r;
@@ -807,20 +808,45 @@ TEST_F(HttpServerTest, HeadHandlerMisuseIsContained) {
       [&] { return server_->connectionCount() == 0; });
   run([&] {
         Client c(port_);
-        c.send("POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nab");
+        c.send("POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n");
+        EXPECT_EQ(c.response(), "HTTP/1.1 100 Continue\r\n\r\n");
+        c.send("ab");
         EXPECT_EQ(c.response(), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok");
         mode = 2;
       },
       [&] { return handled == 1; });
   run([&] {
         Client c(port_);
-        c.send("POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nab");
+        c.send("POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n");
         EXPECT_EQ(c.readAll(), "");
       },
       [&] { return server_->connectionCount() == 0; });
   EXPECT_EQ(handled, 1);
   EXPECT_EQ(stray, 0);
   EXPECT_EQ(server_->exchangeCount(), 0u);
+}
+
+// A body that arrived whole with its head is read as usual: refusing it on the
+// head would save nothing and cost the client its keep-alive connection.
+TEST_F(HttpServerTest, ABodyAlreadyHereIsNotOfferedToTheHeadHandler) {
+  int offered = 0, handled = 0;
+  start([&](HttpExchange& ex) {
+    ++handled;
+    textReply(ex, "ok");
+  });
+  server_->setHeadHandler([&](HttpExchange&) {
+    ++offered;
+    return false;
+  });
+  run([&] {
+        Client c(port_);
+        c.send("POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nab"
+               "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\ncd");
+        EXPECT_EQ(c.response(), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok");
+        EXPECT_EQ(c.response(), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok");
+      },
+      [&] { return handled == 2; });
+  EXPECT_EQ(offered, 0);
 }
 
 // --- CONNECT and TRACE: handed to routing, which refuses them ----------------------
