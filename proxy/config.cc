@@ -254,8 +254,12 @@ std::optional<Sha256> parseHexDigest(std::string_view hex) {
   return out;
 }
 
-// A value as it may appear in a message: quoted, shortened, one line.
+// A value as it may appear in a message: quoted, shortened, one line. A
+// value holding ": " is other lines swallowed by an unclosed quote (a name
+// written 'tutor.web with the client's `key: ...` after it): they may hold a
+// secret, so it is described, not echoed.
 std::string quote(std::string_view s) {
+  if (s.find(": ") != std::string_view::npos) return "a value that spans other lines (an unclosed quote?)";
   static const char* kHex = "0123456789abcdef";
   std::string out = "'";
   for (size_t i = 0; i < s.size() && i < kMaxEchoedValue; ++i) {

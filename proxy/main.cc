@@ -154,12 +154,10 @@ int main(int argc, char** argv) {
   try {
     wfp::EventLoop loop;
     auto proxy = std::make_unique<wfp::Proxy>(loop, loaded.config);
-    std::string error;
-    if (!proxy->start(&error)) {
-      spdlog::error("cannot start: {}", error);
-      return kExitRuntime;
-    }
 
+    // The handlers are installed before start() logs "listening on": a
+    // SIGTERM sent as soon as that line appears is then a drain, not the
+    // default action (exit 143). libevent holds it until the loop runs.
     bool stopping = false;
     auto drain = [&] {
       if (stopping) return;
@@ -186,6 +184,12 @@ int main(int argc, char** argv) {
       }
       sd_notify(0, "READY=1");
     });
+
+    std::string error;
+    if (!proxy->start(&error)) {
+      spdlog::error("cannot start: {}", error);
+      return kExitRuntime;
+    }
 
     // Watchdog pings at half the interval systemd asks for.
     uint64_t watchdog_usec = 0;

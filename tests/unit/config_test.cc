@@ -1371,6 +1371,22 @@ TEST(ConfigRegression, AKeyThatSwallowedOtherLinesIsNotEchoed) {
   EXPECT_NE(r.errors[0].find("'max_bodyy_bytes'"), std::string::npos) << r.errors[0];  // a plain typo still is
 }
 
+// Found by config_fuzz: a client name with an unclosed quote swallowed the
+// client's `key:` line, and the name's error echoed it.
+TEST(ConfigRegression, AValueThatSwallowedASecretIsNotEchoed) {
+  auto none = [](const std::string&) -> std::optional<std::string> { return std::nullopt; };
+  ConfigResult r = loadConfigString(
+      "organisations:\n  - name: acme\n    api_key: sk_x\n    clients:\n      - name: 'tutor.web\n"
+      "        key: client-SWALLOWED-secret-1\n        weight: 2'\n",
+      "t.yaml", none);
+  ASSERT_FALSE(r.errors.empty());
+  for (const auto& e : r.errors) EXPECT_EQ(e.find("SWALLOWED"), std::string::npos) << e;
+  EXPECT_NE(r.errors[0].find("t.yaml:5: organisations.acme.clients[0].name: expected [A-Za-z0-9_.-]{1,64}, "
+                             "got a value that spans other lines (an unclosed quote?)"),
+            std::string::npos)
+      << r.errors[0];
+}
+
 TEST(ConfigRegression, ADocumentStartingWithACommaIsAnErrorNotAHang) {
   // yaml-cpp 0.7 loops forever on these (yaml-cpp#1040).
   auto none = [](const std::string&) -> std::optional<std::string> { return std::nullopt; };
