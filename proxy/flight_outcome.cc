@@ -48,7 +48,9 @@ std::optional<FlightOutcome> decode(std::string_view m, DecodeEntry&& decode_ent
 
 std::string encodeOutcome(const FlightOutcome& o) {
   if (o.rejected == FlightOutcome::Rejected::RateLimited) {
-    return "Q" + std::to_string(std::clamp(o.retry_after_s, 0, kMaxOutcomeRetryAfterS));
+    std::string out(1, 'Q');  // appended, not "Q" + …: GCC 12 -O2 warns falsely (-Wrestrict) on that form
+    out += std::to_string(std::clamp(o.retry_after_s, 0, kMaxOutcomeRetryAfterS));
+    return out;
   }
   if (!o.response) return o.failure == UpstreamFailure::Timeout ? "T" : "U";
   std::string out = o.stored ? "RS" : "R-";
