@@ -73,6 +73,19 @@ bool reloaded(ProxyProcess& p, size_t times) {
   return eventually([&] { return countOf(p.log(), "configuration reloaded") >= times; }, 5s);
 }
 
+// acme's upstream key rotated: the simulator knows only sk_sim_acme_2 from
+// now on, and `proxy` is told by a SIGHUP reload.
+void rotateAcmeKey(Simulator& sim, ProxyProcess& proxy) {
+  nlohmann::json keys = {{"sk_sim_acme_2", {{"org", "acme"}, {"rps", 10}}}, {"sk_sim_acme", nullptr}};
+  ASSERT_EQ(httpRequest(sim.port(), "POST", "/__sim/keys", {}, keys.dump()).status, 200);
+  std::string text = readFile(proxy.configPath());
+  text = std::regex_replace(text, std::regex("api_key: sk_sim_acme\n"), "api_key: sk_sim_acme_2\n");
+  proxy.dir().write("proxy.yaml.next", text);
+  std::filesystem::rename(proxy.dir().file("proxy.yaml.next"), proxy.configPath());
+  proxy.process().signal(SIGHUP);
+  ASSERT_TRUE(reloaded(proxy, 1)) << proxy.log();
+}
+
 class RedisSeams : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -202,14 +215,7 @@ TEST_F(RedisSeams, AFollowerSendsTheCurrentKeyAndRequestIdLater) {
                         R"({"organisation":"acme","workflow_id":"wf_follow","body":{"k":1}})")
                 .status,
             200);
-  nlohmann::json keys = {{"sk_sim_acme_2", {{"org", "acme"}, {"rps", 10}}}, {"sk_sim_acme", nullptr}};
-  ASSERT_EQ(httpRequest(sim_->port(), "POST", "/__sim/keys", {}, keys.dump()).status, 200);
-  std::string text = readFile(b->configPath());
-  text = std::regex_replace(text, std::regex("api_key: sk_sim_acme\n"), "api_key: sk_sim_acme_2\n");
-  b->dir().write("proxy.yaml.next", text);
-  std::filesystem::rename(b->dir().file("proxy.yaml.next"), b->configPath());
-  b->process().signal(SIGHUP);
-  ASSERT_TRUE(reloaded(*b, 1)) << b->log();
+  ASSERT_NO_FATAL_FAILURE(rotateAcmeKey(*sim_, *b));
 
   HttpResponse later = runOn(b->port(), "wf_follow", input, with(kAcme, "X-Request-Id", "req-new"));
   EXPECT_EQ(later.status, 200) << later.raw;
@@ -224,7 +230,6 @@ TEST_F(RedisSeams, AFollowerSendsTheCurrentKeyAndRequestIdLater) {
 // it starts, not the one of when it was queued.
 TEST(KeySeams, AQueuedRunCarriesTheKeyInForceWhenItStarts) {
   Simulator sim;
-  auto sim_ = &sim;
   auto a = std::make_unique<ProxyProcess>(oneStartPer("2"), sim.url());
   ASSERT_EQ(runOn(a->port(), "wf_rot", R"({"n":1})").status, 200);  // spends the window
   auto queued = std::async(std::launch::async, [&] { return runOn(a->port(), "wf_rot", R"({"n":2})"); });
@@ -232,17 +237,10 @@ TEST(KeySeams, AQueuedRunCarriesTheKeyInForceWhenItStarts) {
     return httpRequest(a->port(), "GET", "/api/v1/token?ttl=30", kAcme);
   });
   std::this_thread::sleep_for(300ms);
-  nlohmann::json keys = {{"sk_sim_acme_2", {{"org", "acme"}, {"rps", 10}}}, {"sk_sim_acme", nullptr}};
-  ASSERT_EQ(httpRequest(sim_->port(), "POST", "/__sim/keys", {}, keys.dump()).status, 200);
-  std::string text = readFile(a->configPath());
-  text = std::regex_replace(text, std::regex("api_key: sk_sim_acme\n"), "api_key: sk_sim_acme_2\n");
-  a->dir().write("proxy.yaml.next", text);
-  std::filesystem::rename(a->dir().file("proxy.yaml.next"), a->configPath());
-  a->process().signal(SIGHUP);
-  ASSERT_TRUE(reloaded(*a, 1)) << a->log();
+  ASSERT_NO_FATAL_FAILURE(rotateAcmeKey(sim, *a));
   EXPECT_EQ(queued.get().status, 200);
   EXPECT_EQ(token.get().status, 200);
-  auto all = sim_->requests();
+  auto all = sim.requests();
   ASSERT_EQ(all.size(), 3u);
   EXPECT_EQ(headerOf(all[1], "authorization"), "Bearer sk_sim_acme_2");
   EXPECT_EQ(headerOf(all[2], "authorization"), "Bearer sk_sim_acme_2");
