@@ -93,8 +93,12 @@ class RedisSeams : public ::testing::Test {
     prefix_ = uniquePrefix();
     sim_ = std::make_unique<Simulator>();
   }
+  // A proxy connected to Redis (see RedisCache::proxy).
   std::unique_ptr<ProxyProcess> proxy(const std::string& extra = "") {
-    return std::make_unique<ProxyProcess>(redisConfig(sharedRedisUrl(), prefix_, extra), sim_->url());
+    auto p = std::make_unique<ProxyProcess>(redisConfig(sharedRedisUrl(), prefix_, extra), sim_->url());
+    EXPECT_TRUE(eventually([&] { return metricOf(*p, "workflow_proxy_redis_up") == 1.0; }, 5s))
+        << "the proxy never connected to Redis";
+    return p;
   }
   std::string prefix_;
   std::unique_ptr<Simulator> sim_;

@@ -274,8 +274,17 @@ class RedisCache : public ::testing::Test {
     prefix_ = uniquePrefix();
     sim_ = std::make_unique<Simulator>();
   }
+  // A proxy connected to Redis: a request that came before its first
+  // connection would (rightly) go on without the shared cache.
   std::unique_ptr<ProxyProcess> proxy(const std::string& extra = "") {
-    return std::make_unique<ProxyProcess>(redisConfig(redisUrl(), prefix_, extra), sim_->url());
+    auto p = std::make_unique<ProxyProcess>(redisConfig(redisUrl(), prefix_, extra), sim_->url());
+    int admin = p->adminPort();
+    bool up = eventually([admin] {
+      HttpResponse ready = httpRequest(admin, "GET", "/readyz");
+      return ready.ok && ready.body.find(R"("redis":"up")") != std::string::npos;
+    }, std::chrono::seconds(5));
+    EXPECT_TRUE(up) << "the proxy never connected to Redis";
+    return p;
   }
   std::string prefix_;
   std::unique_ptr<Simulator> sim_;
