@@ -634,7 +634,9 @@ WaiterNeeds RunHandler::waiterNeeds(const Request& r) const {
   // ... and, under no-cache, nothing stored before the request came (the
   // result of a run that ends after it came is as fresh as its own run).
   // no-store reads nothing at all.
-  if (r.cc.no_cache) needs.min_stored_at_ms = std::max(needs.min_stored_at_ms, now);
+  // (+1: an entry stored in the millisecond the request came may be older
+  // than the request.)
+  if (r.cc.no_cache) needs.min_stored_at_ms = std::max(needs.min_stored_at_ms, now + 1);
   if (r.bypass) needs.min_stored_at_ms = INT64_MAX;
   needs.may_run = !r.cc.only_if_cached;
   return needs;
