@@ -87,15 +87,9 @@ uint64_t StreamFanout::join(const StreamWork& work, StreamSubscriber subscriber,
       Flight* fl = flightOf(flight_id);
       if (!fl) return;
       fl->ticket = 0;
-      auto subs = fl->subs;
-      drop(flight_id);
-      for (uint64_t s : subs) {
-        auto it = subs_.find(s);
-        if (it == subs_.end()) continue;
-        auto rejected = std::move(it->second->cb.rejected);
-        subs_.erase(it);
-        if (rejected) rejected(why, retry_after);
-      }
+      dropAndTell(flight_id, [&](StreamSubscriber& cb) {
+        if (cb.rejected) cb.rejected(why, retry_after);
+      });
     };
     uint64_t ticket = scheduler_.submit(work.admission, std::move(cb));
     // submit() usually starts the token fetch at once: keep the ticket whatever
@@ -166,21 +160,15 @@ void StreamFanout::onTokenDone(uint64_t flight_id, const UpstreamResult& result)
   std::string token = result.failure == UpstreamFailure::None ? tokenFromAnswer(f->head.status, f->token_body) : "";
   if (!token.empty()) return startStream(flight_id, token);
   // No token: every subscriber gets the token route's answer, or the failure.
-  auto subs = f->subs;
   UpstreamHead head = f->head;
   std::string body = std::move(f->token_body);
-  drop(flight_id);
-  for (uint64_t s : subs) {
-    auto it = subs_.find(s);
-    if (it == subs_.end()) continue;
-    StreamSubscriber cb = std::move(it->second->cb);
-    subs_.erase(it);
+  dropAndTell(flight_id, [&](StreamSubscriber& cb) {
     if (result.failure != UpstreamFailure::None) {
       if (cb.failed) cb.failed(result.failure);
     } else if (cb.refused) {
       cb.refused(head, body);
     }
-  }
+  });
 }
 
 void StreamFanout::startStream(uint64_t flight_id, const std::string& token) {
@@ -299,15 +287,9 @@ void StreamFanout::onDone(uint64_t flight_id, const UpstreamResult& result) {
   auto k = by_key_.find(f->work.key);
   if (k != by_key_.end() && k->second == flight_id) by_key_.erase(k);
   if (result.failure != UpstreamFailure::None && !f->head_seen) {
-    auto subs = f->subs;
-    drop(flight_id);
-    for (uint64_t s : subs) {
-      auto it = subs_.find(s);
-      if (it == subs_.end()) continue;
-      auto failed = std::move(it->second->cb.failed);
-      subs_.erase(it);
-      if (failed) failed(result.failure);
-    }
+    dropAndTell(flight_id, [&](StreamSubscriber& cb) {
+      if (cb.failed) cb.failed(result.failure);
+    });
     return;
   }
   f->complete = result.failure == UpstreamFailure::None;
@@ -354,15 +336,9 @@ void StreamFanout::leave(uint64_t subscriber) {
   if (!f->subs.empty() && (f->phase == Flight::Phase::Queued || f->phase == Flight::Phase::Token) &&
       !anyMayRun(*f)) {
     // Only only-if-cached subscribers are left: nothing starts for them.
-    auto subs = f->subs;
-    drop(flight_id);
-    for (uint64_t s : subs) {
-      auto sit = subs_.find(s);
-      if (sit == subs_.end()) continue;
-      auto not_cached = std::move(sit->second->cb.not_cached);
-      subs_.erase(sit);
-      if (not_cached) not_cached();
-    }
+    dropAndTell(flight_id, [](StreamSubscriber& cb) {
+      if (cb.not_cached) cb.not_cached();
+    });
     return;
   }
   if (!f->subs.empty()) {
@@ -404,6 +380,20 @@ bool StreamFanout::anyMayRun(const Flight& f) const {
     if (it != subs_.end() && it->second->cb.may_run) return true;
   }
   return false;
+}
+
+void StreamFanout::dropAndTell(uint64_t flight_id, const std::function<void(StreamSubscriber&)>& tell) {
+  Flight* f = flightOf(flight_id);
+  if (!f) return;
+  auto subs = f->subs;
+  drop(flight_id);
+  for (uint64_t s : subs) {
+    auto it = subs_.find(s);
+    if (it == subs_.end()) continue;  // left during an earlier subscriber's callback
+    StreamSubscriber cb = std::move(it->second->cb);
+    subs_.erase(it);
+    tell(cb);
+  }
 }
 
 void StreamFanout::drop(uint64_t flight_id) {

@@ -91,6 +91,8 @@ class StreamFanout {
   void trim(Flight& f);
   void maybeFinish(uint64_t flight_id);
   void drop(uint64_t flight_id);
+  // Drops the flight, then tells each of its subscribers (removed first).
+  void dropAndTell(uint64_t flight_id, const std::function<void(StreamSubscriber&)>& tell);
   bool anyMayRun(const Flight& f) const;
 
   UpstreamClient& upstream_;
