@@ -52,13 +52,8 @@ std::optional<uint64_t> parseGeneration(std::string_view text) {
   return v;
 }
 
-int64_t unixMillis() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-CacheStore::CacheStore(RedisClient* redis, std::string key_prefix, size_t memory_max_bytes)
-    : redis_(redis), prefix_(std::move(key_prefix)), l1_(memory_max_bytes) {
+CacheStore::CacheStore(Runtime& runtime, RedisLink* redis, std::string key_prefix, size_t memory_max_bytes)
+    : runtime_(runtime), redis_(redis), prefix_(std::move(key_prefix)), l1_(memory_max_bytes) {
   if (redis_) {
     redis_->subscribe(prefix_ + "purge", [this](const std::string&, const std::string& m) { onPurgeMessage(m); });
   }
@@ -86,7 +81,7 @@ void CacheStore::generation(const std::string& ns, const std::string& workflow_i
     it = generations_.emplace(std::move(local), Generation{}).first;
   }
   Generation& g = it->second;
-  int64_t now = unixMillis();
+  int64_t now = runtime_.unixMillis();
   if (g.fetched_ms != 0 && now - g.fetched_ms < kGenerationFreshMs) {
     fn(g.value);
     return;
@@ -114,7 +109,7 @@ void CacheStore::generation(const std::string& ns, const std::string& workflow_i
         redis_->command({"EVAL", kRaiseScript, "1", gen_key, std::to_string(gen.value)},
                         [](std::optional<RedisReply>) {});
       }
-      gen.fetched_ms = unixMillis();
+      gen.fetched_ms = runtime_.unixMillis();
     }
     auto waiting = std::move(gen.waiting);
     gen.waiting.clear();
@@ -129,7 +124,7 @@ void CacheStore::generation(const std::string& ns, const std::string& workflow_i
 // workflows stay (a floor that survives Redis losing the key).
 void CacheStore::sweepGenerations() {
   if (generations_.size() < sweep_at_) return;
-  int64_t now = unixMillis();
+  int64_t now = runtime_.unixMillis();
   std::erase_if(generations_, [now](const auto& kv) {
     const Generation& g = kv.second;
     return g.value == 0 && g.waiting.empty() && now - g.fetched_ms >= kGenerationFreshMs;
@@ -138,7 +133,7 @@ void CacheStore::sweepGenerations() {
 }
 
 void CacheStore::lookup(const std::string& key, int64_t keep_ms, EntryFn fn, int64_t min_stored_at_ms) {
-  CachedResponsePtr local = l1_.get(key, unixMillis());
+  CachedResponsePtr local = l1_.get(key, runtime_.unixMillis());
   if (local && local->stored_at_ms >= min_stored_at_ms) {
     fn(std::move(local));
     return;
@@ -152,7 +147,7 @@ void CacheStore::lookup(const std::string& key, int64_t keep_ms, EntryFn fn, int
       fn(local);
       return;
     }
-    auto entry = decodeCachedResponse(reply->str);
+    auto entry = decodeCachedResponse(reply->str, runtime_.unixMillis());
     if (!entry) {
       spdlog::debug("cache: undecodable value under {}: treated as a miss", key);
       fn(local);
@@ -203,7 +198,7 @@ void CacheStore::purgeWorkflow(const std::string& ns, const std::string& workflo
                     }
                     uint64_t value = static_cast<uint64_t>(reply->integer);
                     gen.value = std::max(gen.value, value);
-                    gen.fetched_ms = unixMillis();
+                    gen.fetched_ms = runtime_.unixMillis();
                     redis_->command({"PUBLISH", prefix_ + "purge",
                                      "G\n" + std::to_string(value) + "\n" + ns + "\n" + workflow_id},
                                     [](std::optional<RedisReply>) {});

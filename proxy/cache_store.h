@@ -20,11 +20,11 @@
 
 #include "proxy/cache.h"
 #include "proxy/config.h"
-#include "proxy/event_loop.h"
+#include "proxy/runtime.h"
 
 namespace wfp {
 
-class RedisClient;
+class RedisLink;
 
 class CacheStore {
  public:
@@ -32,7 +32,7 @@ class CacheStore {
   using GenerationFn = std::function<void(uint64_t)>;
 
   // `redis` is used as L2 and for generations; null for the memory backend.
-  CacheStore(RedisClient* redis, std::string key_prefix, size_t memory_max_bytes);
+  CacheStore(Runtime& runtime, RedisLink* redis, std::string key_prefix, size_t memory_max_bytes);
   ~CacheStore();
 
   void setMemoryMaxBytes(size_t bytes) { l1_.setMaxBytes(bytes); }
@@ -70,7 +70,8 @@ class CacheStore {
   void onPurgeMessage(const std::string& message);
   void sweepGenerations();
 
-  RedisClient* redis_;
+  Runtime& runtime_;
+  RedisLink* redis_;
   std::string prefix_;
   MemoryCache l1_;
   // "<namespace>\n<workflow>" → generation. Without Redis only purged
@@ -83,6 +84,5 @@ class CacheStore {
 // A generation read from Redis: decimal digits, below 2^53; else nullopt.
 std::optional<uint64_t> parseGeneration(std::string_view text);
 
-int64_t unixMillis();
 
 }  // namespace wfp

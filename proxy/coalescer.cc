@@ -38,8 +38,8 @@ struct Coalescer::Flight {
   std::string channel() const { return key + ":done"; }
 };
 
-Coalescer::Coalescer(EventLoop& loop, RedisClient* redis, std::string key_prefix, FlightHooks hooks)
-    : loop_(loop), redis_(redis), prefix_(std::move(key_prefix)), hooks_(std::move(hooks)), instance_(newRequestId()) {}
+Coalescer::Coalescer(Runtime& runtime, RedisLink* redis, std::string key_prefix, FlightHooks hooks)
+    : runtime_(runtime), redis_(redis), prefix_(std::move(key_prefix)), hooks_(std::move(hooks)), instance_(newRequestId()) {}
 
 Coalescer::~Coalescer() {
   for (auto& [id, f] : flights_) {
@@ -173,7 +173,7 @@ void Coalescer::lead(Flight& f) {
   }
   uint64_t id = f.id;
   if (f.lock_held) {
-    f.timer = std::make_unique<Timer>(loop_, [this, id] { renew(id); });
+    f.timer = std::make_unique<Timer>(runtime_, [this, id] { renew(id); });
     f.timer->start(kRenewEvery);
   } else {
     f.timer.reset();
@@ -195,7 +195,7 @@ void Coalescer::follow(Flight& f) {
   uint64_t id = f.id;
   redis_->subscribe(f.channel(), [this, id](const std::string&, const std::string& message) { onMessage(id, message); });
   f.subscribed = true;
-  f.timer = std::make_unique<Timer>(loop_, [this, id] { poll(id); });
+  f.timer = std::make_unique<Timer>(runtime_, [this, id] { poll(id); });
   // A first re-check right away: the leader may have finished between our
   // lock attempt and the subscription.
   f.timer->start(std::chrono::milliseconds(50));
@@ -237,7 +237,7 @@ void Coalescer::poll(uint64_t flight_id) {
 void Coalescer::onMessage(uint64_t flight_id, const std::string& message) {
   Flight* f = find(flight_id);
   if (!f || f->state != Flight::State::Following) return;
-  auto outcome = decodeOutcome(message);
+  auto outcome = decodeOutcome(message, runtime_.unixMillis());
   if (!outcome) return;  // foreign or corrupt: the poll re-check still covers us
   deliver(flight_id, *outcome);
 }

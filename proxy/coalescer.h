@@ -33,13 +33,13 @@
 #include <unordered_map>
 
 #include "proxy/cache.h"
-#include "proxy/event_loop.h"
+#include "proxy/runtime.h"
 #include "proxy/flight_outcome.h"
 #include "proxy/upstream_client.h"
 
 namespace wfp {
 
-class RedisClient;
+class RedisLink;
 
 
 struct FlightHooks {
@@ -75,7 +75,7 @@ class Coalescer {
  public:
   using WaiterFn = std::function<void(const FlightOutcome&)>;
 
-  Coalescer(EventLoop& loop, RedisClient* redis, std::string key_prefix, FlightHooks hooks);
+  Coalescer(Runtime& runtime, RedisLink* redis, std::string key_prefix, FlightHooks hooks);
   ~Coalescer();
   Coalescer(const Coalescer&) = delete;
   Coalescer& operator=(const Coalescer&) = delete;
@@ -119,8 +119,8 @@ class Coalescer {
   void releaseRedis(Flight& f);
   Flight* find(uint64_t flight_id);
 
-  EventLoop& loop_;
-  RedisClient* redis_;
+  Runtime& runtime_;
+  RedisLink* redis_;
   std::string prefix_;
   FlightHooks hooks_;
   std::string instance_;

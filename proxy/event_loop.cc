@@ -63,39 +63,50 @@ void EventLoop::onPosted(int, short, void* arg) noexcept {
   for (auto& fn : batch) guarded("posted", fn);
 }
 
-Timer::Timer(EventLoop& loop, std::function<void()> fn)
-    : fn_(std::move(fn)), event_(evtimer_new(loop.base(), &Timer::onFire, this)) {}
-
-void Timer::start(std::chrono::microseconds delay) {
-  if (delay.count() < 0) delay = std::chrono::microseconds(0);
-  timeval tv{};
-  tv.tv_sec = static_cast<time_t>(delay.count() / 1000000);
-  tv.tv_usec = static_cast<suseconds_t>(delay.count() % 1000000);
-  evtimer_add(event_.get(), &tv);
+int64_t EventLoop::unixMillis() const {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
 }
 
-void Timer::startSeconds(double seconds) {
-  if (!(seconds > 0)) seconds = 0;
-  start(std::chrono::microseconds(static_cast<int64_t>(std::llround(seconds * 1e6))));
-}
+namespace {
+// A libevent timer. The callback runs from a local copy and the timer is not
+// touched afterwards if the callback destroyed it.
+class LibeventTimer final : public TimerBackend {
+ public:
+  LibeventTimer(event_base* base, std::function<void()> fn)
+      : fn_(std::move(fn)), event_(evtimer_new(base, &LibeventTimer::onFire, this)) {}
+  ~LibeventTimer() override {
+    if (destroyed_) *destroyed_ = true;
+  }
+  void start(std::chrono::microseconds delay) override {
+    if (delay.count() < 0) delay = std::chrono::microseconds(0);
+    timeval tv{};
+    tv.tv_sec = static_cast<time_t>(delay.count() / 1000000);
+    tv.tv_usec = static_cast<suseconds_t>(delay.count() % 1000000);
+    evtimer_add(event_.get(), &tv);
+  }
+  void cancel() override { evtimer_del(event_.get()); }
+  bool pending() const override { return evtimer_pending(event_.get(), nullptr) != 0; }
 
-void Timer::cancel() { evtimer_del(event_.get()); }
+ private:
+  static void onFire(int, short, void* arg) noexcept {
+    auto* self = static_cast<LibeventTimer*>(arg);
+    bool destroyed = false;
+    self->destroyed_ = &destroyed;
+    std::function<void()> fn = std::move(self->fn_);  // outlives the timer if the callback destroys it
+    guarded("timer", fn);
+    if (destroyed) return;
+    self->fn_ = std::move(fn);
+    self->destroyed_ = nullptr;
+  }
+  std::function<void()> fn_;
+  EventPtr event_;
+  bool* destroyed_ = nullptr;  // set while the callback runs
+};
+}  // namespace
 
-bool Timer::pending() const { return evtimer_pending(event_.get(), nullptr) != 0; }
-
-Timer::~Timer() {
-  if (destroyed_) *destroyed_ = true;
-}
-
-void Timer::onFire(int, short, void* arg) noexcept {
-  auto* self = static_cast<Timer*>(arg);
-  bool destroyed = false;
-  self->destroyed_ = &destroyed;
-  std::function<void()> fn = std::move(self->fn_);  // outlives the timer if the callback destroys it
-  guarded("timer", fn);
-  if (destroyed) return;
-  self->fn_ = std::move(fn);
-  self->destroyed_ = nullptr;
+std::unique_ptr<TimerBackend> EventLoop::newTimer(std::function<void()> fn) {
+  return std::make_unique<LibeventTimer>(base_.get(), std::move(fn));
 }
 
 FdWatch::FdWatch(EventLoop& loop, int fd, short events, std::function<void(short)> fn)

@@ -1,4 +1,4 @@
-// RAII over libevent's event_base and events.
+// RAII over libevent's event_base and events; the production Runtime.
 //
 // EventLoop owns the base; everything created on it (Timer, FdWatch, Signal)
 // must be destroyed before it. deferDelete() frees an object on the next loop
@@ -11,6 +11,8 @@
 #include <memory>
 #include <vector>
 
+#include "proxy/runtime.h"
+
 struct event_base;
 struct event;
 
@@ -21,7 +23,7 @@ struct EventDeleter {
 };
 using EventPtr = std::unique_ptr<event, EventDeleter>;
 
-class EventLoop {
+class EventLoop final : public Runtime {
  public:
   EventLoop();
   ~EventLoop();
@@ -32,8 +34,12 @@ class EventLoop {
   int run();  // until break() or no more events
   void stop();
 
+  // Runtime: the system clocks, libevent timers.
+  time_point now() const override { return std::chrono::steady_clock::now(); }
+  int64_t unixMillis() const override;
+  std::unique_ptr<TimerBackend> newTimer(std::function<void()> fn) override;
   // Runs `fn` on the next loop pass (after the current callback returns).
-  void post(std::function<void()> fn);
+  void post(std::function<void()> fn) override;
   template <typename T>
   void deferDelete(std::unique_ptr<T> object) {
     auto* raw = object.release();
@@ -48,29 +54,6 @@ class EventLoop {
   std::unique_ptr<event_base, BaseDeleter> base_;
   EventPtr posted_event_;
   std::vector<std::function<void()>> posted_;
-};
-
-// A one-shot or repeating timer. Destroying or cancel()ling it guarantees the
-// callback will not run afterwards.
-// A timer may be destroyed inside its own callback (the owner of a flight
-// that ends in its timer's callback drops the flight, timer and all): the
-// callback runs from a local copy, and the timer is not touched afterwards.
-class Timer {
- public:
-  Timer(EventLoop& loop, std::function<void()> fn);
-  ~Timer();
-  Timer(const Timer&) = delete;  // the event points at this object
-  Timer& operator=(const Timer&) = delete;
-  void start(std::chrono::microseconds delay);
-  void startSeconds(double seconds);
-  void cancel();
-  bool pending() const;
-
- private:
-  static void onFire(int, short, void* arg) noexcept;
-  std::function<void()> fn_;
-  EventPtr event_;
-  bool* destroyed_ = nullptr;  // set while the callback runs
 };
 
 // Watches a file descriptor; `events` is a mask of EV_READ/EV_WRITE/EV_CLOSED.

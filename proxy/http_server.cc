@@ -977,7 +977,7 @@ class HttpConnection {
   void openExchange() {
     // Unique across every HttpServer in the process: one handler serves
     // both the client and the admin listener and keys its requests by id.
-    ex_.id_ = ++g_next_exchange_id;
+    ex_.id_ = HttpExchange::nextId();
     exchange_active_ = true;
     ++server_.exchange_count;
     if (applied_generation_ != server_.limits_generation) applyWriteTimeout();
@@ -1793,6 +1793,8 @@ size_t HttpServer::requestBytesHeld() const {
 }
 
 // --- HttpExchange ---------------------------------------------------------------------
+
+uint64_t HttpExchange::nextId() { return ++g_next_exchange_id; }
 
 std::string_view HttpExchange::path() const {
   std::string_view t = target_;

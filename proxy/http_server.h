@@ -71,8 +71,18 @@ struct HttpServerLimits {
 
 class HttpConnection;
 
+// One request and its response. The server's exchanges write to their
+// connection; the response side is virtual so that a simulation (or a test)
+// can stand in for the connection and drive a handler without sockets
+// (tests/simulation): a subclass sets the request fields, overrides the
+// response methods, and calls the callbacks as the server would (never
+// inside respond()/end(), onAbort or onComplete at most once, last).
 class HttpExchange {
  public:
+  virtual ~HttpExchange() = default;
+  HttpExchange(const HttpExchange&) = delete;
+  HttpExchange& operator=(const HttpExchange&) = delete;
+
   uint64_t id() const { return id_; }  // unique in the process, across servers
 
   // --- the request (valid until the exchange ends) ---
@@ -95,34 +105,34 @@ class HttpExchange {
   // --- the response: exactly one of respond(), or begin() write()* end() ---
   // `headers` must not contain Content-Length, Transfer-Encoding or Connection:
   // the server writes those. A response to HEAD carries no body.
-  void respond(int status, std::string_view reason, const HttpHeaders& headers, std::string_view body);
+  virtual void respond(int status, std::string_view reason, const HttpHeaders& headers, std::string_view body);
   // Streams a body: chunked on HTTP/1.1 unless `content_length` is given
   // (≥ 0), close-delimited on HTTP/1.0.
-  void begin(int status, std::string_view reason, const HttpHeaders& headers, int64_t content_length = -1);
+  virtual void begin(int status, std::string_view reason, const HttpHeaders& headers, int64_t content_length = -1);
   // The same, with `preformatted` header lines written first: lines the
   // caller built once with appendHeaderLine() (a cached entry's headers).
   // `body_owner`, when given, keeps `body` alive: a large body the client
   // cannot take at once is then queued by reference, not copied.
-  void respond(int status, std::string_view reason, std::string_view preformatted, const HttpHeaders& headers,
-               std::string_view body, const std::shared_ptr<const void>& body_owner = nullptr);
-  void begin(int status, std::string_view reason, std::string_view preformatted, const HttpHeaders& headers,
-             int64_t content_length = -1);
+  virtual void respond(int status, std::string_view reason, std::string_view preformatted, const HttpHeaders& headers,
+                       std::string_view body, const std::shared_ptr<const void>& body_owner = nullptr);
+  virtual void begin(int status, std::string_view reason, std::string_view preformatted, const HttpHeaders& headers,
+                     int64_t content_length = -1);
   // False when the connection's unsent output is above output_high_water:
   // the caller should stop producing until onDrain. Data is never dropped.
-  bool write(std::string_view data);
-  void end();
+  virtual bool write(std::string_view data);
+  virtual void end();
   // Ends the response abnormally: the connection is closed without the final
   // chunk, so the client sees a truncated body (upstream cut mid-stream).
-  void abortResponse();
+  virtual void abortResponse();
 
   // Data a handler keeps with the connection this exchange came on (the
   // last authentication, say): dropped when the connection closes.
-  std::shared_ptr<void>& connectionData();
+  virtual std::shared_ptr<void>& connectionData();
 
   bool responseStarted() const { return response_started_; }
   int status() const { return status_; }
   size_t bytesOut() const { return bytes_out_; }
-  size_t pendingOutput() const;
+  virtual size_t pendingOutput() const;
 
   // Output backlog fell below half of output_high_water after write() said false.
   void setOnDrain(std::function<void()> fn) { on_drain_ = std::move(fn); }
@@ -133,9 +143,11 @@ class HttpExchange {
   // exchange is destroyed right after.
   void setOnComplete(std::function<void()> fn) { on_complete_ = std::move(fn); }
 
- private:
+ protected:
   friend class HttpConnection;
   HttpExchange() = default;
+  // A new id, unique in the process (shared with the server's exchanges).
+  static uint64_t nextId();
 
   uint64_t id_ = 0;
   HttpConnection* conn_ = nullptr;

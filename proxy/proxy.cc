@@ -135,12 +135,12 @@ Proxy::Proxy(EventLoop& loop, ConfigPtr config)
       config_(std::move(config)),
       redis_(makeRedisClient(loop, *config_, metrics_)),
       cache_(std::make_unique<CacheStore>(
-          config_->cache.backend == CacheConfig::Backend::Redis ? redis_.get() : nullptr,
+          loop, config_->cache.backend == CacheConfig::Backend::Redis ? redis_.get() : nullptr,
           config_->redis ? config_->redis->key_prefix : std::string("wfp:"), config_->cache.memory_max_bytes)),
       shared_budget_(config_->rate_limit.shared && redis_
                          ? std::make_unique<SharedBudget>(loop, *redis_, config_->redis->key_prefix)
                          : nullptr),
-      scheduler_(loop, clock_, metrics_, shared_budget_.get()),
+      scheduler_(loop, loop, metrics_, shared_budget_.get()),
       upstream_(loop, upstreamOptions(*config_)),
       handler_(loop, upstream_, scheduler_, access_log_, metrics_, *cache_, redis_.get()) {
   scheduler_.configure(config_);

@@ -49,7 +49,6 @@ class Proxy {
   bool grace_over_ = false;  // drain: the grace ran out, stop waiting for background work
   std::unique_ptr<RedisClient> redis_;  // when `redis` is configured
   std::unique_ptr<CacheStore> cache_;
-  SystemClock clock_;
   std::unique_ptr<SharedBudget> shared_budget_;  // rate_limit.shared
   Scheduler scheduler_;
   UpstreamClient upstream_;

@@ -51,7 +51,7 @@ namespace wfp {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using SteadyClock = std::chrono::steady_clock;
 using std::chrono::duration_cast;
 using std::chrono::microseconds;
 using std::chrono::milliseconds;
@@ -147,7 +147,7 @@ struct RedisClient::Impl {
     std::unique_ptr<Timer> reconnect_timer;
     std::unique_ptr<Timer> connect_timer;  // deadline for connect + handshake
     int outstanding = 0;                   // replies hiredis still owes us on `ac`
-    Clock::time_point last_progress;       // last reply, or first send after silence
+    SteadyClock::time_point last_progress;       // last reply, or first send after silence
     bool probe_in_flight = false;
   };
 
@@ -168,7 +168,7 @@ struct RedisClient::Impl {
   std::vector<redisAsyncContext*> zombies;  // detached, freed on the next pass
 
   std::unordered_map<uint64_t, Pending> pending;
-  std::deque<std::pair<Clock::time_point, uint64_t>> deadlines;  // sent commands, in deadline order
+  std::deque<std::pair<SteadyClock::time_point, uint64_t>> deadlines;  // sent commands, in deadline order
   std::vector<uint64_t> failing;                                 // to fail on the next pass
   uint64_t next_id = 1;
 
@@ -385,12 +385,12 @@ struct RedisClient::Impl {
   }
 
   void noteSent(Link& link) {
-    if (link.outstanding++ == 0) link.last_progress = Clock::now();
+    if (link.outstanding++ == 0) link.last_progress = SteadyClock::now();
   }
 
   void noteReply(Link& link) {
     if (link.outstanding > 0) --link.outstanding;
-    link.last_progress = Clock::now();
+    link.last_progress = SteadyClock::now();
   }
 
   void onInternalReply(redisAsyncContext* ac, redisReply* r, void* privdata) {
@@ -556,7 +556,7 @@ struct RedisClient::Impl {
     }
     noteSent(cmd);
     pending.emplace(id, Pending{std::move(callback), true});
-    deadlines.emplace_back(Clock::now() + timeout, id);
+    deadlines.emplace_back(SteadyClock::now() + timeout, id);
     if (!timeout_timer.pending()) timeout_timer.start(timeout);
     return id;
   }
@@ -613,7 +613,7 @@ struct RedisClient::Impl {
   void cancel(uint64_t id) { pending.erase(id); }
 
   void sweepTimeouts() {
-    auto now = Clock::now();
+    auto now = SteadyClock::now();
     auto guard = alive;
     while (*guard && !deadlines.empty()) {
       auto [deadline, id] = deadlines.front();
@@ -643,7 +643,7 @@ struct RedisClient::Impl {
 
   void probeTick() {
     if (cmd.state != State::Stalled || !cmd.ac) return;
-    if (cmd.outstanding > 0 && Clock::now() - cmd.last_progress > stall_limit) {
+    if (cmd.outstanding > 0 && SteadyClock::now() - cmd.last_progress > stall_limit) {
       std::string reason = "no reply from " + where + " for " + std::to_string(stall_limit.count()) + " ms";
       auto guard = alive;
       closeLink(cmd, reason + ", reconnecting");

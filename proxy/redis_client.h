@@ -52,36 +52,52 @@ struct RedisOptions {
   std::function<void(bool up)> on_state;
 };
 
-class RedisClient {
+// What the run path needs of Redis: RedisClient in production, a simulated
+// Redis in tests/simulation. The contract above holds for both: callbacks
+// run once, never inside the call; a lost connection loses messages.
+class RedisLink {
  public:
   using Callback = std::function<void(std::optional<RedisReply>)>;
   using MessageCallback = std::function<void(const std::string& channel, const std::string& message)>;
+  virtual ~RedisLink() = default;
 
-  RedisClient(EventLoop& loop, RedisOptions options);
-  ~RedisClient();  // pending callbacks are dropped, not called
-  RedisClient(const RedisClient&) = delete;
-  RedisClient& operator=(const RedisClient&) = delete;
-
-  bool up() const;
+  virtual bool up() const = 0;
   // Commands sent or queued whose reply (or failure) has not come yet.
-  size_t pendingCommands() const;
+  virtual size_t pendingCommands() const = 0;
   // Writes the commands queued so far now rather than on the next loop pass
   // (a cache write that must leave before the response it belongs to). A
   // write error is left for the connection's own handling.
-  void flush();
+  virtual void flush() = 0;
 
   // Sends a command given as its arguments (binary-safe).
-  uint64_t command(std::vector<std::string> argv, Callback callback);
-  void cancel(uint64_t id);
+  virtual uint64_t command(std::vector<std::string> argv, Callback callback) = 0;
+  virtual void cancel(uint64_t id) = 0;
 
   // Pub/sub on the second connection. Subscriptions survive reconnects. A
   // message published while disconnected is lost: callers re-check state.
-  void subscribe(const std::string& channel, MessageCallback callback);
-  void unsubscribe(const std::string& channel);
+  virtual void subscribe(const std::string& channel, MessageCallback callback) = 0;
+  virtual void unsubscribe(const std::string& channel) = 0;
 
   // Runs after every (re)connect of the command connection, once AUTH/SELECT
   // succeeded (e.g. to reload scripts).
-  void setOnConnect(std::function<void()> fn);
+  virtual void setOnConnect(std::function<void()> fn) = 0;
+};
+
+class RedisClient final : public RedisLink {
+ public:
+  RedisClient(EventLoop& loop, RedisOptions options);
+  ~RedisClient() override;  // pending callbacks are dropped, not called
+  RedisClient(const RedisClient&) = delete;
+  RedisClient& operator=(const RedisClient&) = delete;
+
+  bool up() const override;
+  size_t pendingCommands() const override;
+  void flush() override;
+  uint64_t command(std::vector<std::string> argv, Callback callback) override;
+  void cancel(uint64_t id) override;
+  void subscribe(const std::string& channel, MessageCallback callback) override;
+  void unsubscribe(const std::string& channel) override;
+  void setOnConnect(std::function<void()> fn) override;
 
  private:
   // Lifetime: prefer destroying the client outside its own callbacks

@@ -52,7 +52,7 @@ const std::string kDash = "-";
 // The most an upstream Content-Length makes us reserve up front.
 constexpr uint64_t kMaxBodyReserve = 256u << 20;
 
-double millisSince(SteadyClock::time_point start, SteadyClock::time_point end = SteadyClock::now()) {
+double millisSince(SteadyClock::time_point start, SteadyClock::time_point end) {
   return std::chrono::duration<double, std::milli>(end - start).count();
 }
 
@@ -172,7 +172,7 @@ struct RunHandler::Request {
   Route route;
   Principal principal;
   std::string request_id;
-  SteadyClock::time_point started = SteadyClock::now();
+  SteadyClock::time_point started;
   double queue_ms = 0;
   double upstream_ms = 0;
   std::string cache = "-";
@@ -235,9 +235,9 @@ struct RunHandler::RunWork {
   std::unique_ptr<Received> got;
 };
 
-RunHandler::RunHandler(EventLoop& loop, UpstreamClient& upstream, Scheduler& scheduler, AccessLog& access_log,
-                       Metrics& metrics, CacheStore& cache, RedisClient* redis)
-    : loop_(loop),
+RunHandler::RunHandler(Runtime& runtime, UpstreamTransport& upstream, Scheduler& scheduler, AccessLog& access_log,
+                       Metrics& metrics, CacheStore& cache, RedisLink* redis)
+    : runtime_(runtime),
       upstream_(upstream),
       scheduler_(scheduler),
       access_log_(access_log),
@@ -260,9 +260,9 @@ RunHandler::RunHandler(EventLoop& loop, UpstreamClient& upstream, Scheduler& sch
                                std::function<void(CachedResponsePtr)> fn) {
     cache_.lookup(key, toMillis(3600), std::move(fn), min_stored_at_ms);
   };
-  coalescer_ = std::make_unique<Coalescer>(loop, redis, cache.prefix(), std::move(hooks));
+  coalescer_ = std::make_unique<Coalescer>(runtime, redis, cache.prefix(), std::move(hooks));
   fanout_ = std::make_unique<StreamFanout>(
-      upstream, scheduler, cache,
+      runtime, upstream, scheduler, cache,
       [this](UpstreamRequest& request, const std::string& org) { return authorizeNow(request, org); });
 }
 
@@ -301,6 +301,7 @@ RunHandler::Request& RunHandler::adopt(HttpExchange& ex) {
   r.exchange = &ex;
   r.config = config_;
   r.keys = keys_;
+  r.started = runtime_.now();
   r.request_id = requestIdFor(ex.headers());
   uint64_t id = r.id;
   ex.setOnAbort([this, id] { finish(id, true); });
@@ -553,7 +554,7 @@ void RunHandler::onLookup(uint64_t id, CachedResponsePtr entry) {
   Request* r = live(id);
   if (!r) return;
   if (entry) {
-    int64_t age_ms = unixMillis() - entry->stored_at_ms;
+    int64_t age_ms = runtime_.unixMillis() - entry->stored_at_ms;
     if (age_ms < 0) age_ms = 0;
     bool fresh = age_ms < toMillis(r->ttl_s);
     bool young_enough = !r->cc.max_age || age_ms <= *r->cc.max_age * 1000;
@@ -626,7 +627,7 @@ void RunHandler::joinFlight(Request& r) {
 
 WaiterNeeds RunHandler::waiterNeeds(const Request& r) const {
   WaiterNeeds needs;
-  int64_t now = unixMillis();
+  int64_t now = runtime_.unixMillis();
   // Fresh (within the TTL) ...
   needs.min_stored_at_ms = now - toMillis(r.ttl_s);
   // ... young enough for max-age ...
@@ -667,12 +668,12 @@ void RunHandler::joinStream(Request& r) {
     r.cache = "COALESCED";
     metrics_.countCoalesced(r.principal.org_label);
   }
-  r.upstream_started = SteadyClock::now();
+  r.upstream_started = runtime_.now();
   StreamSubscriber sub;
   sub.begin = [this, id](const UpstreamHead& head) {
     Request* rr = live(id);
     if (!rr) return;
-    rr->upstream_ms += millisSince(rr->upstream_started);
+    rr->upstream_ms += millisSince(rr->upstream_started, runtime_.now());
     HttpHeaders headers = responseHeaders(*rr, head.headers);
     headers.push_back({"X-Cache", rr->cache});
     headers.push_back({"Cache-Status", rr->cache == "COALESCED" ? "workflow-proxy; fwd=miss; collapsed"
@@ -745,7 +746,7 @@ void RunHandler::leadRun(uint64_t flight) {
     return;
   }
   RunWork& w = *it->second;
-  w.queued_at = SteadyClock::now();
+  w.queued_at = runtime_.now();
   AdmissionCallbacks cb;
   cb.start = [this, flight] { startRunUpstream(flight); };
   cb.reject = [this, flight](RejectReason why, int retry_after) {
@@ -767,7 +768,7 @@ void RunHandler::startRunUpstream(uint64_t flight) {
   auto it = runs_.find(flight);
   if (it == runs_.end()) return;
   RunWork& w = *it->second;
-  w.queue_ms += millisSince(w.queued_at);
+  w.queue_ms += millisSince(w.queued_at, runtime_.now());
   if (!authorizeNow(w.request, w.org)) {
     // The organisation was removed by a reload while the run waited: no key
     // of ours may be sent for it any more.
@@ -780,7 +781,7 @@ void RunHandler::startRunUpstream(uint64_t flight) {
     coalescer_->complete(flight, o);
     return;
   }
-  w.started = SteadyClock::now();
+  w.started = runtime_.now();
   w.got = std::make_unique<RunWork::Received>();
   w.got_429 = false;
   coalescer_->markStarted(flight);  // from now on it completes even if every waiter leaves
@@ -820,13 +821,13 @@ void RunHandler::onRunDone(uint64_t flight, const UpstreamResult& result) {
   cur.upstream_id = 0;
   const UpstreamHead& got_head = cur.got->head;
   metrics_.countUpstream(cur.org_label, result.head_received ? got_head.status : 0);
-  metrics_.observeUpstreamSeconds(millisSince(cur.started) / 1000.0);
+  metrics_.observeUpstreamSeconds(millisSince(cur.started, runtime_.now()) / 1000.0);
   if (cur.ticket) {
     UpstreamSignals signals =
         result.head_received ? signalsFrom(got_head.status, got_head.headers) : UpstreamSignals{};
     uint64_t ticket = cur.ticket;
     if (result.failure == UpstreamFailure::None && got_head.status == 429) {
-      cur.queued_at = SteadyClock::now();
+      cur.queued_at = runtime_.now();
       if (scheduler_.retry(ticket, signals)) return;  // runs again after the pause
     } else {
       scheduler_.finish(ticket, signals);
@@ -838,7 +839,7 @@ void RunHandler::onRunDone(uint64_t flight, const UpstreamResult& result) {
   std::unique_ptr<RunWork> w = std::move(it->second);
   runs_.erase(it);
   FlightOutcome outcome;
-  outcome.upstream_ms = millisSince(w->started);
+  outcome.upstream_ms = millisSince(w->started, runtime_.now());
   outcome.queue_ms = w->queue_ms;
   if (result.failure != UpstreamFailure::None) {
     spdlog::warn("upstream run failed: {}", result.detail);
@@ -849,7 +850,7 @@ void RunHandler::onRunDone(uint64_t flight, const UpstreamResult& result) {
   rememberRateLimit(w->org, w->got->head.headers);
   auto entry = std::make_shared<CachedResponse>(
       storedResponse(w->got->head.status, w->got->head.reason, w->got->head.headers, std::move(w->got->body), false,
-                     unixMillis()));
+                     runtime_.unixMillis()));
   if (w->may_store && isStorable(entry->status, entry->body)) {
     cache_.store(w->key, entry, w->keep_ms);
     outcome.stored = true;
@@ -927,7 +928,7 @@ void RunHandler::replyCached(Request& r, const CachedResponsePtr& shared, const 
   head.append("\r\nCache-Status: ");
   head.append(cache_status);
   head.append("\r\nAge: ");
-  int64_t age = std::max<int64_t>(0, (unixMillis() - entry.stored_at_ms) / 1000);
+  int64_t age = std::max<int64_t>(0, (runtime_.unixMillis() - entry.stored_at_ms) / 1000);
   char digits[24];
   head.append(digits, std::to_chars(digits, digits + sizeof digits, age).ptr);
   head.append("\r\n");
@@ -1000,13 +1001,13 @@ bool RunHandler::authorizeNow(UpstreamRequest& request, const std::string& org) 
   return true;
 }
 
-CachedResponsePtr RunHandler::unauthorizedResponse() {
+CachedResponsePtr RunHandler::unauthorizedResponse() const {
   auto e = std::make_shared<CachedResponse>();
   e->status = 401;
   e->reason = "Unauthorized";
   e->headers = {{"Content-Type", "application/json"}};
   e->body = std::string(kUnauthorizedBody);
-  e->stored_at_ms = unixMillis();
+  e->stored_at_ms = runtime_.unixMillis();
   return e;
 }
 
@@ -1100,7 +1101,7 @@ void RunHandler::admit(Request& r, UpstreamRequest request, Delivery delivery, b
     startUpstream(id);
     return;
   }
-  r.queued_at = SteadyClock::now();
+  r.queued_at = runtime_.now();
   AdmissionCallbacks cb;
   cb.start = [this, id] { startUpstream(id); };
   cb.reject = [this, id](RejectReason why, int retry_after) { onRejected(id, why, retry_after); };
@@ -1113,7 +1114,7 @@ void RunHandler::startUpstream(uint64_t id) {
   Request* r = find(id);
   if (!r || !r->exchange) return;
   if (r->queued_at != SteadyClock::time_point{}) {
-    r->queue_ms += millisSince(r->queued_at);
+    r->queue_ms += millisSince(r->queued_at, runtime_.now());
     r->queued_at = {};
   }
   if (!authorizeNow(*r->pending, r->key_org)) {
@@ -1132,7 +1133,7 @@ void RunHandler::startUpstream(uint64_t id) {
   r->head = UpstreamHead{};
   r->body.clear();
   r->got_429 = false;
-  r->upstream_started = SteadyClock::now();
+  r->upstream_started = runtime_.now();
   UpstreamCallbacks cb;
   cb.on_head = [this, id](const UpstreamHead& head) { onHead(id, head); };
   cb.on_data = [this, id](std::string_view data) { return onData(id, data); };
@@ -1167,7 +1168,7 @@ void RunHandler::onHead(uint64_t id, const UpstreamHead& head) {
     long long v = strtoll(cl->c_str(), &end, 10);
     if (end && *end == '\0' && v >= 0) length = v;
   }
-  r->upstream_ms += millisSince(r->upstream_started);
+  r->upstream_ms += millisSince(r->upstream_started, runtime_.now());
   HttpHeaders headers = responseHeaders(*r, head.headers);
   if (r->route.kind == RouteKind::Stream) {
     headers.push_back({"X-Cache", r->cache});
@@ -1205,7 +1206,7 @@ void RunHandler::onDone(uint64_t id, const UpstreamResult& result) {
   r->upstream_id = 0;
   if (!r->exchange) return;
   bool streaming = r->delivery == Delivery::Streamed && r->exchange->responseStarted();
-  if (!streaming) r->upstream_ms += millisSince(r->upstream_started);
+  if (!streaming) r->upstream_ms += millisSince(r->upstream_started, runtime_.now());
   metrics_.countUpstream(r->principal.org_label, result.head_received ? r->head.status : 0);
   metrics_.observeUpstreamSeconds(std::chrono::duration<double>(result.elapsed).count());
   if (result.failure != UpstreamFailure::None) {
@@ -1351,7 +1352,7 @@ void RunHandler::finish(uint64_t id, bool aborted) {
   HttpExchange* ex = r->exchange;
   r->exchange = nullptr;
   int status = aborted ? 499 : (ex ? ex->status() : 0);
-  double total_ms = millisSince(r->started);
+  double total_ms = millisSince(r->started, runtime_.now());
   const std::string& org = r->principal.org_label.empty() ? kDash : r->principal.org_label;
   if (access_log_.enabled()) {
     AccessRecord rec;

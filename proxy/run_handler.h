@@ -16,7 +16,6 @@
 #include "proxy/cache_store.h"
 #include "proxy/coalescer.h"
 #include "proxy/config.h"
-#include "proxy/event_loop.h"
 #include "proxy/http_server.h"
 #include "proxy/key_store.h"
 #include "proxy/metrics.h"
@@ -28,13 +27,13 @@
 namespace wfp {
 
 struct ProxyError;
-class RedisClient;
+class RedisLink;
 
 class RunHandler {
  public:
   // `redis` (may be null) carries cross-instance coalescing.
-  RunHandler(EventLoop& loop, UpstreamClient& upstream, Scheduler& scheduler, AccessLog& access_log,
-             Metrics& metrics, CacheStore& cache, RedisClient* redis);
+  RunHandler(Runtime& runtime, UpstreamTransport& upstream, Scheduler& scheduler, AccessLog& access_log,
+             Metrics& metrics, CacheStore& cache, RedisLink* redis);
   ~RunHandler();
   RunHandler(const RunHandler&) = delete;
   RunHandler& operator=(const RunHandler&) = delete;
@@ -108,7 +107,7 @@ class RunHandler {
   // Puts the key `org` has in the configuration in force now into `request`
   // (nothing for org ""). False when the organisation no longer exists.
   bool authorizeNow(UpstreamRequest& request, const std::string& org) const;
-  static CachedResponsePtr unauthorizedResponse();
+  CachedResponsePtr unauthorizedResponse() const;
 
   void replyError(Request& r, const ProxyError& error, HttpHeaders extra = {});
   void replyJson(Request& r, int status, std::string_view reason, std::string_view body, HttpHeaders extra = {});
@@ -119,13 +118,13 @@ class RunHandler {
   std::string readyBody() const;
   void reportTracked();
 
-  EventLoop& loop_;
-  UpstreamClient& upstream_;
+  Runtime& runtime_;
+  UpstreamTransport& upstream_;
   Scheduler& scheduler_;
   AccessLog& access_log_;
   Metrics& metrics_;
   CacheStore& cache_;
-  RedisClient* redis_;
+  RedisLink* redis_;
   std::unique_ptr<Coalescer> coalescer_;
   std::unique_ptr<StreamFanout> fanout_;
   ConfigPtr config_;

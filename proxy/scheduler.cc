@@ -94,9 +94,9 @@ struct Scheduler::Ticket {
   int retries = 0;
 };
 
-Scheduler::Scheduler(EventLoop& loop, const Clock& clock, Metrics& metrics, SharedBudget* shared)
-    : loop_(loop), clock_(clock), metrics_(metrics), shared_(shared) {
-  sweep_timer_ = std::make_unique<Timer>(loop_, [this] {
+Scheduler::Scheduler(Runtime& runtime, const Clock& clock, Metrics& metrics, SharedBudget* shared)
+    : runtime_(runtime), clock_(clock), metrics_(metrics), shared_(shared) {
+  sweep_timer_ = std::make_unique<Timer>(runtime_, [this] {
     sweep_armed_ = false;
     sweep();
     if (!transient_.empty() && !sweep_armed_) {
@@ -474,8 +474,8 @@ void Scheduler::arm(Budget& b) {
     // The budget outlives its timers (they are its members), and a budget is
     // only dropped by sweep(), never inside one of these callbacks.
     Budget* raw = &b;
-    b.wake = std::make_unique<Timer>(loop_, [this, raw] { pump(*raw); });
-    b.expiry = std::make_unique<Timer>(loop_, [this, raw] { pump(*raw); });
+    b.wake = std::make_unique<Timer>(runtime_, [this, raw] { pump(*raw); });
+    b.expiry = std::make_unique<Timer>(runtime_, [this, raw] { pump(*raw); });
   }
   auto now = clock_.now();
   if (sharedUsable(b)) {

@@ -32,7 +32,7 @@
 
 #include "proxy/clock.h"
 #include "proxy/config.h"
-#include "proxy/event_loop.h"
+#include "proxy/runtime.h"
 #include "proxy/fair_queue.h"
 #include "proxy/http_server.h"
 #include "proxy/metrics.h"
@@ -59,7 +59,7 @@ struct AdmissionCallbacks {
 class Scheduler {
  public:
   // `shared` (may be null): rate_limit.shared — decisions in Redis.
-  Scheduler(EventLoop& loop, const Clock& clock, Metrics& metrics, SharedBudget* shared = nullptr);
+  Scheduler(Runtime& runtime, const Clock& clock, Metrics& metrics, SharedBudget* shared = nullptr);
   ~Scheduler();
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
@@ -122,7 +122,7 @@ class Scheduler {
   int retryAfter(const Budget& b) const;
   void report(Budget& b);
 
-  EventLoop& loop_;
+  Runtime& runtime_;
   const Clock& clock_;
   Metrics& metrics_;
   SharedBudget* shared_;

@@ -205,7 +205,7 @@ bool isNoScript(const std::optional<RedisReply>& reply) {
 }  // namespace
 
 struct SharedBudget::Impl {
-  using Callback = RedisClient::Callback;
+  using Callback = RedisLink::Callback;
 
   // A script run with EVALSHA once SCRIPT LOAD told us its digest; EVAL until
   // then and again after a NOSCRIPT (Redis restarted or SCRIPT FLUSH).
@@ -223,7 +223,7 @@ struct SharedBudget::Impl {
     std::string member;
   };
 
-  Impl(SharedBudget& owner, EventLoop& loop, RedisClient& redis, std::string prefix)
+  Impl(SharedBudget& owner, Runtime& loop, RedisLink& redis, std::string prefix)
       : owner(owner),
         redis(redis),
         prefix(std::move(prefix)),
@@ -424,7 +424,7 @@ struct SharedBudget::Impl {
   }
 
   SharedBudget& owner;
-  RedisClient& redis;
+  RedisLink& redis;
   const std::string prefix;
   const std::string instance_id;
   uint64_t next_member = 0;
@@ -443,7 +443,7 @@ struct SharedBudget::Impl {
   Timer heartbeat_timer;  // last: cancelled first
 };
 
-SharedBudget::SharedBudget(EventLoop& loop, RedisClient& redis, std::string key_prefix)
+SharedBudget::SharedBudget(Runtime& loop, RedisLink& redis, std::string key_prefix)
     : impl_(std::make_unique<Impl>(*this, loop, redis, std::move(key_prefix))) {}
 
 SharedBudget::~SharedBudget() = default;

@@ -15,11 +15,11 @@
 #include <optional>
 #include <string>
 
-#include "proxy/event_loop.h"
+#include "proxy/runtime.h"
 
 namespace wfp {
 
-class RedisClient;
+class RedisLink;
 struct RedisReply;
 
 struct SharedDecision {
@@ -32,7 +32,7 @@ struct SharedDecision {
 
 class SharedBudget {
  public:
-  SharedBudget(EventLoop& loop, RedisClient& redis, std::string key_prefix);
+  SharedBudget(Runtime& runtime, RedisLink& redis, std::string key_prefix);
   ~SharedBudget();
   SharedBudget(const SharedBudget&) = delete;
   SharedBudget& operator=(const SharedBudget&) = delete;

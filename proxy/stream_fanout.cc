@@ -45,8 +45,10 @@ struct StreamFanout::Sub {
   bool blocked = false;  // its backlog is high: wait for resume()
 };
 
-StreamFanout::StreamFanout(UpstreamClient& upstream, Scheduler& scheduler, CacheStore& cache, Authorize authorize)
-    : upstream_(upstream), scheduler_(scheduler), cache_(cache), authorize_(std::move(authorize)) {}
+StreamFanout::StreamFanout(Runtime& runtime, UpstreamTransport& upstream, Scheduler& scheduler, CacheStore& cache,
+                           Authorize authorize)
+    : runtime_(runtime),
+      upstream_(upstream), scheduler_(scheduler), cache_(cache), authorize_(std::move(authorize)) {}
 
 StreamFanout::~StreamFanout() {
   for (auto& [id, f] : flights_) {
@@ -296,7 +298,7 @@ void StreamFanout::onDone(uint64_t flight_id, const UpstreamResult& result) {
   if (f->complete && f->head.status == 200 && f->storable && f->work.store) {
     cache_.store(f->work.key,
                  std::make_shared<CachedResponse>(
-                     storedResponse(f->head.status, f->head.reason, f->head.headers, f->bytes, true, unixMillis())),
+                     storedResponse(f->head.status, f->head.reason, f->head.headers, f->bytes, true, runtime_.unixMillis())),
                  f->work.keep_ms);
   } else if (!f->complete) {
     spdlog::info("stream {} cut short upstream ({}): not stored", f->work.key, result.detail);

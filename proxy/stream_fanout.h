@@ -65,7 +65,7 @@ class StreamFanout {
   // it is at its start); false when the organisation is gone.
   using Authorize = std::function<bool(UpstreamRequest& request, const std::string& org)>;
 
-  StreamFanout(UpstreamClient& upstream, Scheduler& scheduler, CacheStore& cache, Authorize authorize);
+  StreamFanout(Runtime& runtime, UpstreamTransport& upstream, Scheduler& scheduler, CacheStore& cache, Authorize authorize);
   ~StreamFanout();
 
   bool joinable(const std::string& key) const { return by_key_.count(key) != 0; }
@@ -95,7 +95,8 @@ class StreamFanout {
   void dropAndTell(uint64_t flight_id, const std::function<void(StreamSubscriber&)>& tell);
   bool anyMayRun(const Flight& f) const;
 
-  UpstreamClient& upstream_;
+  Runtime& runtime_;
+  UpstreamTransport& upstream_;
   Scheduler& scheduler_;
   CacheStore& cache_;
   Authorize authorize_;

@@ -73,17 +73,28 @@ struct UpstreamCallbacks {
   std::function<void()> on_sending;
 };
 
-class UpstreamClient {
+// What the run path needs of an upstream: UpstreamClient in production, a
+// simulated upstream in tests/simulation. The contract above holds for both.
+class UpstreamTransport {
+ public:
+  virtual ~UpstreamTransport() = default;
+  virtual uint64_t start(UpstreamRequest request, UpstreamCallbacks callbacks) = 0;
+  virtual void cancel(uint64_t id) = 0;
+  virtual void resume(uint64_t id) = 0;
+  virtual size_t active() const = 0;
+};
+
+class UpstreamClient final : public UpstreamTransport {
  public:
   UpstreamClient(EventLoop& loop, UpstreamOptions options);
-  ~UpstreamClient();  // cancels every transfer without callbacks
+  ~UpstreamClient() override;  // cancels every transfer without callbacks
   UpstreamClient(const UpstreamClient&) = delete;
   UpstreamClient& operator=(const UpstreamClient&) = delete;
 
-  uint64_t start(UpstreamRequest request, UpstreamCallbacks callbacks);
-  void cancel(uint64_t id);
-  void resume(uint64_t id);
-  size_t active() const;
+  uint64_t start(UpstreamRequest request, UpstreamCallbacks callbacks) override;
+  void cancel(uint64_t id) override;
+  void resume(uint64_t id) override;
+  size_t active() const override;
   void setOptions(const UpstreamOptions& options);  // applies to new transfers
 
  private:
