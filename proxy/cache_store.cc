@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include "proxy/redis_client.h"
+#include "proxy/redis_scripts.h"
 
 namespace wfp {
 
@@ -17,25 +18,6 @@ constexpr uint64_t kMaxGeneration = (uint64_t{1} << 53) - 2;
 // Generations learnt from purge messages for workflows this instance does
 // not track are remembered up to this many entries in all.
 constexpr size_t kMaxTracked = 100000;
-
-// Raises the generation in Redis to at least ARGV[1] (a floor this instance
-// has seen): a Redis that restarted empty, a flushed key or a value that is
-// not a generation must never move a workflow's generation backwards.
-constexpr const char* kRaiseScript =
-    "local cur = tonumber(redis.call('get', KEYS[1]) or '0') "
-    "local floor = tonumber(ARGV[1]) "
-    "if cur == nil or cur ~= math.floor(cur) or cur < floor or cur > 9007199254740990 then "
-    "redis.call('set', KEYS[1], ARGV[1]) return floor end "
-    "return cur";
-// A purge: the generation moves past both Redis' value and the floor.
-constexpr const char* kPurgeScript =
-    "local cur = tonumber(redis.call('get', KEYS[1]) or '0') "
-    "local floor = tonumber(ARGV[1]) "
-    "if cur == nil or cur ~= math.floor(cur) or cur < 0 or cur > 9007199254740990 then cur = 0 end "
-    "if cur < floor then cur = floor end "
-    "cur = cur + 1 "
-    "redis.call('set', KEYS[1], string.format('%d', cur)) "
-    "return cur";
 
 }  // namespace
 
@@ -106,7 +88,7 @@ void CacheStore::generation(const std::string& ns, const std::string& workflow_i
         // not a generation: put back what we know, so that no instance goes
         // back to an older generation and a purge lands above it.
         if (!stored) spdlog::warn("cache: the generation in Redis under {} is not a number; repairing it", gen_key);
-        redis_->command({"EVAL", kRaiseScript, "1", gen_key, std::to_string(gen.value)},
+        redis_->command({"EVAL", kGenerationRaiseScript, "1", gen_key, std::to_string(gen.value)},
                         [](std::optional<RedisReply>) {});
       }
       gen.fetched_ms = runtime_.unixMillis();
@@ -186,7 +168,7 @@ void CacheStore::purgeWorkflow(const std::string& ns, const std::string& workflo
     return;
   }
   // Past Redis' value and past what this instance has seen, in one step.
-  redis_->command({"EVAL", kPurgeScript, "1", generationKey(ns, workflow_id), std::to_string(g.value)},
+  redis_->command({"EVAL", kGenerationPurgeScript, "1", generationKey(ns, workflow_id), std::to_string(g.value)},
                   [this, local, ns, workflow_id, done = std::move(done)](std::optional<RedisReply> reply) {
                     Generation& gen = generations_[local];
                     if (!reply || reply->type != RedisReply::Type::Integer || reply->integer <= 0 ||

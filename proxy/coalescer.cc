@@ -8,6 +8,7 @@
 
 #include "proxy/headers.h"
 #include "proxy/redis_client.h"
+#include "proxy/redis_scripts.h"
 
 namespace wfp {
 
@@ -16,11 +17,6 @@ namespace {
 constexpr int kLockMs = 10000;
 constexpr auto kRenewEvery = std::chrono::milliseconds(3000);
 constexpr auto kPollEvery = std::chrono::milliseconds(1000);
-
-constexpr const char* kRenewScript =
-    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0";
-constexpr const char* kReleaseScript =
-    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0";
 
 }  // namespace
 
@@ -95,7 +91,7 @@ void Coalescer::tryLock(uint64_t flight_id) {
                     if (!fl || fl->state != Flight::State::Locking) {
                       // Abandoned while we asked: give the lock back at once.
                       if (got_lock && redis_) {
-                        redis_->command({"EVAL", kReleaseScript, "1", lock_key, instance_},
+                        redis_->command({"EVAL", kLockReleaseScript, "1", lock_key, instance_},
                                         [](std::optional<RedisReply>) {});
                       }
                       return;
@@ -185,7 +181,7 @@ void Coalescer::lead(Flight& f) {
 void Coalescer::renew(uint64_t flight_id) {
   Flight* f = find(flight_id);
   if (!f || !f->lock_held || !redis_) return;
-  redis_->command({"EVAL", kRenewScript, "1", f->lockKey(), instance_, std::to_string(kLockMs)},
+  redis_->command({"EVAL", kLockRenewScript, "1", f->lockKey(), instance_, std::to_string(kLockMs)},
                   [](std::optional<RedisReply>) {});
   f->timer->start(kRenewEvery);
 }
@@ -267,7 +263,7 @@ void Coalescer::releaseRedis(Flight& f) {
     f.subscribed = false;
   }
   if (f.lock_held) {
-    redis_->command({"EVAL", kReleaseScript, "1", f.lockKey(), instance_}, [](std::optional<RedisReply>) {});
+    redis_->command({"EVAL", kLockReleaseScript, "1", f.lockKey(), instance_}, [](std::optional<RedisReply>) {});
     f.lock_held = false;
   }
 }

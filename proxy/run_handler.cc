@@ -1288,14 +1288,15 @@ std::string RunHandler::readyBody() const {
 
 // The per-key maps of the run path (SPEC §10.2), read when scraped: no cost
 // per request.
+std::vector<std::pair<const char*, size_t>> RunHandler::trackedEntries() const {
+  return {{"generations", cache_.generationsTracked()}, {"flights", coalescer_->flights()},
+          {"waiters", coalescer_->waiters()},           {"prepared_runs", runs_.size()},
+          {"stream_flights", fanout_->flights()},       {"ratelimit_seen", ratelimit_seen_.size()},
+          {"requests", requests_.size()}};
+}
+
 void RunHandler::reportTracked() {
-  metrics_.setTracked("generations", static_cast<int64_t>(cache_.generationsTracked()));
-  metrics_.setTracked("flights", static_cast<int64_t>(coalescer_->flights()));
-  metrics_.setTracked("waiters", static_cast<int64_t>(coalescer_->waiters()));
-  metrics_.setTracked("prepared_runs", static_cast<int64_t>(runs_.size()));
-  metrics_.setTracked("stream_flights", static_cast<int64_t>(fanout_->flights()));
-  metrics_.setTracked("ratelimit_seen", static_cast<int64_t>(ratelimit_seen_.size()));
-  metrics_.setTracked("requests", static_cast<int64_t>(requests_.size()));
+  for (const auto& [map, n] : trackedEntries()) metrics_.setTracked(map, static_cast<int64_t>(n));
 }
 
 size_t RunHandler::runsInFlight() const {

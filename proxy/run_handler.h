@@ -11,6 +11,8 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "proxy/access_log.h"
 #include "proxy/cache_store.h"
@@ -60,6 +62,9 @@ class RunHandler {
   size_t runsInFlight() const;
   // Answers everything still running with 503 (drain grace over).
   void cancelAll();
+  // The per-key maps of the run path and their sizes (SPEC §10.2), as the
+  // workflow_proxy_tracked_entries gauge reports them.
+  std::vector<std::pair<const char*, size_t>> trackedEntries() const;
 
  private:
   struct Request;
