@@ -527,8 +527,11 @@ void RunHandler::startRun(Request& r) {
   r.may_store = !r.bypass;
   r.cache = r.bypass ? "BYPASS" : "MISS";
   if (stream && r.bypass) {
-    // Not shared, not stored: this client's own stream, relayed with
-    // back-pressure on the upstream transfer.
+    // Not shared, not stored: there is no stream in flight to attach to, so
+    // only-if-cached is a miss, answered without an upstream call (SPEC §4.3).
+    if (r.cc.only_if_cached) return replyError(r, notCached());
+    // Otherwise this client's own stream, relayed with back-pressure on the
+    // upstream transfer.
     return fetchStreamToken(r);
   }
   uint64_t id = r.id;
