@@ -442,6 +442,23 @@ void MemoryCache::put(const std::string& key, CachedResponsePtr entry, int64_t e
   evict();
 }
 
+size_t MemoryCache::eraseWithPrefix(const std::vector<std::string>& prefixes) {
+  size_t n = 0;
+  for (auto it = lru_.begin(); it != lru_.end();) {
+    bool match = false;
+    for (const auto& p : prefixes) match = match || it->key.compare(0, p.size(), p) == 0;
+    if (!match) {
+      ++it;
+      continue;
+    }
+    bytes_ -= it->bytes;
+    map_.erase(it->key);
+    it = lru_.erase(it);
+    ++n;
+  }
+  return n;
+}
+
 void MemoryCache::erase(const std::string& key) {
   auto it = map_.find(key);
   if (it == map_.end()) return;

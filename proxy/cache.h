@@ -19,6 +19,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <vector>
 
 #include "proxy/http_server.h"
 
@@ -104,6 +105,9 @@ class MemoryCache {
   CachedResponsePtr get(const std::string& key, int64_t now_ms);
   void put(const std::string& key, CachedResponsePtr entry, int64_t expires_at_ms);
   void erase(const std::string& key);
+  // Drops every entry whose key starts with one of `prefixes`; O(entries),
+  // for rare events (an input purge another instance made).
+  size_t eraseWithPrefix(const std::vector<std::string>& prefixes);
   void clear();
   void setMaxBytes(size_t max_bytes);
 

@@ -49,6 +49,17 @@ std::string CacheStore::generationKey(const std::string& ns, const std::string& 
   return prefix_ + "gen:{" + ns + "}:" + workflow_id;
 }
 
+std::string CacheStore::inputPurgesKey(const std::string& ns, const std::string& workflow_id) const {
+  return prefix_ + "ipurge:{" + ns + "}:" + workflow_id;
+}
+
+void CacheStore::dropLocal(const std::string& ns, const std::string& workflow_id) {
+  // Keys are <prefix>v1:{<ns>}:<route>:<workflow>:<generation>:<sha>; a
+  // workflow id has no ':', so the trailing one bounds it.
+  std::string head = prefix_ + "v1:{" + ns + "}:";
+  l1_.eraseWithPrefix({head + "run:" + workflow_id + ":", head + "stream:" + workflow_id + ":"});
+}
+
 void CacheStore::generation(const std::string& ns, const std::string& workflow_id, GenerationFn fn) {
   std::string local = ns + '\n' + workflow_id;
   if (!redis_) {
@@ -75,10 +86,23 @@ void CacheStore::generation(const std::string& ns, const std::string& workflow_i
   g.waiting.push_back(std::move(fn));
   if (g.waiting.size() > 1) return;  // one fetch serves everyone
   std::string gen_key = generationKey(ns, workflow_id);
-  redis_->command({"GET", gen_key}, [this, key = it->first, gen_key](std::optional<RedisReply> reply) {
+  redis_->command({"MGET", gen_key, inputPurgesKey(ns, workflow_id)}, [this, key = it->first, gen_key, ns,
+                                                                        workflow_id](std::optional<RedisReply> both) {
     auto found = generations_.find(key);
     if (found == generations_.end()) return;
     Generation& gen = found->second;
+    const RedisReply* reply = nullptr;
+    if (both && both->type == RedisReply::Type::Array && both->elements.size() == 2) {
+      reply = &both->elements[0];
+      const RedisReply& purges = both->elements[1];
+      std::optional<uint64_t> n = purges.type == RedisReply::Type::String ? parseGeneration(purges.str) : std::nullopt;
+      if (n && *n > gen.input_purges) {
+        // Another instance purged an input of this workflow since we last
+        // looked: its message may have been lost, so drop what we hold.
+        dropLocal(ns, workflow_id);
+        gen.input_purges = *n;
+      }
+    }
     if (reply && (reply->type == RedisReply::Type::String || reply->type == RedisReply::Type::Nil)) {
       std::optional<uint64_t> stored =
           reply->type == RedisReply::Type::Nil ? std::optional<uint64_t>(0) : parseGeneration(reply->str);
@@ -109,7 +133,7 @@ void CacheStore::sweepGenerations() {
   int64_t now = runtime_.unixMillis();
   std::erase_if(generations_, [now](const auto& kv) {
     const Generation& g = kv.second;
-    return g.value == 0 && g.waiting.empty() && now - g.fetched_ms >= kGenerationFreshMs;
+    return g.value == 0 && g.input_purges == 0 && g.waiting.empty() && now - g.fetched_ms >= kGenerationFreshMs;
   });
   sweep_at_ = std::max<size_t>(1024, 2 * generations_.size());
 }
@@ -199,9 +223,29 @@ void CacheStore::purgeInput(const std::string& ns, const std::string& workflow_i
       done(true);
       return;
     }
-    redis_->command({"DEL", run, stream}, [done](std::optional<RedisReply> reply) {
-      done(reply && reply->type == RedisReply::Type::Integer);
-    });
+    redis_->command({"DEL", run, stream}, [](std::optional<RedisReply>) {});
+    // Counted, so that an instance whose purge message is lost still drops
+    // its copy when it next reads the generation (within a second). The
+    // counter only moves forward, like the generation (the same script).
+    std::string local = ns + '\n' + workflow_id;
+    uint64_t floor = generations_[local].input_purges;
+    redis_->command({"EVAL", kGenerationPurgeScript, "1", inputPurgesKey(ns, workflow_id), std::to_string(floor)},
+                    [this, local, done](std::optional<RedisReply> reply) {
+                      Generation& g = generations_[local];
+                      if (reply && reply->type == RedisReply::Type::Integer && reply->integer > 0 &&
+                          static_cast<uint64_t>(reply->integer) <= kMaxGeneration + 1) {
+                        g.input_purges = std::max(g.input_purges, static_cast<uint64_t>(reply->integer));
+                        return done(true);
+                      }
+                      // Redis did not take the purge: the entry would be
+                      // found there again once it is back (SPEC §10.2:
+                      // nothing makes a purge ineffective). Purge the whole
+                      // workflow here instead — wider, but it holds: the
+                      // generation only moves forward, and its floor reaches
+                      // Redis, and so every instance, when Redis is back.
+                      ++g.value;
+                      done(false);
+                    });
     redis_->command({"PUBLISH", prefix_ + "purge", "I\n" + run + "\n" + stream}, [](std::optional<RedisReply>) {});
   });
 }

@@ -46,6 +46,8 @@ class CacheStore {
   // from another instance; the older one is the answer if Redis has none.
   // `fn` may run synchronously.
   void lookup(const std::string& key, int64_t keep_ms, EntryFn fn, int64_t min_stored_at_ms = 0);
+  // This instance's L1 only, synchronously (null when absent).
+  CachedResponsePtr peekLocal(const std::string& key) { return l1_.get(key, runtime_.unixMillis()); }
   // `keep_ms`: how long the entry may be served at all (TTL + stale window).
   void store(const std::string& key, CachedResponsePtr entry, int64_t keep_ms);
 
@@ -63,10 +65,19 @@ class CacheStore {
  private:
   struct Generation {
     uint64_t value = 0;
+    // Input purges of the workflow (a counter in Redis, read with the
+    // generation): when another instance's purge moved it on, this
+    // instance's L1 entries of the workflow go, so a lost purge message
+    // costs at most the generation's freshness (SPEC §6: every instance
+    // sees a purge within a second).
+    uint64_t input_purges = 0;
     int64_t fetched_ms = 0;
     std::vector<GenerationFn> waiting;  // a fetch is in flight
   };
   std::string generationKey(const std::string& ns, const std::string& workflow_id) const;
+  std::string inputPurgesKey(const std::string& ns, const std::string& workflow_id) const;
+  // Drops this instance's L1 entries of the workflow (every generation).
+  void dropLocal(const std::string& ns, const std::string& workflow_id);
   void onPurgeMessage(const std::string& message);
   void sweepGenerations();
 
