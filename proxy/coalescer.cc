@@ -49,14 +49,14 @@ Coalescer::Flight* Coalescer::find(uint64_t flight_id) {
 }
 
 Coalescer::Joined Coalescer::join(const std::string& key, WaiterFn fn, WaiterNeeds needs,
-                                  const std::function<void(uint64_t)>& on_create) {
+                                  const std::function<void(uint64_t)>& on_create, uint64_t owner) {
   Joined j;
   j.waiter = next_id_++;
   auto existing = by_key_.find(key);
   if (existing != by_key_.end()) {
     Flight& f = *flights_.at(existing->second);
     f.waiters.push_back(j.waiter);
-    waiters_.emplace(j.waiter, Waiter{f.id, std::move(fn), needs});
+    waiters_.emplace(j.waiter, Waiter{f.id, std::move(fn), needs, owner});
     j.flight = f.id;
     return j;
   }
@@ -67,7 +67,7 @@ Coalescer::Joined Coalescer::join(const std::string& key, WaiterFn fn, WaiterNee
   f.waiters.push_back(j.waiter);
   flights_.emplace(f.id, std::move(owned));
   by_key_.emplace(key, f.id);
-  waiters_.emplace(j.waiter, Waiter{f.id, std::move(fn), needs});
+  waiters_.emplace(j.waiter, Waiter{f.id, std::move(fn), needs, owner});
   j.flight = f.id;
   j.created = true;
   if (on_create) on_create(f.id);
@@ -230,12 +230,67 @@ void Coalescer::poll(uint64_t flight_id) {
   });
 }
 
+uint64_t Coalescer::leader(uint64_t flight) const {
+  auto it = flights_.find(flight);
+  if (it == flights_.end()) return 0;
+  for (uint64_t w : it->second->waiters) {
+    auto wit = waiters_.find(w);
+    if (wit != waiters_.end() && wit->second.owner) return wit->second.owner;
+  }
+  return 0;
+}
+
 void Coalescer::onMessage(uint64_t flight_id, const std::string& message) {
   Flight* f = find(flight_id);
   if (!f || f->state != Flight::State::Following) return;
   auto outcome = decodeOutcome(message, runtime_.unixMillis());
   if (!outcome) return;  // foreign or corrupt: the poll re-check still covers us
+  if (outcome->response) {
+    // The leader's run ended at stored_at. A waiter that joined after that,
+    // while the message was on its way, would get an answer older than
+    // itself: a stored answer, which no-cache refuses (SPEC §10.1: at every
+    // point a stored answer can appear, a coalescing outcome included).
+    // (+1: the run may end in the millisecond the request came.)
+    std::vector<uint64_t> refusing;
+    for (uint64_t w : f->waiters) {
+      auto it = waiters_.find(w);
+      if (it != waiters_.end() && it->second.needs.min_stored_at_ms > outcome->response->stored_at_ms + 1) {
+        refusing.push_back(w);
+      }
+    }
+    if (!refusing.empty()) return answerSome(flight_id, *outcome, refusing);
+  }
   deliver(flight_id, *outcome);
+}
+
+void Coalescer::answerSome(uint64_t flight_id, const FlightOutcome& outcome, const std::vector<uint64_t>& refusing) {
+  Flight* f = find(flight_id);
+  if (!f) return;
+  std::vector<WaiterFn> answered;
+  std::vector<uint64_t> kept;
+  for (uint64_t w : f->waiters) {
+    auto it = waiters_.find(w);
+    if (it == waiters_.end()) continue;
+    if (std::find(refusing.begin(), refusing.end(), w) != refusing.end()) {
+      kept.push_back(w);
+      continue;
+    }
+    answered.push_back(std::move(it->second.fn));
+    waiters_.erase(it);
+  }
+  f->waiters = std::move(kept);
+  // The flight starts over for those left: the lock again, then lead or follow.
+  if (f->subscribed && redis_) {
+    redis_->unsubscribe(f->channel());
+    f->subscribed = false;
+  }
+  f->timer.reset();
+  if (redis_ && redis_->up()) {
+    tryLock(flight_id);
+  } else {
+    lead(*f);
+  }
+  for (auto& fn : answered) fn(outcome);
 }
 
 void Coalescer::markStarted(uint64_t flight) {

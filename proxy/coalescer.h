@@ -31,6 +31,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "proxy/cache.h"
 #include "proxy/runtime.h"
@@ -88,8 +89,12 @@ class Coalescer {
   // Joins the flight for `key`, creating it if there is none; `on_create`
   // (when given) runs for a new flight before anything else happens to it,
   // so the owner can prepare the run that on_lead may ask for at once.
+  // `owner` (optional) names the waiter's request for leader().
   Joined join(const std::string& key, WaiterFn fn, WaiterNeeds needs = {},
-              const std::function<void(uint64_t flight)>& on_create = {});
+              const std::function<void(uint64_t flight)>& on_create = {}, uint64_t owner = 0);
+  // The owner of the flight's first waiter still waiting (0: none): the
+  // request that leads its run now (SPEC §10.1), whoever created it.
+  uint64_t leader(uint64_t flight) const;
   bool inFlight(const std::string& key) const { return by_key_.count(key) != 0; }
   void leave(uint64_t waiter);
 
@@ -110,6 +115,9 @@ class Coalescer {
   void renew(uint64_t flight_id);
   void poll(uint64_t flight_id);
   void onMessage(uint64_t flight_id, const std::string& message);
+  // Answers the waiters not in `refusing` with `outcome`, and runs the
+  // flight again for the others.
+  void answerSome(uint64_t flight_id, const FlightOutcome& outcome, const std::vector<uint64_t>& refusing);
   void deliver(uint64_t flight_id, const FlightOutcome& outcome);
   // Would every waiter accept `entry` in place of a run?
   int64_t minStoredAt(const Flight& f) const;  // the strictest waiter's floor
@@ -131,6 +139,7 @@ class Coalescer {
     uint64_t flight;
     WaiterFn fn;
     WaiterNeeds needs;
+    uint64_t owner = 0;
   };
   std::unordered_map<uint64_t, Waiter> waiters_;
 };

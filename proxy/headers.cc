@@ -2,6 +2,7 @@
 
 #include <sys/random.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 
@@ -58,6 +59,19 @@ bool isHopByHop(std::string_view name) {
 
 void removeHeader(HttpHeaders& headers, std::string_view name) {
   std::erase_if(headers, [&](const HttpHeader& h) { return equalsIgnoreCase(h.name, name); });
+}
+
+void setHeader(HttpHeaders& headers, std::string_view name, std::string value) {
+  auto first = std::find_if(headers.begin(), headers.end(),
+                            [&](const HttpHeader& h) { return equalsIgnoreCase(h.name, name); });
+  if (first == headers.end()) {
+    headers.push_back({std::string(name), std::move(value)});
+    return;
+  }
+  first->value = std::move(value);
+  size_t keep = static_cast<size_t>(first - headers.begin());
+  size_t i = 0;
+  std::erase_if(headers, [&](const HttpHeader& h) { return i++ > keep && equalsIgnoreCase(h.name, name); });
 }
 
 HttpHeaders upstreamRequestHeaders(const HttpHeaders& client, const UpstreamHeaderOptions& options) {

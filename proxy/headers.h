@@ -33,6 +33,9 @@ HttpHeaders clientResponseHeaders(const HttpHeaders& upstream);
 
 // Drops every field named `name` (case-insensitive).
 void removeHeader(HttpHeaders& headers, std::string_view name);
+// Gives the field `name` the one value `value`: the first such field keeps its
+// place, any others go; appended when there is none.
+void setHeader(HttpHeaders& headers, std::string_view name, std::string value);
 
 // A new request id: 32 lowercase hex characters from the OS CSPRNG.
 std::string newRequestId();

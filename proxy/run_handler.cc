@@ -606,7 +606,7 @@ void RunHandler::joinFlight(Request& r) {
     runs_.emplace(flight, std::move(work));
   };
   Coalescer::Joined joined = coalescer_->join(
-      key, [this, id](const FlightOutcome& outcome) { onFlightOutcome(id, outcome); }, waiterNeeds(r), prepare);
+      key, [this, id](const FlightOutcome& outcome) { onFlightOutcome(id, outcome); }, waiterNeeds(r), prepare, id);
   Request* again = find(id);  // join() may have run the whole flight already
   if (!again) return;
   if (!joined.created && again->may_store) {
@@ -783,6 +783,12 @@ void RunHandler::startRunUpstream(uint64_t flight) {
     o.response = unauthorizedResponse();
     coalescer_->complete(flight, o);
     return;
+  }
+  // SPEC §10.1: the X-Request-Id of the request that leads the run now — the
+  // one that created the flight may have left, or been answered by another
+  // instance's run while this one waited to run again.
+  if (Request* leader = find(coalescer_->leader(flight)); leader && leader->exchange) {
+    setHeader(w.request.headers, "X-Request-Id", leader->request_id);
   }
   w.started = runtime_.now();
   w.got = std::make_unique<RunWork::Received>();
