@@ -556,6 +556,14 @@ void RunHandler::startRun(Request& r) {
 void RunHandler::onLookup(uint64_t id, CachedResponsePtr entry) {
   Request* r = live(id);
   if (!r) return;
+  if (!entry && r->route.kind == RouteKind::Stream && !r->bypass && !r->cc.no_cache &&
+      !fanout_->joinable(r->cache_key)) {
+    // The look went to Redis while a stream of this instance ended and was
+    // stored (it was joinable when the look began): look here once more,
+    // or the input streams twice. (Runs have the coalescer's look after
+    // the lock for this.)
+    entry = cache_.peekLocal(r->cache_key);
+  }
   if (entry) {
     int64_t age_ms = runtime_.unixMillis() - entry->stored_at_ms;
     if (age_ms < 0) age_ms = 0;
