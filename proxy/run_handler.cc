@@ -445,9 +445,11 @@ void RunHandler::dispatch(Request& r) {
   }
   if (!needsKey(r.route, ex)) {
     // A client token: its quota was spent when the client got it, and it
-    // cannot be tied to an organisation. Forward at once, never cached.
+    // cannot be tied to an organisation. Forward at once, never cached —
+    // so never an answer for only-if-cached (SPEC §4.3: 504, no upstream call).
     r.principal.org_label = "-";
     r.cache = "BYPASS";
+    if (parseCacheControl(ex.headers()).only_if_cached) return replyError(r, notCached());
     return forward(r, ex.target(), Delivery::Streamed);
   }
 
