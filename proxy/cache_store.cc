@@ -19,6 +19,16 @@ constexpr uint64_t kMaxGeneration = (uint64_t{1} << 53) - 2;
 // not track are remembered up to this many entries in all.
 constexpr size_t kMaxTracked = 100000;
 
+// The generation a purge moves to without Redis: past the current one, and
+// to at least the clock (see kGenerationPurgeScript).
+uint64_t nextGeneration(uint64_t current, int64_t now_ms) {
+  uint64_t next = current + 1;
+  if (now_ms > 0 && static_cast<uint64_t>(now_ms) > next && static_cast<uint64_t>(now_ms) <= kMaxGeneration) {
+    next = static_cast<uint64_t>(now_ms);
+  }
+  return next;
+}
+
 }  // namespace
 
 // A generation as stored in Redis or carried by a message: decimal digits
@@ -187,18 +197,19 @@ void CacheStore::purgeWorkflow(const std::string& ns, const std::string& workflo
   std::string local = ns + '\n' + workflow_id;
   Generation& g = generations_[local];
   if (!redis_) {
-    ++g.value;
+    g.value = nextGeneration(g.value, runtime_.unixMillis());
     done(true);
     return;
   }
   // Past Redis' value and past what this instance has seen, in one step.
-  redis_->command({"EVAL", kGenerationPurgeScript, "1", generationKey(ns, workflow_id), std::to_string(g.value)},
+  redis_->command({"EVAL", kGenerationPurgeScript, "1", generationKey(ns, workflow_id), std::to_string(g.value),
+                   std::to_string(runtime_.unixMillis())},
                   [this, local, ns, workflow_id, done = std::move(done)](std::optional<RedisReply> reply) {
                     Generation& gen = generations_[local];
                     if (!reply || reply->type != RedisReply::Type::Integer || reply->integer <= 0 ||
                         static_cast<uint64_t>(reply->integer) > kMaxGeneration + 1) {
                       // Redis unreachable: purge locally at least, and say so.
-                      ++gen.value;
+                      gen.value = nextGeneration(gen.value, runtime_.unixMillis());
                       done(false);
                       return;
                     }
@@ -229,7 +240,8 @@ void CacheStore::purgeInput(const std::string& ns, const std::string& workflow_i
     // counter only moves forward, like the generation (the same script).
     std::string local = ns + '\n' + workflow_id;
     uint64_t floor = generations_[local].input_purges;
-    redis_->command({"EVAL", kGenerationPurgeScript, "1", inputPurgesKey(ns, workflow_id), std::to_string(floor)},
+    redis_->command({"EVAL", kGenerationPurgeScript, "1", inputPurgesKey(ns, workflow_id), std::to_string(floor),
+                     std::to_string(runtime_.unixMillis())},
                     [this, local, done](std::optional<RedisReply> reply) {
                       Generation& g = generations_[local];
                       if (reply && reply->type == RedisReply::Type::Integer && reply->integer > 0 &&
@@ -243,7 +255,7 @@ void CacheStore::purgeInput(const std::string& ns, const std::string& workflow_i
                       // workflow here instead — wider, but it holds: the
                       // generation only moves forward, and its floor reaches
                       // Redis, and so every instance, when Redis is back.
-                      ++g.value;
+                      g.value = nextGeneration(g.value, runtime_.unixMillis());
                       done(false);
                     });
     redis_->command({"PUBLISH", prefix_ + "purge", "I\n" + run + "\n" + stream}, [](std::optional<RedisReply>) {});

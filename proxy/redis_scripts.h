@@ -24,13 +24,19 @@ inline constexpr const char* kGenerationRaiseScript =
     "if cur == nil or cur ~= math.floor(cur) or cur < floor or cur > 9007199254740990 then "
     "redis.call('set', KEYS[1], ARGV[1]) return floor end "
     "return cur";
-// A purge: the generation moves past both Redis' value and the floor.
+// A purge: the generation moves past both Redis' value and the floor, and to
+// at least ARGV[2], the purging instance's clock (unix ms). The clock is what
+// keeps a purge effective after Redis lost the key (SPEC §10.2): an instance
+// that never heard of an earlier purge has no floor for it, but its clock is
+// past that purge's generation, so the two never meet on one generation.
 inline constexpr const char* kGenerationPurgeScript =
     "local cur = tonumber(redis.call('get', KEYS[1]) or '0') "
     "local floor = tonumber(ARGV[1]) "
+    "local clock = tonumber(ARGV[2] or '0') "
     "if cur == nil or cur ~= math.floor(cur) or cur < 0 or cur > 9007199254740990 then cur = 0 end "
     "if cur < floor then cur = floor end "
     "cur = cur + 1 "
+    "if clock ~= nil and clock == math.floor(clock) and clock > cur and clock <= 9007199254740990 then cur = clock end "
     "redis.call('set', KEYS[1], string.format('%d', cur)) "
     "return cur";
 

@@ -67,6 +67,14 @@ SimRedisServer::Value* SimRedisServer::find(const std::string& key) {
   return &it->second;
 }
 
+void SimRedisServer::write(const std::string& key, Value value) {
+  if (key.find("gen:{") != std::string::npos) {
+    Value* old = find(key);
+    if (!old || old->data != value.data) generation_changes.push_back({rt_.nowUs(), key});
+  }
+  data_[key] = std::move(value);
+}
+
 int64_t SimRedisServer::publish(const std::string& channel, const std::string& message) {
   auto it = subscribers_.find(channel);
   if (it == subscribers_.end()) return 0;
@@ -122,7 +130,7 @@ RedisReply SimRedisServer::exec(const std::vector<std::string>& argv) {
       }
     }
     if (nx && find(argv[1])) return nil();
-    data_[argv[1]] = Value{argv[2], px ? rt_.unixMillis() + px : 0};
+    write(argv[1], Value{argv[2], px ? rt_.unixMillis() + px : 0});
     return status("OK");
   }
   if ((upper(cmd, "EXISTS") || upper(cmd, "DEL")) && argv.size() >= 2) {
@@ -171,7 +179,7 @@ RedisReply SimRedisServer::exec(const std::vector<std::string>& argv) {
       if (!floor) return error("ERR floor is not a number (sim)");
       if (script == kGenerationRaiseScript) {
         if (!cur || *cur < *floor || *cur > kMaxLuaInt) {
-          data_[keys[0]] = Value{args[0], 0};
+          write(keys[0], Value{args[0], 0});
           return integer(*floor);
         }
         return integer(*cur);
@@ -179,7 +187,9 @@ RedisReply SimRedisServer::exec(const std::vector<std::string>& argv) {
       long long c = (!cur || *cur < 0 || *cur > kMaxLuaInt) ? 0 : *cur;
       if (c < *floor) c = *floor;
       ++c;
-      data_[keys[0]] = Value{std::to_string(c), 0};
+      auto clock = args.size() > 1 ? toInt(args[1]) : std::nullopt;
+      if (clock && *clock > c && *clock <= kMaxLuaInt) c = *clock;
+      write(keys[0], Value{std::to_string(c), 0});
       return integer(c);
     }
     return error("NOSCRIPT the simulated Redis does not know this script");
@@ -189,6 +199,9 @@ RedisReply SimRedisServer::exec(const std::vector<std::string>& argv) {
 
 void SimRedisServer::restart() {
   ++restarts_;
+  for (const auto& [key, value] : data_) {
+    if (key.find("gen:{") != std::string::npos) generation_changes.push_back({rt_.nowUs(), key});
+  }
   data_.clear();
   trace_.add("redis: restart, every key lost");
   std::vector<SimRedisLink*> links;

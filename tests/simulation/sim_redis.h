@@ -49,6 +49,10 @@ class SimRedisServer {
   // Every link's transitions (for the checks: a run may repeat while Redis fails).
   std::function<void(bool up)> on_link_state;
 
+  // When each generation key (…gen:{ns}:workflow) took a new value: runs
+  // of one input under two generations are two inputs.
+  std::vector<std::pair<int64_t, std::string>> generation_changes;
+
   size_t keys() const { return data_.size(); }
   uint64_t restarts() const { return restarts_; }
 
@@ -59,6 +63,7 @@ class SimRedisServer {
     int64_t expires_at_ms = 0;  // 0: never
   };
   Value* find(const std::string& key);
+  void write(const std::string& key, Value value);
   int64_t publish(const std::string& channel, const std::string& message);
 
   SimRuntime& rt_;
