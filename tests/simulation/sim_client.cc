@@ -11,10 +11,10 @@ SimExchange::SimExchange(SimRuntime& rt, Trace& trace, ClientRequest& request, s
     target_ = "/admin/purge";
   } else {
     target_ = "/api/v1/run/" + request.workflow + (request.stream ? "/stream" : "");
+    if (!request.token_query.empty()) target_ += "?" + request.token_query;
   }
-  headers_ = {{"Authorization", "Bearer client-key-1"},
-              {"Content-Type", "application/json"},
-              {"X-Request-Id", request.request_id}};
+  headers_ = {{"Content-Type", "application/json"}, {"X-Request-Id", request.request_id}};
+  if (!request.key.empty()) headers_.push_back({"Authorization", "Bearer " + request.key});
   if (!request.cache_control.empty()) headers_.push_back({"Cache-Control", request.cache_control});
   if (with_body) body_ = request.body;
   bytes_in_ = 100 + body_.size();

@@ -23,6 +23,10 @@ struct ClientRequest {
   bool stream = false;
   bool admin = false;
   std::string workflow;
+  std::string key = "client-key-1";  // the client's bearer key ("": none)
+  std::string ns = "acme";           // whose input it is: the organisation, or a pass_through key
+  std::string client_token;          // a client-token stream's own token
+  std::string token_query;           // how it spells ?token= (any encoding of the name)
   std::string body;           // as sent (one of several spellings of the input)
   std::string canonical;      // the input, canonical
   std::string cache_control;  // "" when none

@@ -134,6 +134,9 @@ class Fleet {
   void checkDuplicates();
   void checkQuiet();
   bool redisIncident(int64_t from_us, int64_t to_us) const;
+  // The client request whose X-Request-Id an upstream request carried, and its namespace.
+  const ClientRequest* ownerOf(const UpstreamStart& s) const;
+  std::string nsOf(const UpstreamStart& s) const;
   void fail(std::string what) { failures_.push_back(std::move(what)); }
 
   SimRuntime rt_;
@@ -157,16 +160,19 @@ class Fleet {
   double stale_s_ = 0;
   int key_generation_ = 1;
   bool streams_ = true;
+  bool pass_through_ = false;
+  bool redis_backend_ = true;  // false: the memory backend, no Redis at all
 };
 
 std::string Fleet::configYaml() const {
   int per_instance = std::max(1, limit_ / n_instances_);
   std::string y;
   y += "upstream:\n  base_url: http://upstream.sim\n  timeout_s: 5\n";
-  y += "redis:\n  url: redis://127.0.0.1:6379/0\n  key_prefix: \"wfp:\"\n  timeout_ms: 250\n";
-  y += "cache:\n  backend: redis\n  ttl_s: " + std::to_string(ttl_s_) +
+  if (redis_backend_) y += "redis:\n  url: redis://127.0.0.1:6379/0\n  key_prefix: \"wfp:\"\n  timeout_ms: 250\n";
+  y += std::string("cache:\n  backend: ") + (redis_backend_ ? "redis" : "memory") + "\n  ttl_s: " + std::to_string(ttl_s_) +
        "\n  stale_if_error_s: " + std::to_string(stale_s_) + "\n  streams: " + (streams_ ? "true" : "false") + "\n";
   y += "rate_limit:\n  queue_max: 40\n  max_wait_s: 8\n  retry_429: 2\n";
+  y += std::string("unknown_keys: ") + (pass_through_ ? "pass_through" : "reject") + "\n";
   y += "organisations:\n  - name: acme\n    api_key: sk_acme_" + std::to_string(key_generation_) + "\n";
   y += "    rate_limit:\n      requests: " + std::to_string(per_instance) + "\n      window_s: 1\n      max_concurrent: 4\n";
   y += "    clients:\n      - name: one\n        key: client-key-1\n";
@@ -191,14 +197,19 @@ void Fleet::build() {
   ttl_s_ = static_cast<double>(rng_.range(1, 20));
   stale_s_ = rng_.chance(0.3) ? 5 : 0;
   streams_ = !rng_.chance(0.2);
+  pass_through_ = rng_.chance(0.4);
+  redis_backend_ = !rng_.chance(0.2);
   upstream_.limit = limit_;
+  // Each instance allows a pass_through key the upstream's default (10 a
+  // second, the proxy's BudgetConfig): the fleet together, N times that.
+  upstream_.key_limit = 10 * n_instances_;
   upstream_.allowKey("sk_acme_1", "acme");
   ConfigPtr config = makeConfig();
   if (!config) return;
   for (int i = 0; i < n_instances_; ++i) {
     Instance in;
     in.index = i;
-    in.redis = std::make_unique<SimRedisLink>(rt_, redis_, std::to_string(i), 250);
+    if (redis_backend_) in.redis = std::make_unique<SimRedisLink>(rt_, redis_, std::to_string(i), 250);
     in.transport = std::make_unique<SimTransport>(rt_, upstream_, i);
     in.metrics = std::make_unique<Metrics>();
     in.access_log = std::make_unique<AccessLog>();
@@ -242,6 +253,20 @@ void Fleet::plan() {
     r->request_id = "req-" + std::to_string(i + 1);
     r->stream = rng_.chance(0.2);
     r->workflow = rng_.pick(kWorkflows);
+    if (pass_through_ && rng_.chance(0.2)) {
+      // A key the proxy does not know, forwarded as the client's own.
+      r->key = r->ns = "pt-" + std::to_string(rng_.range(1, 30));
+      upstream_.allowKey(r->key, r->key);
+    } else if (rng_.chance(0.08)) {
+      // A stream with the client's own token, in any spelling of the name.
+      r->stream = true;
+      r->ns.clear();
+      r->client_token = "pub_tok_client_" + std::to_string(i + 1);
+      upstream_.issueToken(r->client_token);
+      static const std::vector<std::string> kSpellings = {"token=", "%74oken=", "tok%65n=", "a=1&token=", "%74%6F%6B%65%6E="};
+      r->token_query = rng_.pick(kSpellings) + r->client_token;
+      if (rng_.chance(0.5)) r->key.clear();
+    }
     const auto& input = kInputs[static_cast<size_t>(rng_.range(0, static_cast<int64_t>(kInputs.size()) - 1))];
     r->body = rng_.pick(input);
     r->canonical = canonical(r->body);
@@ -280,7 +305,8 @@ void Fleet::send(int serial) {
   ClientRequest& r = *requests_[static_cast<size_t>(serial - 1)];
   Instance& in = instances_[static_cast<size_t>(r.instance)];
   trace_.add("client #" + std::to_string(serial) + " → instance " + std::to_string(r.instance) + " " +
-             (r.stream ? "stream " : "run ") + r.workflow + " " + r.body +
+             (r.stream ? "stream " : "run ") + r.workflow + (r.token_query.empty() ? "" : "?" + r.token_query) +
+             " as " + (r.key.empty() ? "(no key)" : r.key) + " " + r.body +
              (r.cache_control.empty() ? "" : " [" + r.cache_control + "]"));
   connections_.push_back(nullptr);
   std::shared_ptr<void>& conn = connections_.back();
@@ -334,6 +360,18 @@ void Fleet::reload() {
   }
 }
 
+const ClientRequest* Fleet::ownerOf(const UpstreamStart& s) const {
+  for (const auto& r : requests_) {
+    if (r->request_id == s.request_id) return r.get();
+  }
+  return nullptr;
+}
+
+std::string Fleet::nsOf(const UpstreamStart& s) const {
+  const ClientRequest* owner = ownerOf(s);
+  return owner ? owner->ns : "?";
+}
+
 bool Fleet::redisIncident(int64_t from_us, int64_t to_us) const {
   for (const auto& [a, b] : incidents_) {
     if (a <= to_us && b >= from_us) return true;
@@ -375,7 +413,12 @@ void Fleet::checkRequests() {
       continue;
     }
     bool same_input = made->workflow == r.workflow && canonical(made->body) == r.canonical &&
-                      (made->kind == StartKind::Stream) == r.stream;
+                      (made->kind == StartKind::Stream) == r.stream && nsOf(*made) == r.ns;
+    if (!r.client_token.empty()) {
+      const std::string* xc = r.header("x-cache");
+      if (!xc || *xc != "BYPASS") fail(who + ": a client-token stream answered X-Cache " + (xc ? *xc : "(none)"));
+      if (made->request_id != r.request_id) fail(who + ": a client-token stream got run #" + std::to_string(made->serial));
+    }
     if (!same_input) {
       fail(who + ": got the answer of run #" + std::to_string(made->serial) + " for another input");
       continue;
@@ -403,9 +446,12 @@ void Fleet::checkRequests() {
       for (const auto& pp : purges_) {
         if (pp.issued_us == rq->arrival_us && pp.instance == rq->instance) p = &pp;
       }
-      if (!p || p->workflow != r.workflow || (!p->canonical.empty() && p->canonical != r.canonical)) continue;
+      if (!p || r.ns != "acme" || p->workflow != r.workflow || (!p->canonical.empty() && p->canonical != r.canonical)) {
+        continue;  // (purges name the organisation acme)
+      }
       bool here = p->instance == r.instance;
-      bool heard = r.arrival_us > rq->answered_us + 1500 * kMs && !redisIncident(p->issued_us - kSecond, r.arrival_us);
+      bool heard = redis_backend_ && r.arrival_us > rq->answered_us + 1500 * kMs &&
+                   !redisIncident(p->issued_us - kSecond, r.arrival_us);
       if ((here || heard) && made->done_us < p->issued_us) {
         fail(who + ": run #" + std::to_string(made->serial) + " was done before the purge of " + p->workflow +
              " at " + std::to_string(p->issued_us / kMs) + " ms, answered after it");
@@ -420,16 +466,24 @@ void Fleet::checkUpstream() {
     if (s.fault == "limit") fail(what + ": more starts than the upstream's limit in one window");
     if (s.fault == "revoked") fail(what + ": sent a revoked key");
     if (s.fault == "unknown-key") fail(what + ": sent a key the upstream never issued");
-    if (s.kind == StartKind::Stream) continue;  // carries its token, and the stream request's id
     // The X-Request-Id is that of a request of this instance for this input
     // still waiting for its answer.
-    const ClientRequest* owner = nullptr;
-    for (const auto& r : requests_) {
-      if (r->request_id == s.request_id) owner = r.get();
-    }
+    const ClientRequest* owner = ownerOf(s);
     if (!owner) {
       fail(what + ": X-Request-Id " + s.request_id + " is no client's");
       continue;
+    }
+    if (!owner->client_token.empty()) {
+      // Forwarded at once with its own token; never a token of the proxy's.
+      if (s.kind == StartKind::Token) fail(what + ": fetched a token for " + s.request_id + ", a client-token stream");
+      if (s.kind == StartKind::Stream && s.fault == "token") {
+        fail(what + ": " + s.request_id + "'s own token did not reach the upstream: " + s.target);
+      }
+      continue;
+    }
+    if (s.kind == StartKind::Stream) continue;  // carries its token
+    if (owner->ns != "acme" && s.key != owner->key) {
+      fail(what + ": a pass_through request of " + owner->key + " went with the key " + s.key);
     }
     if (owner->instance != s.instance) fail(what + ": carries " + s.request_id + " of another instance");
     if (s.kind == StartKind::Run && (owner->workflow != s.workflow || owner->canonical != canonical(s.body))) {
@@ -451,11 +505,13 @@ void Fleet::checkDuplicates() {
     std::string c2 = canonical(s2.body);
     for (const auto& s1 : starts) {
       if (s1.serial >= s2.serial) break;
-      if (s1.kind != s2.kind || s1.workflow != s2.workflow || s1.cancelled) continue;
+      if (s1.kind != s2.kind || s1.workflow != s2.workflow || s1.cancelled || nsOf(s1) != nsOf(s2)) continue;
+      if (nsOf(s1).empty()) continue;  // client-token streams are never shared
       // Streams fan out within an instance; across instances they share
       // only what is stored (no fleet lock yet: the flight model will
       // give them one).
       if (s2.kind == StartKind::Stream && s1.instance != s2.instance) continue;
+      if (!redis_backend_ && s1.instance != s2.instance) continue;  // nothing shared without Redis
       if (canonical(s1.body) != c2) continue;
       bool running = s1.done_us < 0 || s1.done_us > s2.start_us;
       bool stored_fresh = !running && s1.status == 200 && s1.fault.empty() && s2.start_us < s1.done_us + ttl_us - kMs;
@@ -477,8 +533,16 @@ void Fleet::checkDuplicates() {
           excused = true;
         }
       }
+      // The generation in Redis moved meanwhile (a purge that reached Redis
+      // late, a repair after a restart): the runs had different keys.
+      for (const auto& [t, key] : redis_.generation_changes) {
+        bool of_it = key.size() > s1.workflow.size() &&
+                     key.compare(key.size() - s1.workflow.size() - 1, std::string::npos, ":" + s1.workflow) == 0;
+        if (of_it && t >= made_us - 2 * kSecond && t <= s2.start_us) excused = true;
+      }
       for (const auto& r : requests_) {
-        if (r->admin || r->workflow != s1.workflow || r->canonical != c2 || r->stream != (s1.kind == StartKind::Stream)) {
+        if (r->admin || r->workflow != s1.workflow || r->canonical != c2 || r->stream != (s1.kind == StartKind::Stream) ||
+            r->ns != nsOf(s1)) {
           continue;
         }
         if (r->arrival_us > s2.start_us) continue;
@@ -510,14 +574,17 @@ void Fleet::checkQuiet() {
       std::string_view m = map;
       // Bounded rather than empty: remembered rate-limit figures (one per
       // organisation) and purge generations (one per purged workflow).
-      size_t bound = m == "ratelimit_seen" ? 1 : m == "generations" ? kWorkflows.size() : 0;
+      // Generations: without Redis, only purged workflows have one; with
+      // Redis, those read in the last second too, swept once the map has
+      // doubled past 1024.
+      size_t bound = m == "ratelimit_seen" ? 1 : m != "generations" ? 0 : redis_backend_ ? 1024 : purges_.size();
       if (n > bound) fail(who + std::string(map) + " holds " + std::to_string(n) + " at quiescence");
     }
     if (in.handler->runsInFlight() != 0) fail(who + "runs still in flight");
     if (in.scheduler->queued() != 0) fail(who + "requests still queued");
     if (in.scheduler->budgets() > 1) fail(who + std::to_string(in.scheduler->budgets()) + " budgets");
     if (in.transport->active() != 0) fail(who + "upstream transfers left open");
-    if (in.redis->pendingCommands() != 0) fail(who + "Redis commands left waiting");
+    if (in.redis && in.redis->pendingCommands() != 0) fail(who + "Redis commands left waiting");
   }
 }
 

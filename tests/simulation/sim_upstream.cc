@@ -8,6 +8,31 @@ namespace {
 
 constexpr std::string_view kRunPrefix = "/api/v1/run/";
 
+int hexDigit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// URLSearchParams' reading of one component: '+' is a space, %XX a byte.
+// (The simulation's own, not the proxy's stream_token.cc: it checks that.)
+std::string decode(std::string_view in) {
+  std::string out;
+  for (size_t i = 0; i < in.size(); ++i) {
+    if (in[i] == '+') {
+      out += ' ';
+    } else if (in[i] == '%' && i + 2 < in.size() && hexDigit(in[i + 1]) >= 0 && hexDigit(in[i + 2]) >= 0) {
+      out += static_cast<char>(hexDigit(in[i + 1]) * 16 + hexDigit(in[i + 2]));
+      i += 2;
+    } else {
+      out += in[i];
+    }
+  }
+  return out;
+}
+
+// The first value of `name` in the target's query, names and values decoded.
 std::string queryValue(std::string_view target, std::string_view name) {
   size_t q = target.find('?');
   if (q == std::string_view::npos) return {};
@@ -15,9 +40,8 @@ std::string queryValue(std::string_view target, std::string_view name) {
   while (!rest.empty()) {
     size_t amp = rest.find('&');
     std::string_view pair = rest.substr(0, amp);
-    if (pair.size() > name.size() && pair.substr(0, name.size()) == name && pair[name.size()] == '=') {
-      return std::string(pair.substr(name.size() + 1));
-    }
+    size_t eq = pair.find('=');
+    if (decode(pair.substr(0, eq)) == name) return eq == std::string_view::npos ? "" : decode(pair.substr(eq + 1));
     if (amp == std::string_view::npos) break;
     rest.remove_prefix(amp + 1);
   }
@@ -70,7 +94,8 @@ SimUpstream::Answer SimUpstream::receive(UpstreamStart& s, const UpstreamRequest
     s.org = key->second.org;
     std::deque<int64_t>& w = window_[s.org];
     while (!w.empty() && w.front() <= s.start_us - window_us) w.pop_front();
-    if (static_cast<int>(w.size()) >= limit) {
+    int allowed = s.org.rfind("pt-", 0) == 0 ? key_limit : limit;
+    if (static_cast<int>(w.size()) >= allowed) {
       s.fault = "limit";
       return json(s, 429, R"({"error":"Rate limit exceeded","success":false})",
                   {{"Retry-After", "1"}, {"x-ratelimit-limit", std::to_string(limit)}, {"x-ratelimit-remaining", "0"}});
@@ -102,8 +127,9 @@ SimUpstream::Answer SimUpstream::receive(UpstreamStart& s, const UpstreamRequest
                 {{"Retry-After", "1"}, {"x-ratelimit-limit", std::to_string(limit)}, {"x-ratelimit-remaining", "0"}});
   }
 
-  std::string remaining = std::to_string(limit - static_cast<int>(window_[s.org].size()));
-  HttpHeaders rl{{"x-ratelimit-limit", std::to_string(limit)}, {"x-ratelimit-remaining", remaining}};
+  int allowed = s.org.rfind("pt-", 0) == 0 ? key_limit : limit;
+  std::string remaining = std::to_string(allowed - static_cast<int>(window_[s.org].size()));
+  HttpHeaders rl{{"x-ratelimit-limit", std::to_string(allowed)}, {"x-ratelimit-remaining", remaining}};
   std::string name = "run#" + std::to_string(s.serial);
   switch (s.kind) {
     case StartKind::Run:

@@ -56,8 +56,13 @@ class SimUpstream {
     if (auto it = keys_.find(key); it != keys_.end()) it->second.valid = false;
   }
 
-  // The limit the upstream enforces per organisation (runs and token fetches).
+  // A token the client got itself (a client-token stream).
+  void issueToken(const std::string& token) { tokens_.insert(token); }
+
+  // The limit the upstream enforces per organisation (runs and token fetches);
+  // pass_through keys are organisations of their own, with `key_limit`.
   int limit = 10;
+  int key_limit = 10;
   int64_t window_us = 1'000'000;
   // Faults, per request.
   double p_5xx = 0, p_reset = 0, p_429 = 0, p_hang = 0;
