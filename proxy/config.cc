@@ -78,6 +78,7 @@
 
 #include "proxy/access_log.h"
 #include "proxy/logging.h"
+#include "proxy/text.h"
 
 namespace wfp {
 namespace {
@@ -90,38 +91,7 @@ constexpr size_t kMaxEchoedValue = 64;
 // ---------------------------------------------------------------------------
 // Small pure helpers.
 
-bool isSpace(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
-
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && isSpace(s.front())) s.remove_prefix(1);
-  while (!s.empty() && isSpace(s.back())) s.remove_suffix(1);
-  return s;
-}
-
-char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (lower(a[i]) != lower(b[i])) return false;
-  }
-  return true;
-}
-
-bool istartsWith(std::string_view s, std::string_view prefix) {
-  return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
-}
-
-bool isDigit(char c) { return c >= '0' && c <= '9'; }
-bool isAlnum(char c) { return isDigit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
-
 bool allDigits(std::string_view s) { return !s.empty() && std::all_of(s.begin(), s.end(), isDigit); }
-
-// [A-Za-z0-9_-]{1,128}: SPEC §3.
-bool isWorkflowId(std::string_view s) {
-  if (s.empty() || s.size() > 128) return false;
-  return std::all_of(s.begin(), s.end(), [](char c) { return isAlnum(c) || c == '_' || c == '-'; });
-}
 
 // [A-Za-z0-9_.-]{1,64}: organisation and client names.
 bool isName(std::string_view s) {
@@ -133,11 +103,6 @@ bool isName(std::string_view s) {
 bool isEnvName(std::string_view s) {
   if (s.empty() || isDigit(s.front())) return false;
   return std::all_of(s.begin(), s.end(), [](char c) { return isAlnum(c) || c == '_'; });
-}
-
-// What may travel as a bearer token in a header: visible ASCII.
-bool isTokenText(std::string_view s) {
-  return std::all_of(s.begin(), s.end(), [](char c) { return c > 0x20 && c < 0x7f; });
 }
 
 bool isHostName(std::string_view s) {
@@ -182,15 +147,13 @@ bool parseAuthority(std::string_view authority, std::string_view& host, std::opt
   return port.has_value();
 }
 
-bool isHex(char c) { return isDigit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
-
 // %XX escapes well formed, no control characters.
 bool isValidPercentText(std::string_view s) {
   for (size_t i = 0; i < s.size(); ++i) {
     auto c = static_cast<unsigned char>(s[i]);
     if (c < 0x20 || c == 0x7f) return false;
     if (c == '%') {
-      if (i + 2 >= s.size() || !isHex(s[i + 1]) || !isHex(s[i + 2])) return false;
+      if (i + 2 >= s.size() || !isHexDigit(s[i + 1]) || !isHexDigit(s[i + 2])) return false;
       i += 2;
     }
   }
@@ -199,7 +162,7 @@ bool isValidPercentText(std::string_view s) {
 
 int hexValue(char c) {
   if (isDigit(c)) return c - '0';
-  return lower(c) - 'a' + 10;
+  return asciiLower(c) - 'a' + 10;
 }
 
 // Decodes text that passed isValidPercentText().
@@ -347,9 +310,9 @@ std::optional<std::string> readFile(const std::string& path, size_t max_bytes, s
 // with `out` set. Errors never echo the URL.
 std::optional<std::string> normaliseBaseUrl(std::string_view url, std::string& out) {
   std::string_view rest;
-  if (istartsWith(url, "http://")) {
+  if (startsWithIgnoreCase(url, "http://")) {
     rest = url.substr(7);
-  } else if (istartsWith(url, "https://")) {
+  } else if (startsWithIgnoreCase(url, "https://")) {
     rest = url.substr(8);
   } else {
     return std::string("expected an http:// or https:// URL");
@@ -685,13 +648,13 @@ bool Loader::getBool(const Section& s, std::string_view key, bool& out) {
   auto t = text(*f, path, "true or false");
   if (!t) return false;
   for (std::string_view yes : {"true", "yes", "on"}) {
-    if (iequals(*t, yes)) {
+    if (equalsIgnoreCase(*t, yes)) {
       out = true;
       return true;
     }
   }
   for (std::string_view no : {"false", "no", "off"}) {
-    if (iequals(*t, no)) {
+    if (equalsIgnoreCase(*t, no)) {
       out = false;
       return true;
     }
@@ -1122,7 +1085,7 @@ void Loader::loadCache(const Section& top, CacheConfig& cache) {
     const YAML::Node key = it->first;
     const YAML::Node value = it->second;
     int key_line = lineOf(key, wf->line);
-    if (!key.IsScalar() || !isWorkflowId(key.Scalar())) {
+    if (!key.IsScalar() || !isValidWorkflowId(key.Scalar())) {
       error(key_line,
             "cache.workflows: " + (key.IsScalar() ? quote(key.Scalar()) : std::string("a non-string key")) +
                 " is not a workflow id ([A-Za-z0-9_-]{1,128})");
@@ -1244,7 +1207,7 @@ void Loader::loadApiKey(const Section& s, const std::string& path, Organisation&
     if (!t) return;
     if (t->empty()) {
       error(key->line, field + ": is empty");
-    } else if (!isTokenText(*t)) {
+    } else if (!isVisibleAscii(*t)) {
       error(key->line, field + ": contains whitespace or characters outside visible ASCII");
     } else {
       org.api_key = std::move(*t);
@@ -1264,10 +1227,10 @@ void Loader::loadApiKey(const Section& s, const std::string& path, Organisation&
     error(file->line, field + ": cannot read " + quote(resolved) + ": " + *problem);
     return;
   }
-  std::string_view secret = trim(contents);
+  std::string_view secret = trimSpace(contents);
   if (secret.empty()) {
     error(file->line, field + ": " + quote(resolved) + " is empty");
-  } else if (!isTokenText(secret)) {
+  } else if (!isVisibleAscii(secret)) {
     error(file->line, field + ": " + quote(resolved) +
                           " contains whitespace or characters outside visible ASCII inside the key");
   } else {
@@ -1334,7 +1297,7 @@ void Loader::loadClients(const Section& s, const std::string& path, Organisation
         if (t->empty()) {
           error(key->line, field + ": is empty");
           ok = false;
-        } else if (!isTokenText(*t)) {
+        } else if (!isVisibleAscii(*t)) {
           error(key->line, field + ": contains whitespace or characters outside visible ASCII");
           ok = false;
         } else {
@@ -1441,7 +1404,7 @@ ConfigResult loadConfigFile(const std::string& path, const EnvLookup& env) {
 }
 
 std::optional<size_t> parseSize(std::string_view text) {
-  std::string_view s = trim(text);
+  std::string_view s = trimSpace(text);
   size_t i = 0;
   while (i < s.size() && isDigit(s[i])) ++i;
   std::string_view whole = s.substr(0, i);
@@ -1453,7 +1416,7 @@ std::optional<size_t> parseSize(std::string_view text) {
     frac = s.substr(start, i - start);
     if (frac.empty()) return std::nullopt;
   }
-  std::string_view unit = trim(s.substr(i));
+  std::string_view unit = trimSpace(s.substr(i));
 
   struct Unit {
     std::string_view name;
@@ -1473,7 +1436,7 @@ std::optional<size_t> parseSize(std::string_view text) {
   };
   const Unit* found = nullptr;
   for (const Unit& u : kUnits) {
-    if (iequals(unit, u.name)) found = &u;
+    if (equalsIgnoreCase(unit, u.name)) found = &u;
   }
   if (found == nullptr) return std::nullopt;
   if (!frac.empty() && found->factor == 1) return std::nullopt;  // fractional bytes
@@ -1654,11 +1617,11 @@ std::optional<std::string> parseUnixRedisUrl(std::string_view rest, RedisUrl& ou
 std::optional<RedisUrl> parseRedisUrl(std::string_view url, std::string* error) {
   RedisUrl out;
   std::optional<std::string> problem;
-  if (istartsWith(url, "rediss://")) {
+  if (startsWithIgnoreCase(url, "rediss://")) {
     problem = "TLS to Redis is not supported (rediss://); use redis:// or unix:";
-  } else if (istartsWith(url, "redis://")) {
+  } else if (startsWithIgnoreCase(url, "redis://")) {
     problem = parseTcpRedisUrl(url.substr(8), out);
-  } else if (istartsWith(url, "unix:")) {
+  } else if (startsWithIgnoreCase(url, "unix:")) {
     problem = parseUnixRedisUrl(url.substr(5), out);
   } else {
     problem = kRedisForms;
