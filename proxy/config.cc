@@ -4,39 +4,16 @@
 // problem as (line, message) instead of stopping at the first one; the caller
 // gets either a Config or all of the errors, sorted by line, formatted
 // "file:line: message". Nothing here throws to the caller: yaml-cpp's
-// exceptions are caught at the top.
+// exceptions are caught at the top. Reading a typed value out of a section
+// (and ${ENV} expansion) is config_reader.{h,cc}; the grammar of each value
+// is config_values.{h,cc}.
 //
-// Rules the spec leaves open, decided here (README "Configuration"):
-//  * ${VAR} / ${VAR:-default} are expanded in every scalar value, before type
-//    conversion, never in mapping keys. ${VAR:-default} uses the default when
-//    VAR is unset *or empty* (shell semantics); ${VAR} with VAR set to "" is
-//    the empty string. Defaults may themselves contain ${...}. "$${" is a
-//    literal "${"; any other '$' is literal. Values from the environment are
-//    not expanded again.
-//  * Booleans: true/false, yes/no, on/off (any case).
-//  * Durations are seconds, fractional allowed, at most 1e9 (~31 years).
-//  * Sizes: an integer number of bytes, or a number (fraction allowed) with
-//    B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024),
-//    unit case-insensitive, optional space before it; a fractional result is
-//    rounded down to whole bytes.
+// Rules the spec leaves open, decided here (README "Configuration"; the
+// rules of single values are listed in config_values.cc):
 //  * A null value (`key:` with nothing after it) of a section means an empty
 //    section (all defaults); for `admin_listen` and `default_organisation` it
 //    means the same as "" (no admin listener / no default organisation).
-//  * Duplicate mapping keys are errors (yaml-cpp would silently keep one).
 //  * Only one YAML document per file.
-//  * upstream.base_url must not contain user:password@ (credentials belong in
-//    api_key) and may carry a path prefix (https://host/prefix).
-//  * redis.url accepts exactly (parseRedisUrl(), the only parser of it: the
-//    Redis client is given the parsed endpoint):
-//      redis://[:PASSWORD@]HOST[:PORT][/DB]    HOST a name, IPv4 or [IPv6];
-//                                               PORT 1-65535, default 6379;
-//                                               DB 0-1048576, default 0
-//      unix:PATH[?db=N][&password=PASSWORD]     also unix://PATH
-//    PASSWORD (and PATH) may use %XX escapes (for '@', '/', '?', '&');
-//    "default:PASSWORD@" is the same as ":PASSWORD@"; other ACL user names,
-//    an empty password, other query parameters and rediss:// (TLS) are
-//    rejected. No part of the URL is ever echoed in an error, since it may
-//    hold the password.
 //  * Relative paths (api_key_file, log.access_log, unix:PATH of listen and
 //    admin_listen) are relative to the config file's directory, so that
 //    `--check-config` run from a shell and the start under systemd (working
@@ -46,30 +23,22 @@
 //    logging.h; access_log keywords: access_log.h); what the start opens is
 //    opened by checkStart() (proxy.h), which --check-config runs too.
 //  * Secrets (api_key, api_key_file contents, plain client keys) must be
-//    visible ASCII (0x21-0x7e): they travel in an Authorization header, and a
-//    stray newline in a key file is a mistake, not a key.
-//  * Client names follow the organisation-name rule [A-Za-z0-9_.-]{1,64}
-//    (they appear in access logs).
+//    visible ASCII (0x21-0x7e, isVisibleAscii() in text.h): they travel in an
+//    Authorization header, and a stray newline in a key file is a mistake,
+//    not a key.
 //  * cache.memory_max_bytes may be 0 (no in-process L1 in front of Redis),
 //    except with `backend: memory`, where 0 would silently cache nothing.
 //  * listen and admin_listen may not be the same TCP address (port 0 aside).
 #include "proxy/config.h"
 
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <netdb.h>
-#include <openssl/evp.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 #include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <charconv>
-#include <climits>
-#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
@@ -77,239 +46,18 @@
 #include <utility>
 
 #include "proxy/access_log.h"
+#include "proxy/config_reader.h"
+#include "proxy/hash.h"
 #include "proxy/logging.h"
+#include "proxy/text.h"
 
 namespace wfp {
 namespace {
 
-constexpr double kMaxSeconds = 1e9;
+using namespace config_detail;
+
 constexpr size_t kMaxSecretFileBytes = size_t{64} * 1024;
 constexpr size_t kMaxConfigFileBytes = size_t{16} * 1024 * 1024;
-constexpr size_t kMaxEchoedValue = 64;
-
-// ---------------------------------------------------------------------------
-// Small pure helpers.
-
-bool isSpace(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
-
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && isSpace(s.front())) s.remove_prefix(1);
-  while (!s.empty() && isSpace(s.back())) s.remove_suffix(1);
-  return s;
-}
-
-char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (lower(a[i]) != lower(b[i])) return false;
-  }
-  return true;
-}
-
-bool istartsWith(std::string_view s, std::string_view prefix) {
-  return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
-}
-
-bool isDigit(char c) { return c >= '0' && c <= '9'; }
-bool isAlnum(char c) { return isDigit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
-
-bool allDigits(std::string_view s) { return !s.empty() && std::all_of(s.begin(), s.end(), isDigit); }
-
-// [A-Za-z0-9_-]{1,128}: SPEC §3.
-bool isWorkflowId(std::string_view s) {
-  if (s.empty() || s.size() > 128) return false;
-  return std::all_of(s.begin(), s.end(), [](char c) { return isAlnum(c) || c == '_' || c == '-'; });
-}
-
-// [A-Za-z0-9_.-]{1,64}: organisation and client names.
-bool isName(std::string_view s) {
-  if (s.empty() || s.size() > 64) return false;
-  return std::all_of(s.begin(), s.end(),
-                     [](char c) { return isAlnum(c) || c == '_' || c == '.' || c == '-'; });
-}
-
-bool isEnvName(std::string_view s) {
-  if (s.empty() || isDigit(s.front())) return false;
-  return std::all_of(s.begin(), s.end(), [](char c) { return isAlnum(c) || c == '_'; });
-}
-
-// What may travel as a bearer token in a header: visible ASCII.
-bool isTokenText(std::string_view s) {
-  return std::all_of(s.begin(), s.end(), [](char c) { return c > 0x20 && c < 0x7f; });
-}
-
-bool isHostName(std::string_view s) {
-  if (s.empty() || s.size() > 253) return false;
-  return std::all_of(s.begin(), s.end(),
-                     [](char c) { return isAlnum(c) || c == '.' || c == '-' || c == '_'; });
-}
-
-bool isIpv6(std::string_view s) {
-  in6_addr addr{};
-  return inet_pton(AF_INET6, std::string(s).c_str(), &addr) == 1;
-}
-
-// "0".."65535" (0 allowed: ephemeral ports in tests).
-std::optional<uint16_t> parsePort(std::string_view s) {
-  if (!allDigits(s) || s.size() > 5) return std::nullopt;
-  unsigned v = 0;
-  std::from_chars(s.data(), s.data() + s.size(), v);
-  if (v > 65535) return std::nullopt;
-  return static_cast<uint16_t>(v);
-}
-
-// A URL authority: "name", "1.2.3.4" or "[v6]", then ":port". Returns false
-// when malformed; sets `host` (brackets stripped) and, when present, `port`.
-bool parseAuthority(std::string_view authority, std::string_view& host, std::optional<uint16_t>& port) {
-  std::string_view rest;
-  if (!authority.empty() && authority.front() == '[') {
-    size_t close = authority.find(']');
-    if (close == std::string_view::npos) return false;
-    host = authority.substr(1, close - 1);
-    if (!isIpv6(host)) return false;
-    rest = authority.substr(close + 1);
-  } else {
-    size_t colon = authority.find(':');
-    host = authority.substr(0, colon);
-    if (!isHostName(host)) return false;
-    rest = colon == std::string_view::npos ? std::string_view() : authority.substr(colon);
-  }
-  if (rest.empty()) return true;
-  if (rest.front() != ':') return false;
-  port = parsePort(rest.substr(1));
-  return port.has_value();
-}
-
-bool isHex(char c) { return isDigit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
-
-// %XX escapes well formed, no control characters.
-bool isValidPercentText(std::string_view s) {
-  for (size_t i = 0; i < s.size(); ++i) {
-    auto c = static_cast<unsigned char>(s[i]);
-    if (c < 0x20 || c == 0x7f) return false;
-    if (c == '%') {
-      if (i + 2 >= s.size() || !isHex(s[i + 1]) || !isHex(s[i + 2])) return false;
-      i += 2;
-    }
-  }
-  return true;
-}
-
-int hexValue(char c) {
-  if (isDigit(c)) return c - '0';
-  return lower(c) - 'a' + 10;
-}
-
-// Decodes text that passed isValidPercentText().
-std::string percentDecode(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '%') {
-      out += static_cast<char>(hexValue(s[i + 1]) * 16 + hexValue(s[i + 2]));
-      i += 2;
-    } else {
-      out += s[i];
-    }
-  }
-  return out;
-}
-
-size_t editDistance(std::string_view a, std::string_view b) {
-  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    cur[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      size_t subst = prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1);
-      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, subst});
-    }
-    std::swap(prev, cur);
-  }
-  return prev[b.size()];
-}
-
-Sha256 sha256(std::string_view data) {
-  Sha256 out{};
-  unsigned int len = 0;
-  if (EVP_Digest(data.data(), data.size(), out.data(), &len, EVP_sha256(), nullptr) != 1 ||
-      len != out.size()) {
-    // libcrypto failing to hash is not a configuration problem we can report.
-    std::abort();
-  }
-  return out;
-}
-
-std::optional<Sha256> parseHexDigest(std::string_view hex) {
-  if (hex.size() != 64) return std::nullopt;
-  Sha256 out{};
-  for (size_t i = 0; i < 32; ++i) {
-    uint8_t byte = 0;
-    auto r = std::from_chars(hex.data() + 2 * i, hex.data() + 2 * i + 2, byte, 16);
-    if (r.ec != std::errc() || r.ptr != hex.data() + 2 * i + 2) return std::nullopt;
-    out[i] = byte;
-  }
-  return out;
-}
-
-// A value as it may appear in a message: quoted, shortened, one line. A
-// value holding ": " is other lines swallowed by an unclosed quote (a name
-// written 'tutor.web with the client's `key: ...` after it): they may hold a
-// secret, so it is described, not echoed.
-std::string quote(std::string_view s) {
-  if (s.find(": ") != std::string_view::npos) return "a value that spans other lines (an unclosed quote?)";
-  static const char* kHex = "0123456789abcdef";
-  std::string out = "'";
-  for (size_t i = 0; i < s.size() && i < kMaxEchoedValue; ++i) {
-    auto c = static_cast<unsigned char>(s[i]);
-    if (c < 0x20 || c == 0x7f) {
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  if (s.size() > kMaxEchoedValue) out += "...";
-  return out + "'";
-}
-
-// Where a mapping or a list was expected: says what was found without
-// echoing it (a secret written in the wrong place must not reach the log).
-std::string describeShape(const YAML::Node& n) {
-  return n.Type() == YAML::NodeType::Scalar ? std::string("a single value") : std::string();
-}
-
-std::string describe(const YAML::Node& n);
-
-std::string shapeOf(const YAML::Node& n) {
-  std::string shape = describeShape(n);
-  return shape.empty() ? describe(n) : shape;
-}
-
-std::string describe(const YAML::Node& n) {
-  switch (n.Type()) {
-    case YAML::NodeType::Map:
-      return "a mapping";
-    case YAML::NodeType::Sequence:
-      return "a list";
-    case YAML::NodeType::Null:
-      return "an empty value";
-    case YAML::NodeType::Scalar:
-      return quote(n.Scalar());
-    case YAML::NodeType::Undefined:
-      break;
-  }
-  return "nothing";
-}
-
-std::string formatDouble(double d) {
-  char buf[64];
-  auto r = std::to_chars(buf, buf + sizeof(buf), d);
-  return std::string(buf, r.ptr);
-}
 
 // Reads a whole (small) file. On failure returns strerror text.
 std::optional<std::string> readFile(const std::string& path, size_t max_bytes, std::string& out) {
@@ -343,41 +91,6 @@ std::optional<std::string> readFile(const std::string& path, size_t max_bytes, s
   return std::nullopt;
 }
 
-// Validates and normalises upstream.base_url. Returns the problem, or nullopt
-// with `out` set. Errors never echo the URL.
-std::optional<std::string> normaliseBaseUrl(std::string_view url, std::string& out) {
-  std::string_view rest;
-  if (istartsWith(url, "http://")) {
-    rest = url.substr(7);
-  } else if (istartsWith(url, "https://")) {
-    rest = url.substr(8);
-  } else {
-    return std::string("expected an http:// or https:// URL");
-  }
-  for (char c : url) {
-    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) {
-      return std::string("must not contain whitespace or control characters");
-    }
-  }
-  if (url.find_first_of("?#") != std::string_view::npos) {
-    return std::string("must not contain a query or fragment");
-  }
-  size_t slash = rest.find('/');
-  std::string_view authority = rest.substr(0, slash);
-  if (authority.find('@') != std::string_view::npos) {
-    return std::string("must not contain credentials (the organisation's api_key is sent instead)");
-  }
-  if (authority.empty()) return std::string("URL has no host");
-  std::string_view host;
-  std::optional<uint16_t> port;
-  if (!parseAuthority(authority, host, port) || (port && *port == 0)) {
-    return std::string("bad host or port in URL");
-  }
-  out.assign(url);
-  if (out.size() > 1 && out.back() == '/' && slash != std::string_view::npos) out.pop_back();
-  return std::nullopt;
-}
-
 // `listen: [::1]:8080` unquoted is a YAML syntax error (a flow sequence
 // followed by ":8080"); say what to do about it.
 std::string ipv6Hint(std::string_view yaml, int line) {
@@ -394,79 +107,16 @@ std::string ipv6Hint(std::string_view yaml, int line) {
 }
 
 // ---------------------------------------------------------------------------
-// The loader.
+// The loader: what each section and key means.
 
-struct Error {
-  int line;
-  std::string message;
-};
-
-struct Field {
-  std::string name;
-  YAML::Node key;
-  YAML::Node value;
-  int key_line = 1;
-  int line = 1;  // the value's line; the key's when the value is null
-};
-
-// A mapping whose keys have been checked against the allowed set.
-struct Section {
-  std::string path;  // "" for the top level
-  int line = 1;
-  std::vector<Field> fields;
-
-  const Field* find(std::string_view name) const {
-    for (const Field& f : fields) {
-      if (f.name == name) return &f;
-    }
-    return nullptr;
-  }
-};
-
-std::string join(const std::string& path, std::string_view key) {
-  if (path.empty()) return std::string(key);
-  return path + "." + std::string(key);
-}
-
-int lineOf(const YAML::Node& n, int fallback) {
-  const YAML::Mark m = n.Mark();
-  if (m.is_null() || m.line < 0) return fallback;
-  return m.line + 1;
-}
-
-class Loader {
+class Loader : public ConfigReader {
  public:
-  Loader(std::string name, const EnvLookup& env, std::string base_dir)
-      : name_(std::move(name)), env_(env), base_dir_(std::move(base_dir)) {}
+  using ConfigReader::ConfigReader;
 
   ConfigResult run(std::string_view yaml);
 
  private:
-  void error(int line, std::string message) { errors_.push_back({line, std::move(message)}); }
-
   ConfigResult finish(Config* config);
-
-  std::optional<Section> section(const YAML::Node& node, const std::string& path, int line,
-                                 std::initializer_list<std::string_view> allowed);
-  // The sub-section `key` of `parent`; an absent key gives an empty Section.
-  std::optional<Section> subsection(const Section& parent, std::string_view key,
-                                    std::initializer_list<std::string_view> allowed);
-
-  std::optional<std::string> expand(std::string_view text, int line, const std::string& path, int depth = 0);
-  // The scalar text of a field after ${} expansion; reports and returns
-  // nullopt for non-scalars and failed expansion.
-  std::optional<std::string> text(const Field& f, const std::string& path, const char* expected);
-
-  // Typed getters: assign `out` and return true when the field is present
-  // and valid; leave `out` alone otherwise (absent: no error).
-  bool getString(const Section& s, std::string_view key, std::string& out);
-  bool getBool(const Section& s, std::string_view key, bool& out);
-  bool getInt(const Section& s, std::string_view key, int& out, long long min);
-  bool getSeconds(const Section& s, std::string_view key, double& out, bool zero_ok);
-  bool getSize(const Section& s, std::string_view key, size_t& out, size_t min);
-  bool getSeconds(const Field& f, const std::string& path, double& out, bool zero_ok);
-  bool getInt(const Field& f, const std::string& path, int& out, long long min);
-  bool intFromText(const std::string& t, int line, const std::string& path, int& out, long long min);
 
   void loadLog(const Section& top, LogConfig& log);
   void loadUpstream(const Section& top, UpstreamConfig& up);
@@ -480,15 +130,6 @@ class Loader {
   void loadApiKey(const Section& s, const std::string& path, Organisation& org);
   void loadClients(const Section& s, const std::string& path, Organisation& org);
 
-  // `expanded`: the field's text when the caller has already expanded it.
-  std::optional<ListenAddress> listenAddress(const Field& f, const std::string& path,
-                                             std::optional<std::string> expanded = std::nullopt);
-
-  std::string name_;
-  const EnvLookup& env_;
-  std::string base_dir_;
-  std::vector<Error> errors_;
-
   struct DigestOwner {
     std::string path;
     int line;
@@ -496,314 +137,16 @@ class Loader {
   std::map<Sha256, DigestOwner> digests_;
   int cache_backend_line_ = 0;
   int shared_line_ = 0;
-  std::map<std::string, int, std::less<>> lines_;  // Config::lines
-
-  // A path from the configuration as the start opens it: relative paths are
-  // relative to the config file's directory, never to the working directory
-  // (which differs between `--check-config` in a shell and systemd's start).
-  std::string resolvePath(std::string_view path) const {
-    if (!path.empty() && path.front() == '/') return std::string(path);
-    return base_dir_ + "/" + std::string(path);
-  }
 };
 
 ConfigResult Loader::finish(Config* config) {
   ConfigResult result;
-  if (errors_.empty() && config != nullptr) {
+  if (!hasErrors() && config != nullptr) {
     result.config = std::make_shared<const Config>(std::move(*config));
     return result;
   }
-  std::stable_sort(errors_.begin(), errors_.end(),
-                   [](const Error& a, const Error& b) { return a.line < b.line; });
-  for (const Error& e : errors_) {
-    result.errors.push_back(name_ + ":" + std::to_string(e.line) + ": " + e.message);
-  }
+  result.errors = formattedErrors();
   return result;
-}
-
-std::optional<Section> Loader::section(const YAML::Node& node, const std::string& path, int line,
-                                       std::initializer_list<std::string_view> allowed) {
-  Section s;
-  s.path = path;
-  s.line = line;
-  if (node.IsNull()) return s;
-  if (!node.IsMap()) {
-    error(line,
-          (path.empty() ? std::string("top level") : path) + ": expected a mapping, got " + shapeOf(node));
-    return std::nullopt;
-  }
-  for (auto it = node.begin(); it != node.end(); ++it) {
-    // Copies: the iterator's pair is a temporary (yaml-cpp iterator_value).
-    const YAML::Node key = it->first;
-    const YAML::Node value = it->second;
-    int key_line = lineOf(key, line);
-    if (!key.IsScalar()) {
-      error(key_line, (path.empty() ? std::string("top level") : path) + ": keys must be plain strings");
-      continue;
-    }
-    const std::string& name = key.Scalar();
-    bool known = std::find(allowed.begin(), allowed.end(), name) != allowed.end();
-    if (!known) {
-      // A "key" that holds ": " or a line break is other lines swallowed by an
-      // unclosed quote; they may include a key's value: not echoed.
-      bool swallowed = name.find(": ") != std::string::npos || name.find('\n') != std::string::npos ||
-                       name.find('\r') != std::string::npos;
-      std::string msg = swallowed ? "unknown key (a quoted name that spans other lines: an unclosed quote?)"
-                                  : "unknown key " + quote(name);
-      msg += path.empty() ? std::string(" at top level") : " in " + path;
-      size_t best = 3;
-      std::string_view suggestion;
-      for (std::string_view candidate : allowed) {
-        size_t d = editDistance(name, candidate);
-        if (d < best && d < name.size()) {
-          best = d;
-          suggestion = candidate;
-        }
-      }
-      if (!suggestion.empty()) msg += "; did you mean '" + std::string(suggestion) + "'?";
-      error(key_line, std::move(msg));
-      continue;
-    }
-    if (const Field* prev = s.find(name)) {
-      error(key_line, "duplicate key " + quote(name) +
-                          (path.empty() ? std::string(" at top level") : " in " + path) + " (first at line " +
-                          std::to_string(prev->key_line) + ")");
-      continue;
-    }
-    Field f;
-    f.name = name;
-    f.key = key;
-    f.value = value;
-    f.key_line = key_line;
-    f.line = value.IsNull() ? key_line : lineOf(value, key_line);
-    s.fields.push_back(std::move(f));
-  }
-  return s;
-}
-
-std::optional<Section> Loader::subsection(const Section& parent, std::string_view key,
-                                          std::initializer_list<std::string_view> allowed) {
-  const Field* f = parent.find(key);
-  if (f == nullptr) {
-    Section s;
-    s.path = join(parent.path, key);
-    s.line = parent.line;
-    return s;
-  }
-  // Missing keys of a section are reported on the section's own key line.
-  auto s = section(f->value, join(parent.path, key), f->line, allowed);
-  if (s) s->line = f->key_line;
-  return s;
-}
-
-std::optional<std::string> Loader::expand(std::string_view in, int line, const std::string& path, int depth) {
-  if (depth > 8) {
-    error(line, path + ": ${...} defaults nested too deeply");
-    return std::nullopt;
-  }
-  std::string out;
-  out.reserve(in.size());
-  size_t i = 0;
-  while (i < in.size()) {
-    if (in[i] != '$') {
-      out += in[i++];
-      continue;
-    }
-    if (in.substr(i, 3) == "$${") {
-      out += "${";
-      i += 3;
-      continue;
-    }
-    if (i + 1 >= in.size() || in[i + 1] != '{') {
-      out += in[i++];
-      continue;
-    }
-    // Find the matching '}', allowing ${...} inside a default.
-    size_t j = i + 2;
-    int open = 1;
-    while (j < in.size()) {
-      if (in[j] == '$' && j + 1 < in.size() && in[j + 1] == '{') {
-        ++open;
-        j += 2;
-        continue;
-      }
-      if (in[j] == '}' && --open == 0) break;
-      ++j;
-    }
-    if (j >= in.size()) {
-      error(line, path + ": unterminated ${ (write $${ for a literal ${)");
-      return std::nullopt;
-    }
-    std::string_view inner = in.substr(i + 2, j - i - 2);
-    size_t sep = inner.find(":-");
-    std::string_view var = inner.substr(0, sep);
-    if (!isEnvName(var)) {
-      // The text is not echoed: in a secret field it may be the secret.
-      error(line, path + ": malformed ${...} reference (expected ${NAME} or ${NAME:-default})");
-      return std::nullopt;
-    }
-    std::optional<std::string> value = env_ ? env_(std::string(var)) : std::nullopt;
-    if (sep == std::string_view::npos) {
-      if (!value) {
-        error(line, path + ": environment variable " + std::string(var) + " is not set");
-        return std::nullopt;
-      }
-      out += *value;
-    } else if (value && !value->empty()) {
-      out += *value;
-    } else {
-      auto def = expand(inner.substr(sep + 2), line, path, depth + 1);
-      if (!def) return std::nullopt;
-      out += *def;
-    }
-    i = j + 1;
-  }
-  return out;
-}
-
-std::optional<std::string> Loader::text(const Field& f, const std::string& path, const char* expected) {
-  if (!f.value.IsScalar()) {
-    error(f.line, path + ": expected " + expected + ", got " + describe(f.value));
-    return std::nullopt;
-  }
-  return expand(f.value.Scalar(), f.line, path);
-}
-
-bool Loader::getString(const Section& s, std::string_view key, std::string& out) {
-  const Field* f = s.find(key);
-  if (f == nullptr) return false;
-  auto t = text(*f, join(s.path, key), "a string");
-  if (!t) return false;
-  out = std::move(*t);
-  return true;
-}
-
-bool Loader::getBool(const Section& s, std::string_view key, bool& out) {
-  const Field* f = s.find(key);
-  if (f == nullptr) return false;
-  std::string path = join(s.path, key);
-  auto t = text(*f, path, "true or false");
-  if (!t) return false;
-  for (std::string_view yes : {"true", "yes", "on"}) {
-    if (iequals(*t, yes)) {
-      out = true;
-      return true;
-    }
-  }
-  for (std::string_view no : {"false", "no", "off"}) {
-    if (iequals(*t, no)) {
-      out = false;
-      return true;
-    }
-  }
-  error(f->line, path + ": expected true or false, got " + quote(*t));
-  return false;
-}
-
-bool Loader::intFromText(const std::string& t, int line, const std::string& path, int& out, long long min) {
-  long long v = 0;
-  auto r = std::from_chars(t.data(), t.data() + t.size(), v);
-  if (t.empty() || r.ptr != t.data() + t.size() ||
-      (r.ec != std::errc() && r.ec != std::errc::result_out_of_range)) {
-    error(line, path + ": expected an integer, got " + quote(t));
-    return false;
-  }
-  if (r.ec == std::errc::result_out_of_range || v > INT_MAX) {
-    error(line, path + ": must be at most " + std::to_string(INT_MAX) + ", got " + quote(t));
-    return false;
-  }
-  if (v < min) {
-    error(line, path + ": must be at least " + std::to_string(min) + ", got " + std::to_string(v));
-    return false;
-  }
-  out = static_cast<int>(v);
-  return true;
-}
-
-bool Loader::getInt(const Field& f, const std::string& path, int& out, long long min) {
-  auto t = text(f, path, "an integer");
-  return t && intFromText(*t, f.line, path, out, min);
-}
-
-bool Loader::getInt(const Section& s, std::string_view key, int& out, long long min) {
-  const Field* f = s.find(key);
-  if (f == nullptr) return false;
-  return getInt(*f, join(s.path, key), out, min);
-}
-
-bool Loader::getSeconds(const Field& f, const std::string& path, double& out, bool zero_ok) {
-  auto t = text(f, path, "a number of seconds");
-  if (!t) return false;
-  double v = 0;
-  auto r = std::from_chars(t->data(), t->data() + t->size(), v);
-  if (t->empty() || r.ec != std::errc() || r.ptr != t->data() + t->size() || !std::isfinite(v)) {
-    error(f.line, path + ": expected a number, got " + quote(*t));
-    return false;
-  }
-  if (v == 0) v = 0;  // -0 → 0
-  if (zero_ok ? v < 0 : v <= 0) {
-    error(f.line, path + (zero_ok ? ": must be at least 0, got " : ": must be greater than 0, got ") + *t);
-    return false;
-  }
-  if (v > kMaxSeconds) {
-    error(f.line, path + ": must be at most " + formatDouble(kMaxSeconds) + " seconds, got " + quote(*t));
-    return false;
-  }
-  out = v;
-  return true;
-}
-
-bool Loader::getSeconds(const Section& s, std::string_view key, double& out, bool zero_ok) {
-  const Field* f = s.find(key);
-  if (f == nullptr) return false;
-  return getSeconds(*f, join(s.path, key), out, zero_ok);
-}
-
-bool Loader::getSize(const Section& s, std::string_view key, size_t& out, size_t min) {
-  const Field* f = s.find(key);
-  if (f == nullptr) return false;
-  std::string path = join(s.path, key);
-  auto t = text(*f, path, "a size");
-  if (!t) return false;
-  auto v = parseSize(*t);
-  if (!v) {
-    error(f->line, path + ": expected a size (bytes, or a number with B, KB, MB, GB, KiB, MiB or GiB), got " +
-                       quote(*t));
-    return false;
-  }
-  if (*v < min) {
-    error(f->line, path + ": must be at least " + std::to_string(min) + " bytes, got " + quote(*t));
-    return false;
-  }
-  out = *v;
-  return true;
-}
-
-std::optional<ListenAddress> Loader::listenAddress(const Field& f, const std::string& path,
-                                                   std::optional<std::string> expanded) {
-  if (f.value.IsSequence()) {
-    // `listen: [::1]:8080` unquoted is a YAML flow sequence.
-    error(f.line, path + ": expected an address, got a list (quote IPv6 addresses: \"[::1]:8080\")");
-    return std::nullopt;
-  }
-  if (!expanded) expanded = text(f, path, "an address");
-  if (!expanded) return std::nullopt;
-  auto addr = parseListenAddress(*expanded);
-  if (addr && addr->kind == ListenAddress::Kind::Unix) {
-    addr->path = resolvePath(addr->path);
-    if (addr->path.size() >= sizeof(sockaddr_un{}.sun_path)) {
-      error(f.line, path + ": socket path " + quote(addr->path) + " is longer than " +
-                        std::to_string(sizeof(sockaddr_un{}.sun_path) - 1) + " bytes");
-      return std::nullopt;
-    }
-  }
-  if (!addr) {
-    error(f.line, path + ": expected host:port, [IPv6]:port or unix:PATH (at most 107 bytes), got " +
-                      quote(*expanded));
-    return std::nullopt;
-  }
-  lines_[path] = f.line;
-  return addr;
 }
 
 // The document structure of a YAML stream, from yaml-cpp's event parser,
@@ -1035,11 +378,11 @@ void Loader::loadUpstream(const Section& top, UpstreamConfig& up) {
   if (!s) return;
   if (const Field* f = s->find("base_url")) {
     if (auto t = text(*f, "upstream.base_url", "a URL")) {
-      std::string url;
-      if (auto problem = normaliseBaseUrl(*t, url)) {
-        error(f->line, "upstream.base_url: " + *problem);
+      std::string problem;
+      if (auto url = parseBaseUrl(*t, &problem)) {
+        up.base_url = std::move(*url);
       } else {
-        up.base_url = std::move(url);
+        error(f->line, "upstream.base_url: " + problem);
       }
     }
   }
@@ -1122,7 +465,7 @@ void Loader::loadCache(const Section& top, CacheConfig& cache) {
     const YAML::Node key = it->first;
     const YAML::Node value = it->second;
     int key_line = lineOf(key, wf->line);
-    if (!key.IsScalar() || !isWorkflowId(key.Scalar())) {
+    if (!key.IsScalar() || !isValidWorkflowId(key.Scalar())) {
       error(key_line,
             "cache.workflows: " + (key.IsScalar() ? quote(key.Scalar()) : std::string("a non-string key")) +
                 " is not a workflow id ([A-Za-z0-9_-]{1,128})");
@@ -1190,7 +533,7 @@ void Loader::loadOrganisation(const YAML::Node& node, size_t index, int fallback
 
   if (const Field* f = s->find("name")) {
     if (auto t = text(*f, path + ".name", "a name")) {
-      if (!isName(*t)) {
+      if (!isOrganisationName(*t)) {
         error(f->line, path + ".name: expected [A-Za-z0-9_.-]{1,64}, got " + quote(*t));
       } else if (auto prev = names.find(*t); prev != names.end()) {
         error(f->line, path + ".name: duplicate organisation " + quote(*t) + " (first at line " +
@@ -1244,7 +587,7 @@ void Loader::loadApiKey(const Section& s, const std::string& path, Organisation&
     if (!t) return;
     if (t->empty()) {
       error(key->line, field + ": is empty");
-    } else if (!isTokenText(*t)) {
+    } else if (!isVisibleAscii(*t)) {
       error(key->line, field + ": contains whitespace or characters outside visible ASCII");
     } else {
       org.api_key = std::move(*t);
@@ -1264,10 +607,10 @@ void Loader::loadApiKey(const Section& s, const std::string& path, Organisation&
     error(file->line, field + ": cannot read " + quote(resolved) + ": " + *problem);
     return;
   }
-  std::string_view secret = trim(contents);
+  std::string_view secret = trimSpace(contents);
   if (secret.empty()) {
     error(file->line, field + ": " + quote(resolved) + " is empty");
-  } else if (!isTokenText(secret)) {
+  } else if (!isVisibleAscii(secret)) {
     error(file->line, field + ": " + quote(resolved) +
                           " contains whitespace or characters outside visible ASCII inside the key");
   } else {
@@ -1297,7 +640,7 @@ void Loader::loadClients(const Section& s, const std::string& path, Organisation
     bool ok = true;
     if (const Field* nf = c->find("name")) {
       if (auto t = text(*nf, cpath + ".name", "a name")) {
-        if (!isName(*t)) {
+        if (!isOrganisationName(*t)) {
           error(nf->line, cpath + ".name: expected [A-Za-z0-9_.-]{1,64}, got " + quote(*t));
           ok = false;
         } else if (auto prev = names.find(*t); prev != names.end()) {
@@ -1334,7 +677,7 @@ void Loader::loadClients(const Section& s, const std::string& path, Organisation
         if (t->empty()) {
           error(key->line, field + ": is empty");
           ok = false;
-        } else if (!isTokenText(*t)) {
+        } else if (!isVisibleAscii(*t)) {
           error(key->line, field + ": contains whitespace or characters outside visible ASCII");
           ok = false;
         } else {
@@ -1438,255 +781,6 @@ ConfigResult loadConfigFile(const std::string& path, const EnvLookup& env) {
     base_dir = path.substr(0, slash);
   }
   return loadConfigString(text, path, env, base_dir);
-}
-
-std::optional<size_t> parseSize(std::string_view text) {
-  std::string_view s = trim(text);
-  size_t i = 0;
-  while (i < s.size() && isDigit(s[i])) ++i;
-  std::string_view whole = s.substr(0, i);
-  if (whole.empty()) return std::nullopt;
-  std::string_view frac;
-  if (i < s.size() && s[i] == '.') {
-    size_t start = ++i;
-    while (i < s.size() && isDigit(s[i])) ++i;
-    frac = s.substr(start, i - start);
-    if (frac.empty()) return std::nullopt;
-  }
-  std::string_view unit = trim(s.substr(i));
-
-  struct Unit {
-    std::string_view name;
-    uint64_t factor;
-  };
-  static constexpr Unit kUnits[] = {
-      {"", 1},
-      {"b", 1},
-      {"kb", 1000ULL},
-      {"mb", 1000ULL * 1000},
-      {"gb", 1000ULL * 1000 * 1000},
-      {"tb", 1000ULL * 1000 * 1000 * 1000},
-      {"kib", 1ULL << 10},
-      {"mib", 1ULL << 20},
-      {"gib", 1ULL << 30},
-      {"tib", 1ULL << 40},
-  };
-  const Unit* found = nullptr;
-  for (const Unit& u : kUnits) {
-    if (iequals(unit, u.name)) found = &u;
-  }
-  if (found == nullptr) return std::nullopt;
-  if (!frac.empty() && found->factor == 1) return std::nullopt;  // fractional bytes
-
-  using u128 = unsigned __int128;
-  constexpr u128 kMax = static_cast<u128>(SIZE_MAX);
-  u128 value = 0;
-  for (char c : whole) {
-    value = value * 10 + static_cast<unsigned>(c - '0');
-    if (value > kMax) return std::nullopt;
-  }
-  value *= found->factor;
-  if (value > kMax) return std::nullopt;
-  if (!frac.empty()) {
-    // Only the first 18 digits matter: beyond them the result is below a byte.
-    frac = frac.substr(0, 18);
-    u128 num = 0;
-    u128 den = 1;
-    for (char c : frac) {
-      num = num * 10 + static_cast<unsigned>(c - '0');
-      den *= 10;
-    }
-    value += num * found->factor / den;
-    if (value > kMax) return std::nullopt;
-  }
-  return static_cast<size_t>(value);
-}
-
-std::optional<ListenAddress> parseListenAddress(std::string_view text) {
-  ListenAddress addr;
-  addr.text = std::string(text);
-  if (text.substr(0, 5) == "unix:") {
-    std::string_view path = text.substr(5);
-    if (path.empty() || path.size() >= sizeof(sockaddr_un{}.sun_path)) return std::nullopt;
-    if (path.find('\0') != std::string_view::npos) return std::nullopt;
-    addr.kind = ListenAddress::Kind::Unix;
-    addr.path = std::string(path);
-    return addr;
-  }
-  std::string_view host;
-  std::string_view port;
-  if (!text.empty() && text.front() == '[') {
-    size_t close = text.find(']');
-    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') {
-      return std::nullopt;
-    }
-    host = text.substr(1, close - 1);
-    if (!isIpv6(host)) return std::nullopt;
-    port = text.substr(close + 2);
-  } else {
-    size_t colon = text.rfind(':');
-    if (colon == std::string_view::npos) return std::nullopt;
-    host = text.substr(0, colon);
-    if (!isHostName(host)) return std::nullopt;  // also rejects unbracketed IPv6
-    port = text.substr(colon + 1);
-  }
-  auto p = parsePort(port);
-  if (!p) return std::nullopt;
-  addr.kind = ListenAddress::Kind::Tcp;
-  addr.host = std::string(host);
-  addr.port = *p;
-  return addr;
-}
-
-}  // namespace wfp
-
-// ---------------------------------------------------------------------------
-// redis.url (the README's "Configuration" lists the accepted forms).
-
-namespace wfp {
-namespace {
-
-// "0".."kMaxRedisDb".
-std::optional<int> parseRedisDb(std::string_view s) {
-  if (!allDigits(s) || s.size() > 7) return std::nullopt;
-  int v = 0;
-  std::from_chars(s.data(), s.data() + s.size(), v);
-  if (v > kMaxRedisDb) return std::nullopt;
-  return v;
-}
-
-const std::string kRedisForms = "expected redis://[:password@]host[:port][/db] or unix:PATH[?db=N&password=...]";
-const std::string kBadDb = "database must be a number from 0 to " + std::to_string(kMaxRedisDb);
-const std::string kBadPassword = "malformed password (bad %-escape or control character)";
-
-// redis://[[default]:PASSWORD@]HOST[:PORT][/DB]; `rest` follows "redis://".
-std::optional<std::string> parseTcpRedisUrl(std::string_view rest, RedisUrl& out) {
-  if (rest.find_first_of("?#") != std::string_view::npos) {
-    return "query and fragment are not supported in redis:// URLs; " + kRedisForms;
-  }
-  // The DB path cannot hold '@': the last one ends the password, which may
-  // therefore hold '@' and '/' unescaped.
-  size_t at = rest.rfind('@');
-  if (at != std::string_view::npos) {
-    std::string_view userinfo = rest.substr(0, at);
-    size_t colon = userinfo.find(':');
-    if (colon == std::string_view::npos) {
-      return std::string("a user name without a password is not supported; write redis://:PASSWORD@host");
-    }
-    // AUTH <password> authenticates the "default" user, so that one name is
-    // the same as none; other ACL users would need AUTH <user> <password>.
-    std::string_view user = userinfo.substr(0, colon);
-    if (!user.empty() && user != "default") {
-      return std::string("ACL user names are not supported (only the default user); write redis://:PASSWORD@host");
-    }
-    std::string_view password = userinfo.substr(colon + 1);
-    if (password.empty()) return std::string("empty password");
-    if (!isValidPercentText(password)) return kBadPassword;
-    out.password = percentDecode(password);
-    rest = rest.substr(at + 1);
-  }
-  size_t slash = rest.find('/');
-  std::string_view authority = rest.substr(0, slash);
-  std::string_view host;
-  std::optional<uint16_t> port;
-  if (!parseAuthority(authority, host, port)) return "bad host or port; " + kRedisForms;
-  if (port && *port == 0) return std::string("port 0 is not a valid Redis port");
-  out.host.assign(host);
-  if (port) out.port = *port;
-  if (slash != std::string_view::npos) {
-    std::string_view db = rest.substr(slash + 1);
-    if (!db.empty()) {
-      auto v = parseRedisDb(db);
-      if (!v) return kBadDb;
-      out.db = *v;
-    }
-  }
-  return std::nullopt;
-}
-
-// unix:PATH[?db=N][&password=PASSWORD] (also unix://PATH); `rest` follows "unix:".
-std::optional<std::string> parseUnixRedisUrl(std::string_view rest, RedisUrl& out) {
-  if (rest.substr(0, 2) == "//") rest.remove_prefix(2);
-  size_t q = rest.find('?');
-  std::string_view path = rest.substr(0, q);
-  if (path.empty()) return "empty socket path; " + kRedisForms;
-  if (!isValidPercentText(path)) return std::string("malformed socket path (bad %-escape or control character)");
-  out.unix_path = percentDecode(path);
-  if (out.unix_path.find('\0') != std::string::npos) return std::string("socket path holds a NUL byte");
-  if (out.unix_path.size() >= sizeof(sockaddr_un{}.sun_path)) {
-    return "socket path longer than " + std::to_string(sizeof(sockaddr_un{}.sun_path) - 1) + " bytes";
-  }
-  if (q == std::string_view::npos) return std::nullopt;
-  std::string_view query = rest.substr(q + 1);
-  bool seen_db = false;
-  bool seen_password = false;
-  for (;;) {
-    size_t amp = query.find('&');
-    std::string_view param = query.substr(0, amp);
-    size_t eq = param.find('=');
-    if (eq == std::string_view::npos) return "malformed query (expected db=N and/or password=...); " + kRedisForms;
-    std::string_view key = param.substr(0, eq);
-    std::string_view value = param.substr(eq + 1);
-    if (key == "db") {
-      if (seen_db) return std::string("db given twice");
-      seen_db = true;
-      auto v = parseRedisDb(value);
-      if (!v) return kBadDb;
-      out.db = *v;
-    } else if (key == "password") {
-      if (seen_password) return std::string("password given twice");
-      seen_password = true;
-      if (value.empty()) return std::string("empty password");
-      if (!isValidPercentText(value)) return kBadPassword;
-      out.password = percentDecode(value);
-    } else {
-      // The name is not echoed: a mistyped "pasword=" would show the password's neighbourhood.
-      return std::string("unknown query parameter (only db and password are accepted)");
-    }
-    if (amp == std::string_view::npos) break;
-    query = query.substr(amp + 1);
-  }
-  return std::nullopt;
-}
-
-}  // namespace
-
-std::optional<RedisUrl> parseRedisUrl(std::string_view url, std::string* error) {
-  RedisUrl out;
-  std::optional<std::string> problem;
-  if (istartsWith(url, "rediss://")) {
-    problem = "TLS to Redis is not supported (rediss://); use redis:// or unix:";
-  } else if (istartsWith(url, "redis://")) {
-    problem = parseTcpRedisUrl(url.substr(8), out);
-  } else if (istartsWith(url, "unix:")) {
-    problem = parseUnixRedisUrl(url.substr(5), out);
-  } else {
-    problem = kRedisForms;
-  }
-  if (problem) {
-    if (error) *error = std::move(*problem);
-    return std::nullopt;
-  }
-  return out;
-}
-
-void AddrinfoFree::operator()(addrinfo* list) const {
-  if (list) ::freeaddrinfo(list);
-}
-
-AddrinfoList resolveListenAddress(const ListenAddress& address, std::string* error) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  addrinfo* res = nullptr;
-  std::string port = std::to_string(address.port);
-  int rc = ::getaddrinfo(address.host.empty() ? nullptr : address.host.c_str(), port.c_str(), &hints, &res);
-  if (rc != 0) {
-    if (error) *error = "resolve " + address.host + ": " + ::gai_strerror(rc);
-    return nullptr;
-  }
-  return AddrinfoList(res);
 }
 
 }  // namespace wfp

@@ -19,20 +19,9 @@
 #include <string_view>
 #include <vector>
 
-struct addrinfo;
+#include "proxy/config_values.h"  // ListenAddress, RedisUrl, Sha256 and the value parsers
 
 namespace wfp {
-
-using Sha256 = std::array<uint8_t, 32>;
-
-struct ListenAddress {
-  enum class Kind { Tcp, Unix };
-  Kind kind = Kind::Tcp;
-  std::string host;  // Tcp: "127.0.0.1", "::1", "0.0.0.0" (brackets stripped)
-  uint16_t port = 0; // Tcp: 0 = ephemeral (tests)
-  std::string path;  // Unix: socket path
-  std::string text;  // as written, for logs
-};
 
 struct LogConfig {
   std::string level = "info";         // trace debug info warn error
@@ -53,18 +42,9 @@ struct LimitsConfig {
   int max_client_connections = 10000;
 };
 
-// Where Redis is, from redis.url (parseRedisUrl below).
-struct RedisUrl {
-  std::string host;       // TCP: a name, IPv4 or IPv6 (no brackets)
-  int port = 6379;
-  std::string unix_path;  // unix:PATH (percent-decoded)
-  std::string password;   // percent-decoded; never logged
-  int db = 0;
-};
-
 struct RedisConfig {
   std::string url;    // as written: redis://[:password@]host:port/db or unix:PATH
-  RedisUrl endpoint;  // `url` parsed: what the Redis client connects to
+  RedisUrl endpoint;  // `url` parsed (parseRedisUrl): what the Redis client connects to
   std::string key_prefix = "wfp:";
   int timeout_ms = 250;
 };
@@ -159,28 +139,5 @@ ConfigResult loadConfigFile(const std::string& path, const EnvLookup& env = proc
 ConfigResult loadConfigString(std::string_view yaml, const std::string& name,
                               const EnvLookup& env = processEnv(),
                               const std::string& base_dir = ".");
-
-// "1MiB" → 1048576; "512KiB", "2GiB", "100" (bytes), "10KB" (1000s). nullopt if malformed.
-std::optional<size_t> parseSize(std::string_view text);
-// "127.0.0.1:8080", "[::1]:8080", "localhost:80", "unix:/path". nullopt if malformed.
-std::optional<ListenAddress> parseListenAddress(std::string_view text);
-
-// The one grammar of redis.url, used by the loader (so --check-config) and
-// nowhere else: the Redis client gets the parsed RedisConfig::endpoint.
-//   redis://[[default]:PASSWORD@]HOST[:PORT][/DB]   unix:PATH[?db=N][&password=PASSWORD]
-// nullopt and `error` when malformed; `error` never holds any part of the URL
-// (it may hold a password).
-std::optional<RedisUrl> parseRedisUrl(std::string_view url, std::string* error = nullptr);
-constexpr int kMaxRedisDb = 1 << 20;
-
-// A TCP listen address resolved as the listener binds it (getaddrinfo:
-// passive, any family, numeric port), so that `--check-config` and the start
-// read a host name the same way. Null, with `error` set, when it does not
-// resolve.
-struct AddrinfoFree {
-  void operator()(addrinfo* list) const;
-};
-using AddrinfoList = std::unique_ptr<addrinfo, AddrinfoFree>;
-AddrinfoList resolveListenAddress(const ListenAddress& address, std::string* error);
 
 }  // namespace wfp

@@ -1,4 +1,4 @@
-// SHA-256 and constant-time comparison (OpenSSL libcrypto).
+// SHA-256 and constant-time comparison (OpenSSL libcrypto); XXH64 (libxxhash).
 #pragma once
 
 #include <string>

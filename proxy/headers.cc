@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "proxy/hash.h"
+#include "proxy/text.h"
 
 namespace wfp {
 
@@ -30,9 +31,7 @@ bool listedInConnection(const HttpHeaders& headers, std::string_view name) {
     std::string_view rest = h.value;
     while (!rest.empty()) {
       size_t comma = rest.find(',');
-      std::string_view token = rest.substr(0, comma);
-      while (!token.empty() && (token.front() == ' ' || token.front() == '\t')) token.remove_prefix(1);
-      while (!token.empty() && (token.back() == ' ' || token.back() == '\t')) token.remove_suffix(1);
+      std::string_view token = trimOws(rest.substr(0, comma));
       if (equalsIgnoreCase(token, name)) return true;
       if (comma == std::string_view::npos) break;
       rest.remove_prefix(comma + 1);

@@ -78,26 +78,6 @@ constexpr size_t kKeepBodyCapacity = 64 * 1024;
 // Backoff after accept() fails for lack of descriptors/memory.
 constexpr double kAcceptRetrySeconds = 0.1;
 
-constexpr std::array<bool, 256> makeTokenTable() {
-  std::array<bool, 256> t{};
-  for (int c = '0'; c <= '9'; ++c) t[c] = true;
-  for (int c = 'a'; c <= 'z'; ++c) t[c] = true;
-  for (int c = 'A'; c <= 'Z'; ++c) t[c] = true;
-  for (char c : std::string_view("!#$%&'*+-.^_`|~")) t[static_cast<unsigned char>(c)] = true;
-  return t;
-}
-constexpr std::array<bool, 256> kTokenChar = makeTokenTable();
-
-inline bool isTokenChar(char c) { return kTokenChar[static_cast<unsigned char>(c)]; }
-
-bool isToken(std::string_view s) {
-  if (s.empty()) return false;
-  for (char c : s) {
-    if (!isTokenChar(c)) return false;
-  }
-  return true;
-}
-
 // RFC 9112 §3.2.3: uri-host ":" port, the host a reg-name or an IP literal
 // (RFC 3986 §3.2.2).
 bool isAuthorityForm(std::string_view s) {
@@ -122,16 +102,6 @@ bool isAuthorityForm(std::string_view s) {
     if (!alnum(c) && std::string_view("-._~%!$&'()*+,;=").find(c) == std::string_view::npos) return false;
   }
   return true;
-}
-
-inline char asciiLower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c; }
-
-inline bool isOws(char c) { return c == ' ' || c == '\t'; }
-
-std::string_view trimOws(std::string_view s) {
-  while (!s.empty() && isOws(s.front())) s.remove_prefix(1);
-  while (!s.empty() && isOws(s.back())) s.remove_suffix(1);
-  return s;
 }
 
 // Calls fn on each comma-separated, OWS-trimmed, non-empty element.
@@ -288,14 +258,6 @@ std::string formatPeer(const sockaddr* sa) {
 }
 
 }  // namespace
-
-bool equalsIgnoreCase(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (asciiLower(a[i]) != asciiLower(b[i])) return false;
-  }
-  return true;
-}
 
 bool appendHeaderLine(std::string& out, std::string_view name, std::string_view value) {
   if (isFramingHeader(name)) return false;

@@ -40,6 +40,7 @@
 
 #include "proxy/config.h"
 #include "proxy/event_loop.h"
+#include "proxy/text.h"
 
 namespace wfp {
 
@@ -49,7 +50,6 @@ struct HttpHeader {
 };
 using HttpHeaders = std::vector<HttpHeader>;
 
-bool equalsIgnoreCase(std::string_view a, std::string_view b);
 // First header with that name (case-insensitive), or nullptr.
 const std::string* findHeader(const HttpHeaders& headers, std::string_view name);
 // Appends "name: value\r\n" to a response head being built. Returns false

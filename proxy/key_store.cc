@@ -3,7 +3,7 @@
 #include <cstring>
 
 #include "proxy/hash.h"
-#include "proxy/http_server.h"
+#include "proxy/text.h"
 
 namespace wfp {
 

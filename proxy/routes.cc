@@ -10,17 +10,6 @@ Route make(RouteKind kind) { return Route{kind, {}, {}}; }
 
 Route notAllowed(std::string_view allow) { return Route{RouteKind::MethodNotAllowed, {}, std::string(allow)}; }
 
-bool equalsAsciiIgnoreCase(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    char x = a[i], y = b[i];
-    if (x >= 'a' && x <= 'z') x = static_cast<char>(x - 32);
-    if (y >= 'a' && y <= 'z') y = static_cast<char>(y - 32);
-    if (x != y) return false;
-  }
-  return true;
-}
-
 // A path no method is served on: 404, but a never-forwarded method is told
 // 405 on any path (SPEC §10.1), with an empty Allow.
 Route nowhere(std::string_view method) {
@@ -35,18 +24,9 @@ Route adminGet(std::string_view method, RouteKind kind) {
 
 }  // namespace
 
-bool isValidWorkflowId(std::string_view id) {
-  if (id.empty() || id.size() > 128) return false;
-  for (char c : id) {
-    bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
-    if (!ok) return false;
-  }
-  return true;
-}
-
 bool isNeverForwardedMethod(std::string_view method) {
-  return equalsAsciiIgnoreCase(method, "TRACE") || equalsAsciiIgnoreCase(method, "CONNECT") ||
-         equalsAsciiIgnoreCase(method, "TRACK");
+  return equalsIgnoreCase(method, "TRACE") || equalsIgnoreCase(method, "CONNECT") ||
+         equalsIgnoreCase(method, "TRACK");
 }
 
 Route routeClient(std::string_view method, std::string_view raw_path, bool admin_here) {

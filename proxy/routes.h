@@ -4,6 +4,8 @@
 #include <string>
 #include <string_view>
 
+#include "proxy/text.h"  // isValidWorkflowId(): the workflow-id rule
+
 namespace wfp {
 
 enum class RouteKind {
@@ -28,9 +30,6 @@ struct Route {
   // not a path, a malformed workflow id, an unknown admin path.
   std::string allow;
 };
-
-// [A-Za-z0-9_-]{1,128}
-bool isValidWorkflowId(std::string_view id);
 
 // Methods never forwarded, whatever the path (SPEC §10.1): TRACE echoes the
 // request it receives, organisation key included, and CONNECT asks for a

@@ -33,7 +33,8 @@ std::string formDecode(std::string_view s) {
   return out;
 }
 
-bool isTokenChar(char c) {
+// Not the HTTP token (text.h): only what needs no escaping in a URL query.
+bool isStreamTokenChar(char c) {
   return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
 }
 
@@ -61,7 +62,7 @@ std::string tokenFromAnswer(int status, std::string_view body) {
   std::string token = it->get<std::string>();
   if (token.empty() || token.size() > 256) return {};
   for (char c : token) {
-    if (!isTokenChar(c)) return {};
+    if (!isStreamTokenChar(c)) return {};
   }
   return token;
 }
