@@ -143,8 +143,7 @@ Proxy::Proxy(EventLoop& loop, ConfigPtr config)
       scheduler_(loop, loop, metrics_, shared_budget_.get()),
       upstream_(loop, upstreamOptions(*config_)),
       handler_(loop, upstream_, scheduler_, access_log_, metrics_, *cache_, redis_.get()) {
-  scheduler_.configure(config_);
-  handler_.setConfig(config_);
+  handler_.setConfig(config_);  // and the scheduler
 }
 
 Proxy::~Proxy() {
@@ -190,9 +189,8 @@ void Proxy::reload(ConfigPtr config) {
   if (auto level = parseLogLevel(config->log.level)) setLogLevel(*level);
   upstream_.setOptions(upstreamOptions(*config));
   cache_->setMemoryMaxBytes(config->cache.memory_max_bytes);
-  scheduler_.configure(config);
   if (server_) server_->setLimits(serverLimits(*config));
-  handler_.setConfig(config);
+  handler_.setConfig(config);  // and the scheduler: queued runs it starts carry the new key
   config_ = std::move(config);
   spdlog::info("configuration reloaded from {}", config_->source);
 }

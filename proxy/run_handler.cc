@@ -280,6 +280,10 @@ void RunHandler::setConfig(ConfigPtr config) {
   // Remembered per configured organisation: one removed by a reload goes.
   std::erase_if(ratelimit_seen_, [&](const auto& kv) { return !config->findOrganisation(kv.first); });
   config_ = std::move(config);
+  // Then the budgets: configure() may start queued requests at once (a
+  // limit went up), and they must carry the keys in force from now on
+  // (SPEC §10.1) — a rotated key is revoked upstream.
+  scheduler_.configure(config_);
 }
 
 RunHandler::Request* RunHandler::find(uint64_t id) {

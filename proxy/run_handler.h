@@ -40,7 +40,8 @@ class RunHandler {
   RunHandler(const RunHandler&) = delete;
   RunHandler& operator=(const RunHandler&) = delete;
 
-  // Requests keep the snapshot they started with.
+  // Requests keep the snapshot they started with. Configures the scheduler
+  // too, after the handler (a queued run it starts sends the new key).
   void setConfig(ConfigPtr config);
   void handleClient(HttpExchange& exchange);
   // The server's head hook (HttpServer::setHeadHandler): answers 401 before
