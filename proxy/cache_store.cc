@@ -63,11 +63,14 @@ std::string CacheStore::inputPurgesKey(const std::string& ns, const std::string&
   return prefix_ + "ipurge:{" + ns + "}:" + workflow_id;
 }
 
+std::string CacheStore::purgedMarkKey(const std::string& key) { return key + ":purged"; }
+
 void CacheStore::dropLocal(const std::string& ns, const std::string& workflow_id) {
   // Keys are <prefix>v1:{<ns>}:<route>:<workflow>:<generation>:<sha>; a
   // workflow id has no ':', so the trailing one bounds it.
   std::string head = prefix_ + "v1:{" + ns + "}:";
   l1_.eraseWithPrefix({head + "run:" + workflow_id + ":", head + "stream:" + workflow_id + ":"});
+  ++l1_epoch_;
 }
 
 void CacheStore::generation(const std::string& ns, const std::string& workflow_id, GenerationFn fn) {
@@ -158,12 +161,27 @@ void CacheStore::lookup(const std::string& key, int64_t keep_ms, EntryFn fn, int
     fn(std::move(local));
     return;
   }
-  redis_->command({"GET", key}, [this, key, keep_ms, local, fn = std::move(fn)](std::optional<RedisReply> reply) {
-    if (!reply || reply->type != RedisReply::Type::String) {
+  // With the entry, the time of the last purge of this input, if any: a
+  // store that was on its way when the purge came lands after its DEL, and
+  // must not bring the purged answer back.
+  redis_->command({"MGET", key, purgedMarkKey(key)}, [this, key, keep_ms, local, epoch = l1_epoch_,
+                                                      fn = std::move(fn)](std::optional<RedisReply> both) {
+    if (!both || both->type != RedisReply::Type::Array || both->elements.size() != 2 ||
+        both->elements[0].type != RedisReply::Type::String) {
       fn(local);
       return;
     }
-    auto entry = decodeCachedResponse(reply->str, runtime_.unixMillis());
+    const RedisReply& reply = both->elements[0];
+    const RedisReply& mark = both->elements[1];
+    int64_t purged_at = -1;  // none (a mark that is not a time is no mark)
+    if (mark.type == RedisReply::Type::String) {
+      if (auto t = parseGeneration(mark.str)) purged_at = static_cast<int64_t>(*t);
+    }
+    auto entry = decodeCachedResponse(reply.str, runtime_.unixMillis());
+    if (entry && entry->stored_at_ms <= purged_at) {
+      fn(local && local->stored_at_ms > purged_at ? local : nullptr);
+      return;
+    }
     if (!entry) {
       spdlog::debug("cache: undecodable value under {}: treated as a miss", key);
       fn(local);
@@ -175,8 +193,10 @@ void CacheStore::lookup(const std::string& key, int64_t keep_ms, EntryFn fn, int
     }
     auto shared = std::make_shared<const CachedResponse>(std::move(*entry));
     // Safe to keep in L1 for its whole life: a purge moves the generation
-    // (another key), and a one-input purge is announced to every instance.
-    l1_.put(key, shared, shared->stored_at_ms + keep_ms);
+    // (another key), and a one-input purge is announced to every instance —
+    // unless one came while this reply was on its way (it may be the purged
+    // answer, read before the DEL): then it answers this request only.
+    if (epoch == l1_epoch_) l1_.put(key, shared, shared->stored_at_ms + keep_ms);
     fn(std::move(shared));
   });
 }
@@ -224,17 +244,24 @@ void CacheStore::purgeWorkflow(const std::string& ns, const std::string& workflo
 }
 
 void CacheStore::purgeInput(const std::string& ns, const std::string& workflow_id, const std::string& body_sha256_hex,
-                            std::function<void(bool)> done) {
-  generation(ns, workflow_id, [this, ns, workflow_id, body_sha256_hex, done = std::move(done)](uint64_t gen) {
+                            int64_t keep_ms, std::function<void(bool)> done) {
+  generation(ns, workflow_id, [this, ns, workflow_id, body_sha256_hex, keep_ms, done = std::move(done)](uint64_t gen) {
     std::string run = cacheKey(prefix_, ns, "run", workflow_id, gen, body_sha256_hex);
     std::string stream = cacheKey(prefix_, ns, "stream", workflow_id, gen, body_sha256_hex);
     l1_.erase(run);
     l1_.erase(stream);
+    ++l1_epoch_;
     if (!redis_) {
       done(true);
       return;
     }
     redis_->command({"DEL", run, stream}, [](std::optional<RedisReply>) {});
+    // A store already on its way lands after the DEL: the mark makes an
+    // entry stored before the purge a miss (lookup) for as long as it could live.
+    std::string now = std::to_string(runtime_.unixMillis());
+    std::string px = std::to_string(std::max<int64_t>(keep_ms, 1000));
+    redis_->command({"SET", purgedMarkKey(run), now, "PX", px}, [](std::optional<RedisReply>) {});
+    redis_->command({"SET", purgedMarkKey(stream), now, "PX", px}, [](std::optional<RedisReply>) {});
     // Counted, so that an instance whose purge message is lost still drops
     // its copy when it next reads the generation (within a second). The
     // counter only moves forward, like the generation (the same script).
@@ -246,7 +273,10 @@ void CacheStore::purgeInput(const std::string& ns, const std::string& workflow_i
                       Generation& g = generations_[local];
                       if (reply && reply->type == RedisReply::Type::Integer && reply->integer > 0 &&
                           static_cast<uint64_t>(reply->integer) <= kMaxGeneration + 1) {
-                        g.input_purges = std::max(g.input_purges, static_cast<uint64_t>(reply->integer));
+                        // Not taken as known: another instance's purge may
+                        // have moved the counter just before ours, and only
+                        // the next generation read, seeing it moved, drops
+                        // what this instance holds of that input too.
                         return done(true);
                       }
                       // Redis did not take the purge: the entry would be
@@ -275,6 +305,7 @@ void CacheStore::onPurgeMessage(const std::string& message) {
   if (parts.size() == 3 && parts[0] == "I") {
     l1_.erase(parts[1]);
     l1_.erase(parts[2]);
+    ++l1_epoch_;
   } else if (parts.size() == 4 && parts[0] == "G") {
     // Untrusted like any value from Redis: a generation that is not one is
     // ignored, and messages about workflows this instance does not track

@@ -53,9 +53,11 @@ class CacheStore {
 
   // Drops every entry of the workflow (O(1): the generation moves on).
   void purgeWorkflow(const std::string& ns, const std::string& workflow_id, std::function<void(bool)> done);
-  // Drops one input's run and stream entries.
+  // Drops one input's run and stream entries. `keep_ms`: how long an entry
+  // of the workflow may live (TTL + stale window), as long as the purge's
+  // mark must keep a store that was on its way from bringing it back.
   void purgeInput(const std::string& ns, const std::string& workflow_id, const std::string& body_sha256_hex,
-                  std::function<void(bool)> done);
+                  int64_t keep_ms, std::function<void(bool)> done);
 
   size_t entries() const { return l1_.entries(); }
   // Workflows whose generation this instance keeps (bounded: see sweepGenerations).
@@ -76,6 +78,8 @@ class CacheStore {
   };
   std::string generationKey(const std::string& ns, const std::string& workflow_id) const;
   std::string inputPurgesKey(const std::string& ns, const std::string& workflow_id) const;
+  // Beside an entry's key: when its input was last purged (unix ms).
+  static std::string purgedMarkKey(const std::string& key);
   // Drops this instance's L1 entries of the workflow (every generation).
   void dropLocal(const std::string& ns, const std::string& workflow_id);
   void onPurgeMessage(const std::string& message);
@@ -90,6 +94,9 @@ class CacheStore {
   // second (see sweepGenerations).
   std::unordered_map<std::string, Generation> generations_;
   size_t sweep_at_ = 1024;
+  // Moves on whenever entries are dropped from L1 by a purge: a Redis reply
+  // read before the purge must not put the purged answer back in L1.
+  uint64_t l1_epoch_ = 0;
 };
 
 // A generation read from Redis: decimal digits, below 2^53; else nullopt.

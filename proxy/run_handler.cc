@@ -562,13 +562,13 @@ void RunHandler::startRun(Request& r) {
 void RunHandler::onLookup(uint64_t id, CachedResponsePtr entry) {
   Request* r = live(id);
   if (!r) return;
-  if (!entry && r->route.kind == RouteKind::Stream && !r->bypass && !r->cc.no_cache &&
-      !fanout_->joinable(r->cache_key)) {
+  if (r->route.kind == RouteKind::Stream && !r->bypass && !r->cc.no_cache && !fanout_->joinable(r->cache_key)) {
     // The look went to Redis while a stream of this instance ended and was
     // stored (it was joinable when the look began): look here once more,
     // or the input streams twice. (Runs have the coalescer's look after
     // the lock for this.)
-    entry = cache_.peekLocal(r->cache_key);
+    CachedResponsePtr local = cache_.peekLocal(r->cache_key);
+    if (local && (!entry || local->stored_at_ms > entry->stored_at_ms)) entry = std::move(local);
   }
   if (entry) {
     int64_t age_ms = runtime_.unixMillis() - entry->stored_at_ms;
@@ -998,7 +998,8 @@ void RunHandler::handlePurge(Request& r) {
     }
     CanonicalJson canonical = canonicalizeJson(j["body"].dump());
     if (!canonical.ok) return replyError(r, invalidJson(canonical.error));
-    return cache_.purgeInput(org, wf, sha256Hex(canonical.canonical), done);
+    int64_t keep_ms = toMillis(r.config->cache.ttlFor(wf) + r.config->cache.staleIfErrorFor(wf));
+    return cache_.purgeInput(org, wf, sha256Hex(canonical.canonical), keep_ms, done);
   }
   cache_.purgeWorkflow(org, wf, done);
 }
