@@ -192,8 +192,8 @@ ConfigPtr Fleet::makeConfig() {
 }
 
 void Fleet::build() {
-  n_instances_ = static_cast<int>(rng_.range(1, 3));
-  limit_ = static_cast<int>(rng_.range(3, 10));
+  n_instances_ = static_cast<int>(rng_.range(1, 4));
+  limit_ = static_cast<int>(rng_.range(std::max(3, n_instances_), 10));
   ttl_s_ = static_cast<double>(rng_.range(1, 20));
   stale_s_ = rng_.chance(0.3) ? 5 : 0;
   streams_ = !rng_.chance(0.2);
@@ -217,8 +217,7 @@ void Fleet::build() {
     in.scheduler = std::make_unique<Scheduler>(rt_, rt_, *in.metrics);
     in.handler = std::make_unique<RunHandler>(rt_, *in.transport, *in.scheduler, *in.access_log, *in.metrics,
                                               *in.cache, in.redis.get());
-    in.scheduler->configure(config);
-    in.handler->setConfig(config);
+    in.handler->setConfig(config);  // and the scheduler
     instances_.push_back(std::move(in));
   }
 }
@@ -244,7 +243,7 @@ void Fleet::plan() {
   upstream_.p_hang = rng_.chance(0.1) ? 0.05 : 0;
   upstream_.p_slow = rng_.chance(0.3) ? 0.2 : 0;
 
-  int n = static_cast<int>(rng_.range(5, 40));
+  int n = static_cast<int>(rng_.range(5, 80));
   int64_t span = rng_.range(1, 8) * kSecond;
   for (int i = 0; i < n; ++i) {
     auto r = std::make_unique<ClientRequest>();
@@ -277,7 +276,7 @@ void Fleet::plan() {
     requests_.push_back(std::move(r));
     rt_.at(raw->arrival_us, [this, serial = raw->serial] { send(serial); });
   }
-  int purges = static_cast<int>(rng_.range(0, 2));
+  int purges = static_cast<int>(rng_.range(0, 3));
   for (int i = 0; i < purges; ++i) {
     Purge p;
     p.instance = static_cast<int>(rng_.range(0, n_instances_ - 1));
@@ -294,7 +293,7 @@ void Fleet::plan() {
     incidents_.push_back({at, at + d + 500 * kMs});
     rt_.at(at, [this, d] { redis_.pauseFor(d); });
   }
-  if (rng_.chance(0.15)) {
+  if (rng_.chance(0.25)) {
     int64_t at = rng_.range(0, span);
     incidents_.push_back({at, at + kSecond});
     rt_.at(at, [this] { redis_.restart(); });
@@ -354,10 +353,7 @@ void Fleet::reload() {
              std::to_string(key_generation_) + " and the old one is revoked");
   upstream_.allowKey("sk_acme_" + std::to_string(key_generation_), "acme");
   upstream_.revokeKey(old_key);
-  for (auto& in : instances_) {
-    in.scheduler->configure(config);
-    in.handler->setConfig(config);
-  }
+  for (auto& in : instances_) in.handler->setConfig(config);  // as Proxy::reload does
 }
 
 const ClientRequest* Fleet::ownerOf(const UpstreamStart& s) const {
@@ -429,7 +425,9 @@ void Fleet::checkRequests() {
     bool stale = xc && *xc == "STALE";
     int64_t floor = r.arrival_us - static_cast<int64_t>((ttl_s_ + (stale ? stale_s_ : 0)) * kSecond) - kMs;
     if (cc.max_age) floor = std::max(floor, r.arrival_us - *cc.max_age * kSecond - kMs);
-    if (cc.no_cache || cc.no_store) floor = std::max(floor, r.arrival_us);
+    // (no-cache: a run that ended in the millisecond the request came is
+    // one the proxy cannot tell from a later one: stored times are ms.)
+    if (cc.no_cache || cc.no_store) floor = std::max(floor, r.arrival_us - kMs);
     if (made->done_us < floor) {
       fail(who + " [" + r.cache_control + "]: answered with run #" + std::to_string(made->serial) + " done at " +
            std::to_string(made->done_us / kMs) + " ms, older than it accepts (" + std::to_string(floor / kMs) +

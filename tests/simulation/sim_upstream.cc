@@ -168,30 +168,32 @@ uint64_t SimTransport::start(UpstreamRequest request, UpstreamCallbacks callback
   t.cb = std::move(callbacks);
   t.started_us = rt_.nowUs();
   std::weak_ptr<bool> alive = alive_;
-  // The request leaves on the next pass (never inside start()) and reaches
-  // the upstream then; on_sending dates it, as libcurl's would.
-  rt_.post([this, alive, id, request = std::move(request)] {
+  // The request reaches the upstream now (what the upstream decides depends
+  // on the moment it was sent: a key rotated a moment later was still good);
+  // the proxy hears of it only on later passes, never inside start():
+  // on_sending first, as libcurl's would, then the answer.
+  UpstreamStart s;
+  s.serial = up_.starts_.size() + 1;
+  s.instance = instance_;
+  s.start_us = rt_.nowUs();
+  s.method = request.method;
+  static constexpr std::string_view kBase = "http://upstream.sim";
+  s.target = request.url.rfind(kBase, 0) == 0 ? request.url.substr(kBase.size()) : request.url;
+  s.body = request.body;
+  up_.starts_.push_back(s);
+  UpstreamStart& rec = up_.starts_.back();
+  t.serial = rec.serial;
+  t.answer = up_.receive(rec, request);
+  up_.trace_.add("upstream: #" + std::to_string(rec.serial) + " from instance " + std::to_string(instance_) + " " +
+                 rec.method + " " + rec.target + " id=" + rec.request_id + " key=" + rec.key +
+                 (rec.fault.empty() ? "" : " fault=" + rec.fault) + " → " + std::to_string(rec.status));
+  rt_.post([this, alive, id] {
     if (alive.expired()) return;
     Transfer* tr = find(id);
     if (!tr) return;
     if (tr->cb.on_sending) tr->cb.on_sending();
     tr = find(id);
     if (!tr) return;
-    UpstreamStart s;
-    s.serial = up_.starts_.size() + 1;
-    s.instance = instance_;
-    s.start_us = rt_.nowUs();
-    s.method = request.method;
-    static constexpr std::string_view kBase = "http://upstream.sim";
-    s.target = request.url.rfind(kBase, 0) == 0 ? request.url.substr(kBase.size()) : request.url;
-    s.body = request.body;
-    up_.starts_.push_back(s);
-    UpstreamStart& rec = up_.starts_.back();
-    tr->serial = rec.serial;
-    tr->answer = up_.receive(rec, request);
-    up_.trace_.add("upstream: #" + std::to_string(rec.serial) + " from instance " + std::to_string(instance_) + " " +
-                   rec.method + " " + rec.target + " id=" + rec.request_id + " key=" + rec.key +
-                   (rec.fault.empty() ? "" : " fault=" + rec.fault) + " → " + std::to_string(rec.status));
     if (tr->answer.hang) {
       rt_.at(tr->started_us + up_.timeout_us, [this, alive, id] {
         if (!alive.expired()) done(id, UpstreamFailure::Timeout, "timeout (simulated hang)");
