@@ -36,27 +36,12 @@
 #include <memory>
 #include <string>
 #include <string_view>
-#include <vector>
 
 #include "proxy/config.h"
 #include "proxy/event_loop.h"
-#include "proxy/text.h"
+#include "proxy/http_types.h"
 
 namespace wfp {
-
-struct HttpHeader {
-  std::string name;
-  std::string value;
-};
-using HttpHeaders = std::vector<HttpHeader>;
-
-// First header with that name (case-insensitive), or nullptr.
-const std::string* findHeader(const HttpHeaders& headers, std::string_view name);
-// Appends "name: value\r\n" to a response head being built. Returns false
-// (and appends nothing) for a framing header (Connection, Content-Length,
-// Transfer-Encoding: the server writes those), a name that is not a token or
-// a value with CR, LF or NUL.
-bool appendHeaderLine(std::string& out, std::string_view name, std::string_view value);
 
 struct HttpServerLimits {
   size_t max_header_bytes = 64 * 1024;  // request line + headers; beyond → 431
