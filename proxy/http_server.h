@@ -231,7 +231,6 @@ class HttpServer {
   static std::string errorBody(std::string_view message, std::string_view code);
 
  private:
-  friend class HttpConnection;
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
