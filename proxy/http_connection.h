@@ -1,9 +1,11 @@
 // One client connection of an HttpServer: the server's own, not for other
-// modules (they see HttpServer and HttpExchange, http_server.h).
+// modules (they see HttpServer and HttpExchange, http_server.h). It reads
+// requests with an HttpRequestReader, writes responses with an
+// HttpResponseWriter, and in between runs the exchange: the handlers, time,
+// keep-alive and closing.
 #pragma once
 
 #include <sys/time.h>
-#include <sys/uio.h>
 
 #include <cstdint>
 #include <exception>
@@ -15,6 +17,8 @@
 #include <spdlog/spdlog.h>
 
 #include "proxy/http_parser.h"
+#include "proxy/http_request_reader.h"
+#include "proxy/http_response_writer.h"
 #include "proxy/http_server.h"
 
 struct bufferevent;
@@ -49,6 +53,10 @@ struct HttpServerShared {
 
   // A connection closed: the server forgets it.
   virtual void unlink(HttpConnection* c) = 0;
+  // Tells the error observer of an error response of the server's own, with
+  // what was parsed of the request (`buffered`: the bytes read of it while
+  // its head is not parsed yet).
+  void reportError(int status, std::string_view code, const HttpExchange& ex, size_t buffered, size_t bytes_out);
 
   HttpParserLimits parserLimits() const { return {limits.max_header_bytes, limits.max_headers, limits.max_body_bytes}; }
 
@@ -98,26 +106,23 @@ class HttpConnection {
   bool write(std::string_view data);
   void end();
   void abortResponse();
-  size_t pendingOutput() const;
+  size_t pendingOutput() const { return writer_.pending(); }
 
  private:
   enum class State : uint8_t { Head, Body, Exchange, Closing, Lingering };
   enum class TimerKind : uint8_t { None, Header, Idle, Linger };
-  enum class Framing : uint8_t { None, Length, Chunked, Close };
 
+  static void run(void* arg, const char* what, void (HttpConnection::*handle)()) noexcept;
   static void onRead(bufferevent*, void* arg) noexcept;
   static void onWrite(bufferevent*, void* arg) noexcept;
   static void onEvent(bufferevent*, short what, void* arg) noexcept;
   static void onTimer(evutil_socket_t, short, void* arg) noexcept;
   static void onDeferred(evutil_socket_t, short, void* arg) noexcept;
-  static void releaseOwner(const void*, size_t, void* hold) noexcept;
 
   // input
   void handleRead();
   void processInput();
-  HttpParser::Result parseInput(size_t len);
-  bool onParsed(const HttpParser::Result& r);
-  bool onHead(size_t consumed);
+  bool onHead();
   // the exchange
   void dispatch();
   void openExchange();
@@ -128,9 +133,9 @@ class HttpConnection {
   void resetExchange();
   // the response
   bool canRespond(const char* what) const;
-  void appendConnectionHeader(std::string& head, bool framed);
+  bool mayKeepAlive() const { return keep_alive_ && !close_after_ && !body_unread_; }
+  void afterWrite();
   void finishResponse();
-  void output(iovec* iov, int n, const std::shared_ptr<const void>& owner = nullptr);
   void activateDeferred();
   void checkOutput();
   void handleDeferred();
@@ -147,30 +152,26 @@ class HttpConnection {
   HttpServerShared& server_;
   bufferevent* bev_;
   evbuffer* in_;
-  evbuffer* out_;
   evutil_socket_t fd_;
   event* timer_ = nullptr;
   event* deferred_ = nullptr;
 
-  HttpParser parser_;
   HttpExchange ex_;  // reused for every request on this connection
+  HttpRequestReader reader_;
+  HttpResponseWriter writer_;
   std::shared_ptr<void> data_;  // HttpExchange::connectionData()
   State state_ = State::Head;
   TimerKind timer_kind_ = TimerKind::None;
-  Framing framing_ = Framing::None;
   bool closed_ = false;
   bool exchange_active_ = false;  // handed to the handler, not yet complete/aborted
   bool keep_alive_ = true;
   bool close_after_ = false;  // closeIdleConnections(): close after the current response
   bool peer_eof_ = false;
   bool read_suspended_ = false;
-  bool write_failed_ = false;
   bool linger_ = false;
   bool body_unread_ = false;  // the head handler answered: the request's body is never read
   uint64_t applied_generation_ = 0;  // of the limits, for the write timeout
-  uint64_t parser_generation_ = 0;   // of the limits, in the parser
-  int64_t declared_length_ = -1;  // begin() with a Content-Length
-  uint64_t body_sent_ = 0;
+  uint64_t reader_generation_ = 0;   // of the limits, in the parser
 };
 
 }  // namespace wfp

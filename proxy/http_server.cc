@@ -108,6 +108,21 @@ std::string HttpServer::errorBody(std::string_view message, std::string_view cod
 
 // --- server state -------------------------------------------------------------
 
+void HttpServerShared::reportError(int status, std::string_view code, const HttpExchange& ex, size_t buffered,
+                                   size_t bytes_out) {
+  if (!on_error) return;
+  HttpServerError e;
+  e.status = status;
+  e.code = code;
+  e.method = ex.method();  // set once the request line parsed; cleared between requests
+  e.path = ex.path();
+  // Until the head is parsed (and counted), what was read of it is buffered.
+  e.bytes_in = ex.bytesIn() != 0 ? ex.bytesIn() : buffered;
+  e.bytes_out = bytes_out;
+  e.peer = ex.peer();
+  guarded("error observer", [&] { on_error(e); });
+}
+
 // What its connections share (HttpServerShared), its listeners and the list
 // of its open connections.
 struct HttpServer::Impl final : HttpServerShared {
@@ -407,5 +422,46 @@ std::string_view HttpExchange::query() const {
   size_t q = t.find('?');
   return q == std::string_view::npos ? std::string_view() : t.substr(q + 1);
 }
+
+// The response side writes to the exchange's connection (a simulated
+// exchange overrides it).
+
+std::shared_ptr<void>& HttpExchange::connectionData() {
+  if (conn_) return conn_->data();
+  thread_local std::shared_ptr<void> detached;
+  detached.reset();
+  return detached;
+}
+
+void HttpExchange::respond(int status, std::string_view reason, const HttpHeaders& headers, std::string_view body) {
+  if (conn_) conn_->respond(status, reason, {}, headers, body, nullptr);
+}
+
+void HttpExchange::respond(int status, std::string_view reason, std::string_view preformatted,
+                           const HttpHeaders& headers, std::string_view body,
+                           const std::shared_ptr<const void>& body_owner) {
+  if (conn_) conn_->respond(status, reason, preformatted, headers, body, body_owner);
+}
+
+void HttpExchange::begin(int status, std::string_view reason, const HttpHeaders& headers, int64_t content_length) {
+  if (conn_) conn_->begin(status, reason, {}, headers, content_length);
+}
+
+void HttpExchange::begin(int status, std::string_view reason, std::string_view preformatted,
+                         const HttpHeaders& headers, int64_t content_length) {
+  if (conn_) conn_->begin(status, reason, preformatted, headers, content_length);
+}
+
+bool HttpExchange::write(std::string_view data) { return conn_ ? conn_->write(data) : true; }
+
+void HttpExchange::end() {
+  if (conn_) conn_->end();
+}
+
+void HttpExchange::abortResponse() {
+  if (conn_) conn_->abortResponse();
+}
+
+size_t HttpExchange::pendingOutput() const { return conn_ ? conn_->pendingOutput() : 0; }
 
 }  // namespace wfp

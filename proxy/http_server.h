@@ -130,6 +130,8 @@ class HttpExchange {
 
  protected:
   friend class HttpConnection;
+  friend class HttpRequestReader;   // the request side
+  friend class HttpResponseWriter;  // the response side
   HttpExchange() = default;
   // A new id, unique in the process (shared with the server's exchanges).
   static uint64_t nextId();
