@@ -21,7 +21,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "proxy/http_server.h"
+#include "proxy/http_types.h"
 
 namespace wfp {
 

@@ -5,7 +5,7 @@
 #include <string>
 #include <string_view>
 
-#include "proxy/http_server.h"
+#include "proxy/http_types.h"
 
 namespace wfp {
 

@@ -36,27 +36,12 @@
 #include <memory>
 #include <string>
 #include <string_view>
-#include <vector>
 
 #include "proxy/config.h"
 #include "proxy/event_loop.h"
-#include "proxy/text.h"
+#include "proxy/http_types.h"
 
 namespace wfp {
-
-struct HttpHeader {
-  std::string name;
-  std::string value;
-};
-using HttpHeaders = std::vector<HttpHeader>;
-
-// First header with that name (case-insensitive), or nullptr.
-const std::string* findHeader(const HttpHeaders& headers, std::string_view name);
-// Appends "name: value\r\n" to a response head being built. Returns false
-// (and appends nothing) for a framing header (Connection, Content-Length,
-// Transfer-Encoding: the server writes those), a name that is not a token or
-// a value with CR, LF or NUL.
-bool appendHeaderLine(std::string& out, std::string_view name, std::string_view value);
 
 struct HttpServerLimits {
   size_t max_header_bytes = 64 * 1024;  // request line + headers; beyond → 431
@@ -145,6 +130,8 @@ class HttpExchange {
 
  protected:
   friend class HttpConnection;
+  friend class HttpRequestReader;   // the request side
+  friend class HttpResponseWriter;  // the response side
   HttpExchange() = default;
   // A new id, unique in the process (shared with the server's exchanges).
   static uint64_t nextId();
@@ -246,7 +233,6 @@ class HttpServer {
   static std::string errorBody(std::string_view message, std::string_view code);
 
  private:
-  friend class HttpConnection;
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -4,7 +4,7 @@
 
 #include <spdlog/spdlog.h>
 
-#include "proxy/http_server.h"
+#include "proxy/http_types.h"
 #include "proxy/shared_budget.h"
 
 namespace wfp {

@@ -34,7 +34,7 @@
 #include "proxy/config.h"
 #include "proxy/runtime.h"
 #include "proxy/fair_queue.h"
-#include "proxy/http_server.h"
+#include "proxy/http_types.h"
 #include "proxy/metrics.h"
 #include "proxy/rate_limiter.h"
 

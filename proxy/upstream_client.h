@@ -17,7 +17,7 @@
 #include <string_view>
 
 #include "proxy/event_loop.h"
-#include "proxy/http_server.h"
+#include "proxy/http_types.h"
 
 namespace wfp {
 

@@ -27,7 +27,7 @@
 #include <string_view>
 
 #include "proxy/headers.h"
-#include "proxy/http_server.h"
+#include "proxy/http_types.h"
 
 namespace {
 

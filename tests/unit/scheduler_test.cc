@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "proxy/event_loop.h"
+
 namespace wfp {
 namespace {
 
