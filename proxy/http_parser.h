@@ -90,6 +90,10 @@ class HttpParser {
   // Between requests (nothing of the next one seen but empty lines) or not.
   bool inMessage() const { return state_ != State::Start; }
   const HttpRequestHead& head() const { return head_; }
+  // Frees the head's field views once they are copied out: a request that
+  // then waits (queued, or for another's run) holds nothing here. (The next
+  // head allocates them again: one allocation per request.)
+  void releaseHeadViews() { std::vector<HttpHeaderView>().swap(head_.headers); }
   // The status the server answers with (400, 413, 431, 501, 505) and the
   // message of its JSON error body.
   int errorStatus() const { return error_status_; }
