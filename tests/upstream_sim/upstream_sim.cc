@@ -1,5 +1,5 @@
 // upstream_sim: a standalone simulator of the "AI Tutor Run Workflow API"
-// (see shared/upstream-api.md), used by the integration tests, scripts/run
+// (its behaviour: tests/upstream_sim/README.md), used by the integration tests, scripts/run
 // and scripts/bench.  Single-threaded libevent evhttp server.  Usage and the
 // control API (/__sim/...) are documented in tests/upstream_sim/README.md.
 
