@@ -36,6 +36,7 @@
 #include "proxy/cache.h"
 #include "proxy/runtime.h"
 #include "proxy/flight_outcome.h"
+#include "proxy/handle.h"
 #include "proxy/upstream_client.h"
 
 namespace wfp {
@@ -143,5 +144,8 @@ class Coalescer {
   };
   std::unordered_map<uint64_t, Waiter> waiters_;
 };
+
+// A waiter's place in its flight: leaves the flight when destroyed.
+using CoalescerWaiter = IdHandle<Coalescer, &Coalescer::leave>;
 
 }  // namespace wfp

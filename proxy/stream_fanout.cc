@@ -18,12 +18,13 @@ constexpr size_t kWriteSlice = 64 * 1024;
 }  // namespace
 
 struct StreamFanout::Flight {
-  enum class Phase { Queued, Token, Streaming, Done };
+  // Token: queued for, or fetching, the token (the attempt holds the ticket).
+  enum class Phase { Token, Streaming, Done };
   uint64_t id = 0;
   StreamWork work;
-  Phase phase = Phase::Queued;
-  uint64_t ticket = 0;
-  uint64_t upstream_id = 0;
+  Phase phase = Phase::Token;
+  // The token fetch, then the stream; dropped (and cancelled) with the flight.
+  std::unique_ptr<UpstreamAttempt> attempt;
   UpstreamHead head;
   bool head_seen = false;
   std::string token_body;
@@ -45,17 +46,9 @@ struct StreamFanout::Sub {
   bool blocked = false;  // its backlog is high: wait for resume()
 };
 
-StreamFanout::StreamFanout(Runtime& runtime, UpstreamTransport& upstream, Scheduler& scheduler, CacheStore& cache,
-                           Authorize authorize)
-    : runtime_(runtime),
-      upstream_(upstream), scheduler_(scheduler), cache_(cache), authorize_(std::move(authorize)) {}
+StreamFanout::StreamFanout(const UpstreamPorts& ports, CacheStore& cache) : ports_(ports), cache_(cache) {}
 
-StreamFanout::~StreamFanout() {
-  for (auto& [id, f] : flights_) {
-    if (f->upstream_id) upstream_.cancel(f->upstream_id);
-    if (f->ticket) scheduler_.cancel(f->ticket);
-  }
-}
+StreamFanout::~StreamFanout() = default;  // each flight's attempt cancels itself
 
 StreamFanout::Flight* StreamFanout::flightOf(uint64_t flight_id) {
   auto it = flights_.find(flight_id);
@@ -83,20 +76,7 @@ uint64_t StreamFanout::join(const StreamWork& work, StreamSubscriber subscriber,
   Flight& f = *flights_.at(flight_id);
   f.subs.push_back(sub_id);
   if (*created) {
-    AdmissionCallbacks cb;
-    cb.start = [this, flight_id] { startToken(flight_id); };
-    cb.reject = [this, flight_id](RejectReason why, int retry_after) {
-      Flight* fl = flightOf(flight_id);
-      if (!fl) return;
-      fl->ticket = 0;
-      dropAndTell(flight_id, [&](StreamSubscriber& cb) {
-        if (cb.rejected) cb.rejected(why, retry_after);
-      });
-    };
-    uint64_t ticket = scheduler_.submit(work.admission, std::move(cb));
-    // submit() usually starts the token fetch at once: keep the ticket whatever
-    // the phase, or its slot is never given back (onTokenDone finishes it).
-    if (Flight* fl = flightOf(flight_id)) fl->ticket = ticket;
+    startToken(f);  // calls nothing back before join() returns
   } else if (f.head_seen) {
     // A late joiner: the head, the bytes so far, then the live bytes.
     Sub& s = *subs_.at(sub_id);
@@ -108,26 +88,14 @@ uint64_t StreamFanout::join(const StreamWork& work, StreamSubscriber subscriber,
   return sub_id;
 }
 
-void StreamFanout::startToken(uint64_t flight_id) {
-  Flight* f = flightOf(flight_id);
-  if (!f) return;
-  f->phase = Flight::Phase::Token;
-  f->token_body.clear();
-  f->head = UpstreamHead{};
-  UpstreamRequest token = f->work.token;
-  if (authorize_ && !authorize_(token, f->work.org)) {
-    // The organisation was removed while the fetch waited: answered as the
-    // upstream answers a key it does not know.
-    f->head.status = 401;
-    f->head.reason = "Unauthorized";
-    f->head.headers = {{"Content-Type", "application/json"}};
-    f->token_body = std::string(kUnauthorizedBody);
-    UpstreamResult refused;
-    refused.head_received = true;
-    onTokenDone(flight_id, refused);
-    return;
-  }
-  UpstreamCallbacks cb;
+void StreamFanout::startToken(Flight& f) {
+  uint64_t flight_id = f.id;
+  AttemptSpec spec;
+  spec.request = f.work.token;
+  spec.admission = f.work.admission;
+  spec.org = f.work.org;
+  spec.org_label = f.work.org_label;
+  AttemptCallbacks cb;
   cb.on_head = [this, flight_id](const UpstreamHead& head) {
     if (Flight* fl = flightOf(flight_id)) fl->head = head;
   };
@@ -135,38 +103,29 @@ void StreamFanout::startToken(uint64_t flight_id) {
     if (Flight* fl = flightOf(flight_id)) fl->token_body.append(data);
     return true;
   };
-  cb.on_done = [this, flight_id](const UpstreamResult& result) { onTokenDone(flight_id, result); };
-  cb.on_sending = [this, flight_id] {
-    if (Flight* fl = flightOf(flight_id); fl && fl->ticket) scheduler_.sending(fl->ticket);
-  };
-  f->upstream_id = upstream_.start(std::move(token), std::move(cb));
+  cb.on_done = [this, flight_id](const AttemptEnd& end) { onTokenDone(flight_id, end); };
+  f.attempt = std::make_unique<UpstreamAttempt>(ports_, std::move(spec), std::move(cb));
+  f.attempt->start();
 }
 
-void StreamFanout::onTokenDone(uint64_t flight_id, const UpstreamResult& result) {
+void StreamFanout::onTokenDone(uint64_t flight_id, const AttemptEnd& end) {
   Flight* f = flightOf(flight_id);
   if (!f) return;
-  f->upstream_id = 0;
-  if (f->ticket) {
-    UpstreamSignals signals = result.head_received ? signalsFrom(f->head.status, f->head.headers) : UpstreamSignals{};
-    uint64_t ticket = f->ticket;
-    if (result.failure == UpstreamFailure::None && f->head.status == 429) {
-      f->phase = Flight::Phase::Queued;
-      if (scheduler_.retry(ticket, signals)) return;  // fetched again after the pause
-    } else {
-      scheduler_.finish(ticket, signals);
-    }
-    f = flightOf(flight_id);
-    if (!f) return;
-    f->ticket = 0;
+  if (end.rejected) {
+    dropAndTell(flight_id, [&](StreamSubscriber& cb) {
+      if (cb.rejected) cb.rejected(end.why, end.retry_after_s);
+    });
+    return;
   }
-  std::string token = result.failure == UpstreamFailure::None ? tokenFromAnswer(f->head.status, f->token_body) : "";
+  std::string token = end.failure == UpstreamFailure::None ? tokenFromAnswer(f->head.status, f->token_body) : "";
   if (!token.empty()) return startStream(flight_id, token);
-  // No token: every subscriber gets the token route's answer, or the failure.
+  // No token: every subscriber gets the token route's answer (a key the
+  // upstream refused, or an organisation a reload removed), or the failure.
   UpstreamHead head = f->head;
   std::string body = std::move(f->token_body);
   dropAndTell(flight_id, [&](StreamSubscriber& cb) {
-    if (result.failure != UpstreamFailure::None) {
-      if (cb.failed) cb.failed(result.failure);
+    if (end.failure != UpstreamFailure::None) {
+      if (cb.failed) cb.failed(end.failure);
     } else if (cb.refused) {
       cb.refused(head, body);
     }
@@ -178,14 +137,19 @@ void StreamFanout::startStream(uint64_t flight_id, const std::string& token) {
   if (!f) return;
   f->phase = Flight::Phase::Streaming;
   f->head = UpstreamHead{};
-  // The token is used once, here, and never stored or replayed.
-  UpstreamRequest req = f->work.stream;
-  req.url = withToken(std::move(req.url), token);
-  UpstreamCallbacks cb;
+  // The token is used once, here, and never stored or replayed. The stream
+  // itself spends no quota (the token did) and carries no key of ours.
+  AttemptSpec spec;
+  spec.request = f->work.stream;
+  spec.request.url = withToken(std::move(spec.request.url), token);
+  spec.org_label = f->work.org_label;
+  AttemptCallbacks cb;
   cb.on_head = [this, flight_id](const UpstreamHead& head) { onHead(flight_id, head); };
   cb.on_data = [this, flight_id](std::string_view data) { return onData(flight_id, data); };
-  cb.on_done = [this, flight_id](const UpstreamResult& result) { onDone(flight_id, result); };
-  f->upstream_id = upstream_.start(std::move(req), std::move(cb));
+  cb.on_done = [this, flight_id](const AttemptEnd& end) { onDone(flight_id, end); };
+  // Replaces the token fetch inside its own on_done: allowed (upstream_attempt.h).
+  f->attempt = std::make_unique<UpstreamAttempt>(ports_, std::move(spec), std::move(cb));
+  f->attempt->start();
 }
 
 void StreamFanout::onHead(uint64_t flight_id, const UpstreamHead& head) {
@@ -276,15 +240,14 @@ void StreamFanout::resume(uint64_t subscriber) {
   trim(*f);
   if (f->paused && f->bytes.size() < kBehindHighWater / 2) {
     f->paused = false;
-    if (f->upstream_id) upstream_.resume(f->upstream_id);
+    if (f->attempt) f->attempt->resume();
   }
   maybeFinish(flight_id);
 }
 
-void StreamFanout::onDone(uint64_t flight_id, const UpstreamResult& result) {
+void StreamFanout::onDone(uint64_t flight_id, const AttemptEnd& result) {
   Flight* f = flightOf(flight_id);
   if (!f) return;
-  f->upstream_id = 0;
   f->phase = Flight::Phase::Done;
   auto k = by_key_.find(f->work.key);
   if (k != by_key_.end() && k->second == flight_id) by_key_.erase(k);
@@ -298,10 +261,11 @@ void StreamFanout::onDone(uint64_t flight_id, const UpstreamResult& result) {
   if (f->complete && f->head.status == 200 && f->storable && f->work.store) {
     cache_.store(f->work.key,
                  std::make_shared<CachedResponse>(
-                     storedResponse(f->head.status, f->head.reason, f->head.headers, f->bytes, true, runtime_.unixMillis())),
+                     storedResponse(f->head.status, f->head.reason, f->head.headers, f->bytes, true,
+                                    ports_.runtime.unixMillis())),
                  f->work.keep_ms);
   } else if (!f->complete) {
-    spdlog::info("stream {} cut short upstream ({}): not stored", f->work.key, result.detail);
+    spdlog::info("stream {} cut short upstream: not stored", f->work.key);
   }
   maybeFinish(flight_id);
 }
@@ -335,8 +299,7 @@ void StreamFanout::leave(uint64_t subscriber) {
   Flight* f = flightOf(flight_id);
   if (!f) return;
   std::erase(f->subs, subscriber);
-  if (!f->subs.empty() && (f->phase == Flight::Phase::Queued || f->phase == Flight::Phase::Token) &&
-      !anyMayRun(*f)) {
+  if (!f->subs.empty() && f->phase == Flight::Phase::Token && !anyMayRun(*f)) {
     // Only only-if-cached subscribers are left: nothing starts for them.
     dropAndTell(flight_id, [](StreamSubscriber& cb) {
       if (cb.not_cached) cb.not_cached();
@@ -347,27 +310,25 @@ void StreamFanout::leave(uint64_t subscriber) {
     trim(*f);
     if (f->paused && f->bytes.size() < kBehindHighWater / 2) {
       f->paused = false;
-      if (f->upstream_id) upstream_.resume(f->upstream_id);
+      if (f->attempt) f->attempt->resume();
     }
     return;
   }
   switch (f->phase) {
-    case Flight::Phase::Queued:
-      drop(flight_id);  // spends nothing
-      return;
     case Flight::Phase::Streaming:
       if (f->work.store && f->storable) {
         // Runs to the end and is stored: the next identical request hits.
         if (f->paused) {
           f->paused = false;
-          if (f->upstream_id) upstream_.resume(f->upstream_id);
+          if (f->attempt) f->attempt->resume();
         }
         return;
       }
       drop(flight_id);
       return;
     case Flight::Phase::Token:
-      // The token is paid for either way; without anyone to stream to, stop.
+      // Queued: leaves the queue, spends nothing. Fetching: the token is paid
+      // for either way; without anyone to stream to, stop.
       drop(flight_id);
       return;
     case Flight::Phase::Done:
@@ -405,11 +366,8 @@ void StreamFanout::drop(uint64_t flight_id) {
   flights_.erase(it);
   auto k = by_key_.find(f->work.key);
   if (k != by_key_.end() && k->second == flight_id) by_key_.erase(k);
-  if (f->upstream_id) upstream_.cancel(f->upstream_id);
-  if (f->ticket) {
-    // Queued: leaves the queue. Started (token in flight): frees its slot.
-    scheduler_.cancel(f->ticket);
-  }
+  // f goes here, and its attempt with it: out of the queue, or the transfer
+  // cancelled.
 }
 
 }  // namespace wfp

@@ -21,8 +21,9 @@
 #include <unordered_map>
 
 #include "proxy/cache_store.h"
+#include "proxy/handle.h"
 #include "proxy/scheduler.h"
-#include "proxy/upstream_client.h"
+#include "proxy/upstream_attempt.h"
 
 namespace wfp {
 
@@ -51,6 +52,7 @@ struct StreamWork {
   Admission admission;      // for the token fetch
   UpstreamRequest token;    // GET /api/v1/token?ttl=60; its Authorization is set at the start
   std::string org;          // whose key the token fetch carries ("" in pass_through)
+  std::string org_label;    // for metrics
   UpstreamRequest stream;   // POST .../stream; "?token=" is appended per attempt
   bool store = false;       // store when complete
   int64_t keep_ms = 0;
@@ -61,11 +63,9 @@ class StreamFanout {
   static constexpr size_t kMaxStoredStream = 8 * 1024 * 1024;
   static constexpr size_t kBehindHighWater = 1024 * 1024;
 
-  // Puts the key `org` has now into the token request (SPEC §10.1: sent as
-  // it is at its start); false when the organisation is gone.
-  using Authorize = std::function<bool(UpstreamRequest& request, const std::string& org)>;
-
-  StreamFanout(Runtime& runtime, UpstreamTransport& upstream, Scheduler& scheduler, CacheStore& cache, Authorize authorize);
+  // The token fetch and the stream each go upstream as an UpstreamAttempt
+  // (queue and 429 retry for the fetch, the key in force at its start).
+  StreamFanout(const UpstreamPorts& ports, CacheStore& cache);
   ~StreamFanout();
 
   bool joinable(const std::string& key) const { return by_key_.count(key) != 0; }
@@ -81,12 +81,12 @@ class StreamFanout {
   struct Flight;
   struct Sub;
   Flight* flightOf(uint64_t flight_id);
-  void startToken(uint64_t flight_id);
-  void onTokenDone(uint64_t flight_id, const UpstreamResult& result);
+  void startToken(Flight& f);
+  void onTokenDone(uint64_t flight_id, const AttemptEnd& end);
   void startStream(uint64_t flight_id, const std::string& token);
   void onHead(uint64_t flight_id, const UpstreamHead& head);
   bool onData(uint64_t flight_id, std::string_view data);
-  void onDone(uint64_t flight_id, const UpstreamResult& result);
+  void onDone(uint64_t flight_id, const AttemptEnd& end);
   void pump(Flight& f, Sub& s);
   void trim(Flight& f);
   void maybeFinish(uint64_t flight_id);
@@ -95,15 +95,15 @@ class StreamFanout {
   void dropAndTell(uint64_t flight_id, const std::function<void(StreamSubscriber&)>& tell);
   bool anyMayRun(const Flight& f) const;
 
-  Runtime& runtime_;
-  UpstreamTransport& upstream_;
-  Scheduler& scheduler_;
+  UpstreamPorts ports_;
   CacheStore& cache_;
-  Authorize authorize_;
   uint64_t next_id_ = 1;
   std::unordered_map<uint64_t, std::unique_ptr<Flight>> flights_;
   std::unordered_map<std::string, uint64_t> by_key_;
   std::unordered_map<uint64_t, std::unique_ptr<Sub>> subs_;
 };
+
+// A subscriber's place in its stream flight: leaves it when destroyed.
+using StreamSubscription = IdHandle<StreamFanout, &StreamFanout::leave>;
 
 }  // namespace wfp

@@ -1,0 +1,403 @@
+#include "proxy/flights.h"
+
+#include <charconv>
+
+#include <spdlog/spdlog.h>
+
+#include "proxy/errors.h"
+#include "proxy/hash.h"
+#include "proxy/headers.h"
+
+namespace wfp {
+
+namespace {
+
+// The most an upstream Content-Length makes us reserve up front.
+constexpr uint64_t kMaxBodyReserve = 256u << 20;
+
+int64_t toMillis(double seconds) { return static_cast<int64_t>(seconds * 1000.0); }
+
+// Stored only when the upstream said so: 200 with "success": true.
+bool isStorable(int status, const std::string& body) { return status == 200 && isSuccessObject(body); }
+
+}  // namespace
+
+// A run this instance prepared for a flight it created: sent if the flight
+// is led here, dropped unused if another instance's run or the cache
+// answers it.
+struct Flights::RunFlight {
+  uint64_t flight = 0;
+  std::string key;  // the cache key it stores under
+  std::string org;  // whose key it carries ("" in pass_through: the client's own)
+  bool may_store = false;
+  int64_t keep_ms = 0;
+  AttemptSpec spec;  // what goes upstream, until it is led
+  std::unique_ptr<UpstreamAttempt> attempt;
+  UpstreamHead head;  // what the upstream sent
+  std::string body;
+};
+
+Flights::Flights(const UpstreamPorts& ports, CacheStore& cache, RedisLink* redis, Forwarder& forwarder,
+                 RequestTable requests)
+    : ports_(ports), cache_(cache), forwarder_(forwarder), requests_(std::move(requests)), ratelimits_(ports.metrics) {
+  FlightHooks hooks;
+  hooks.on_lead = [this](uint64_t flight, std::string) { leadRun(flight); };
+  // However the flight ended (abandoned while queued, answered by another
+  // instance or by the cache), its run goes with it: out of the queue, or
+  // its transfer cancelled.
+  hooks.on_end = [this](uint64_t flight) { runs_.erase(flight); };
+  hooks.lookup_shared = [this](const std::string& key, int64_t min_stored_at_ms,
+                               std::function<void(CachedResponsePtr)> fn) {
+    cache_.lookup(key, toMillis(3600), std::move(fn), min_stored_at_ms);
+  };
+  coalescer_ = std::make_unique<Coalescer>(ports.runtime, redis, cache.prefix(), std::move(hooks));
+  fanout_ = std::make_unique<StreamFanout>(ports, cache);
+}
+
+Flights::~Flights() {
+  runs_.clear();  // their attempts cancel while the coalescer still exists
+}
+
+size_t Flights::runsInFlight() const {
+  size_t n = 0;
+  for (const auto& [flight, w] : runs_) n += w->attempt && w->attempt->transferring();
+  return n;
+}
+
+namespace {
+
+WaiterNeeds needsOf(const ClientRequest& r, int64_t now_ms) {
+  return waiterNeeds(r.cc, toMillis(r.ttl_s), r.bypass, now_ms);
+}
+
+}  // namespace
+
+// --- look-up --------------------------------------------------------------------
+
+void Flights::serve(const RequestPtr& rp) {
+  ClientRequest& r = *rp;
+  const Config& cfg = *r.config;
+  const std::string& wf = r.route.workflow_id;
+  r.cc = parseCacheControl(r.exchange->headers());
+  r.ttl_s = cfg.cache.ttlFor(wf);
+  r.stale_s = cfg.cache.staleIfErrorFor(wf);
+  bool stream = r.route.kind == RouteKind::Stream;
+  r.bypass = cfg.cache.backend == CacheConfig::Backend::Off || r.ttl_s <= 0 || r.cc.no_store ||
+             (stream && !cfg.cache.streams);
+  r.may_store = !r.bypass;
+  r.cache = r.bypass ? "BYPASS" : "MISS";
+  if (stream && r.bypass) {
+    // Not shared, not stored: there is no stream in flight to attach to, so
+    // only-if-cached is a miss, answered without an upstream call (SPEC §4.3).
+    if (r.cc.only_if_cached) return replyError(r, notCached());
+    // Otherwise this client's own stream, relayed with back-pressure.
+    return forwarder_.streamWithOwnToken(rp);
+  }
+  uint64_t id = r.id;
+  cache_.generation(r.principal.namespace_id, wf, [this, id](uint64_t generation) {
+    ClientRequest* found = requests_.find(id);
+    if (!found || !found->live()) return;
+    RequestPtr rq = found->shared_from_this();
+    const char* route = rq->route.kind == RouteKind::Stream ? "stream" : "run";
+    rq->cache_key =
+        cacheKey(cache_.prefix(), rq->principal.namespace_id, route, rq->route.workflow_id, generation, rq->body_sha);
+    std::string().swap(rq->body_sha);  // in the key now; a queued request keeps only that
+    if (rq->bypass || rq->cc.no_cache) return onLookup(rq, nullptr);  // not read; still coalesced
+    cache_.lookup(
+        rq->cache_key, toMillis(rq->ttl_s + rq->stale_s),
+        [this, id](CachedResponsePtr entry) {
+          ClientRequest* q = requests_.find(id);
+          if (q && q->live()) onLookup(q->shared_from_this(), std::move(entry));
+        },
+        needsOf(*rq, ports_.runtime.unixMillis()).min_stored_at_ms);
+  });
+}
+
+void Flights::onLookup(const RequestPtr& rp, CachedResponsePtr entry) {
+  ClientRequest& r = *rp;
+  bool stream = r.route.kind == RouteKind::Stream;
+  if (stream && !r.bypass && !r.cc.no_cache && !fanout_->joinable(r.cache_key)) {
+    // The look went to Redis while a stream of this instance ended and was
+    // stored (it was joinable when the look began): look here once more,
+    // or the input streams twice. (Runs have the coalescer's look after
+    // the lock for this.)
+    CachedResponsePtr local = cache_.peekLocal(r.cache_key);
+    if (local && (!entry || local->stored_at_ms > entry->stored_at_ms)) entry = std::move(local);
+  }
+  if (entry) {
+    int64_t now_ms = ports_.runtime.unixMillis();
+    int64_t age_ms = std::max<int64_t>(0, now_ms - entry->stored_at_ms);
+    bool fresh = age_ms < toMillis(r.ttl_s);
+    bool young_enough = !r.cc.max_age || age_ms <= *r.cc.max_age * 1000;
+    if (fresh && young_enough && entry->stream == stream) {
+      int64_t ttl_left = (toMillis(r.ttl_s) - age_ms) / 1000;
+      r.cache = "HIT";
+      return replyCached(r, entry, "HIT", "workflow-proxy; hit; ttl=" + std::to_string(ttl_left), ratelimits_,
+                         now_ms);
+    }
+    // Served if the upstream fails, unless the request refused an entry
+    // that old (max-age): what it asked for is not what it would get.
+    if (young_enough && age_ms < toMillis(r.ttl_s + r.stale_s) && !stream) r.stale = entry;
+  }
+  bool in_flight = stream ? fanout_->joinable(r.cache_key) : coalescer_->inFlight(r.cache_key);
+  if (r.cc.only_if_cached && !in_flight) return replyError(r, notCached());
+  if (stream) return joinStream(rp);
+  joinRun(rp);
+}
+
+// --- runs -----------------------------------------------------------------------
+
+void Flights::joinRun(const RequestPtr& rp) {
+  ClientRequest& r = *rp;
+  uint64_t id = r.id;
+  Coalescer::Joined joined = coalescer_->join(
+      r.cache_key,
+      [this, id](const FlightOutcome& outcome) {
+        ClientRequest* q = requests_.find(id);
+        if (!q) return;
+        q->waiter.forget();
+        if (q->live()) deliver(*q, outcome);
+      },
+      needsOf(r, ports_.runtime.unixMillis()), [this, &r](uint64_t flight) { prepareRun(r, flight); }, id);
+  r.waiter = CoalescerWaiter(*coalescer_, joined.waiter);
+  if (!joined.created && r.may_store) {
+    // Stored if any waiter may store it.
+    if (auto w = runs_.find(joined.flight); w != runs_.end()) {
+      w->second->may_store = true;
+      w->second->keep_ms = std::max(w->second->keep_ms, toMillis(r.ttl_s + r.stale_s));
+    }
+  }
+  if (!r.live()) return;  // answered inside join()
+  // Everything the run and the reply need is copied out by now; a request
+  // that waits (queued, or for another's run) keeps no parsed headers.
+  r.exchange->releaseHeaders();
+  if (!joined.created) {
+    r.cache = "COALESCED";
+    ports_.metrics.countCoalesced(r.principal.org_label);
+  }
+}
+
+void Flights::prepareRun(const ClientRequest& r, uint64_t flight) {
+  auto run = std::make_unique<RunFlight>();
+  UpstreamHeaderOptions opts;
+  opts.request_id = r.request_id;
+  opts.identity_encoding = true;
+  if (!r.principal.pass_through) {
+    run->org = r.principal.org->name;
+    opts.authorization = std::string();  // its place; the key in force is set at the start
+  }
+  run->flight = flight;
+  run->key = r.cache_key;
+  run->may_store = r.may_store;
+  run->keep_ms = toMillis(r.ttl_s + r.stale_s);
+  run->spec.admission = Forwarder::admissionFor(r.principal);
+  run->spec.org = run->org;
+  run->spec.org_label = r.principal.org_label;
+  UpstreamRequest& req = run->spec.request;
+  req.method = "POST";
+  req.url = r.config->upstream.base_url + r.exchange->target();
+  req.headers = upstreamRequestHeaders(r.exchange->headers(), opts);
+  req.body = r.exchange->takeBody();  // canonicalised already; the run owns the bytes now
+  runs_.emplace(flight, std::move(run));
+}
+
+void Flights::leadRun(uint64_t flight) {
+  auto it = runs_.find(flight);
+  if (it == runs_.end()) {
+    // Nothing was prepared for this flight: cannot happen (it is prepared
+    // when created), but a flight must never hang.
+    FlightOutcome failed;
+    failed.failure = UpstreamFailure::Unavailable;
+    coalescer_->complete(flight, failed);
+    return;
+  }
+  RunFlight& w = *it->second;
+  if (w.attempt) return;  // led already (a flight is led once)
+  AttemptCallbacks cb;
+  cb.before_send = [this, &w](UpstreamRequest& request) {
+    uint64_t flight = w.flight;
+    // SPEC §10.1: the X-Request-Id of the request that leads the run now —
+    // the one that created the flight may have left, or been answered by
+    // another instance's run while this one waited to run again.
+    if (ClientRequest* leader = requests_.find(coalescer_->leader(flight)); leader && leader->exchange) {
+      setHeader(request.headers, "X-Request-Id", leader->request_id);
+    }
+    w.head = UpstreamHead{};
+    w.body.clear();
+    coalescer_->markStarted(flight);  // from now on it completes even if every waiter leaves
+  };
+  cb.on_head = [&w](const UpstreamHead& head) {
+    w.head = head;
+    // One allocation of the announced size, not a doubling string (whose
+    // peak is twice the body while it grows).
+    if (const std::string* length = findHeader(head.headers, "content-length")) {
+      uint64_t n = 0;
+      auto [end, ec] = std::from_chars(length->data(), length->data() + length->size(), n);
+      if (ec == std::errc() && end == length->data() + length->size() && n <= kMaxBodyReserve) w.body.reserve(n);
+    }
+  };
+  cb.on_data = [&w](std::string_view data) {
+    w.body.append(data);
+    return true;
+  };
+  cb.on_done = [this, &w](const AttemptEnd& end) { onRunDone(w.flight, end); };
+  // (The callbacks hold &w: they run only while the run holds its attempt;
+  // two words each, held in std::function without an allocation.)
+  w.attempt = std::make_unique<UpstreamAttempt>(ports_, std::move(w.spec), std::move(cb));
+  w.attempt->start();
+}
+
+void Flights::onRunDone(uint64_t flight, const AttemptEnd& end) {
+  auto it = runs_.find(flight);
+  if (it == runs_.end()) return;
+  // Kept to the end of this function (its attempt is the caller).
+  std::unique_ptr<RunFlight> w = std::move(it->second);
+  runs_.erase(it);
+  FlightOutcome outcome;
+  outcome.upstream_ms = w->attempt->upstreamMs();
+  outcome.queue_ms = w->attempt->queueMs();
+  if (end.rejected) {
+    outcome.rejected = end.why == RejectReason::ShuttingDown ? FlightOutcome::Rejected::ShuttingDown
+                                                             : FlightOutcome::Rejected::RateLimited;
+    outcome.retry_after_s = end.retry_after_s;
+  } else if (end.failure != UpstreamFailure::None) {
+    outcome.failure = end.failure;
+  } else {
+    ratelimits_.remember(w->org, w->head.headers);
+    auto entry = std::make_shared<CachedResponse>(storedResponse(w->head.status, w->head.reason, w->head.headers,
+                                                                 std::move(w->body), false,
+                                                                 ports_.runtime.unixMillis()));
+    if (w->may_store && isStorable(entry->status, entry->body)) {
+      cache_.store(w->key, entry, w->keep_ms);
+      outcome.stored = true;
+    }
+    outcome.response = std::move(entry);
+  }
+  coalescer_->complete(flight, outcome);
+}
+
+void Flights::deliver(ClientRequest& r, const FlightOutcome& o) {
+  if (o.rejected == FlightOutcome::Rejected::NotCached) return replyError(r, notCached());
+  r.upstream_ms = o.upstream_ms;
+  r.queue_ms = o.queue_ms;
+  if (o.remote && r.cache != "COALESCED") {
+    // Another instance ran it for us.
+    r.cache = "COALESCED";
+    ports_.metrics.countCoalesced(r.principal.org_label);
+  }
+  // Upstream failed (5xx, timeout, unreachable) or the queue was full.
+  bool upstream_failed = (!o.response && o.rejected != FlightOutcome::Rejected::ShuttingDown) ||
+                         (o.response && o.response->status >= 500);
+  if (upstream_failed && r.stale) {
+    r.cache = "STALE";
+    return replyCached(r, r.stale, "STALE", "workflow-proxy; hit; fwd=stale", ratelimits_,
+                       ports_.runtime.unixMillis());
+  }
+  if (o.rejected == FlightOutcome::Rejected::ShuttingDown) return replyRejected(r, RejectReason::ShuttingDown, 0);
+  if (o.rejected == FlightOutcome::Rejected::RateLimited) {
+    return replyRejected(r, RejectReason::QueueFull, o.retry_after_s);
+  }
+  if (!o.response) return replyFailure(r, o.failure);
+  std::string status;
+  if (r.cache == "COALESCED") {
+    status = "workflow-proxy; fwd=miss; collapsed";
+  } else if (r.bypass) {
+    status = "workflow-proxy; fwd=bypass";
+  } else {
+    status = std::string("workflow-proxy; fwd=") + (r.cc.no_cache ? "request" : "miss") + (o.stored ? "; stored" : "");
+  }
+  HttpHeaders headers = responseHeaders(r, o.response->headers);
+  headers.push_back({"X-Cache", r.cache});
+  headers.push_back({"Cache-Status", status});
+  // By reference: a thousand coalesced clients of a large body share one copy.
+  r.exchange->respond(o.response->status, o.response->reason, {}, headers, o.response->body, o.response);
+}
+
+// --- streams --------------------------------------------------------------------
+
+void Flights::joinStream(const RequestPtr& rp) {
+  ClientRequest& r = *rp;
+  StreamWork work;
+  work.key = r.cache_key;
+  work.admission = Forwarder::admissionFor(r.principal);
+  work.store = r.may_store;
+  work.keep_ms = toMillis(r.ttl_s + r.stale_s);
+  work.token = Forwarder::tokenRequest(r);
+  if (!r.principal.pass_through) work.org = r.principal.org->name;
+  work.org_label = r.principal.org_label;
+  // The stream itself carries no key: the token is its credential.
+  HttpHeaders client_headers = r.exchange->headers();
+  removeHeader(client_headers, "authorization");
+  UpstreamHeaderOptions stream_opts;
+  stream_opts.request_id = r.request_id;
+  stream_opts.identity_encoding = true;
+  work.stream.method = "POST";
+  work.stream.url = r.config->upstream.base_url + r.exchange->target();
+  work.stream.headers = upstreamRequestHeaders(client_headers, stream_opts);
+  work.stream.body = r.exchange->takeBody();
+  if (fanout_->joinable(work.key)) {
+    r.cache = "COALESCED";
+    ports_.metrics.countCoalesced(r.principal.org_label);
+  }
+  bool created = false;
+  uint64_t sub = fanout_->join(work, subscriber(rp), &created);
+  // join() may have answered already (a late joiner of a stream that ended).
+  if (r.exchange) r.subscription = StreamSubscription(*fanout_, sub);
+}
+
+StreamSubscriber Flights::subscriber(const RequestPtr& rp) {
+  uint64_t id = rp->id;
+  Clock::time_point joined = ports_.runtime.now();
+  // Each callback but write() ends the subscription: the request forgets it.
+  auto over = [this](uint64_t id) -> ClientRequest* {
+    ClientRequest* q = requests_.find(id);
+    if (q) q->subscription.forget();
+    return q && q->live() ? q : nullptr;
+  };
+  StreamSubscriber sub;
+  sub.begin = [this, id, joined](const UpstreamHead& head) {
+    ClientRequest* q = requests_.find(id);
+    if (!q || !q->live()) return;
+    q->upstream_ms += std::chrono::duration<double, std::milli>(ports_.runtime.now() - joined).count();
+    HttpHeaders headers = responseHeaders(*q, head.headers);
+    headers.push_back({"X-Cache", q->cache});
+    headers.push_back({"Cache-Status", q->cache == "COALESCED" ? "workflow-proxy; fwd=miss; collapsed"
+                                                               : "workflow-proxy; fwd=miss"});
+    q->exchange->begin(head.status, head.reason, headers);
+    q->exchange->setOnDrain([this, id] {
+      ClientRequest* d = requests_.find(id);
+      if (d && d->subscription) fanout_->resume(d->subscription.id());
+    });
+  };
+  sub.write = [this, id](std::string_view data) {
+    ClientRequest* q = requests_.find(id);
+    if (!q || !q->exchange) return true;
+    return q->exchange->write(data);
+  };
+  sub.end = [this, id](bool complete) {
+    ClientRequest* q = requests_.find(id);
+    if (!q) return;
+    q->subscription.forget();
+    if (!q->exchange) return;
+    if (complete) return q->exchange->end();
+    HttpExchange* ex = q->exchange;
+    requests_.end_request(id);  // then cut, as the upstream cut it
+    ex->abortResponse();
+  };
+  sub.refused = [over, id](const UpstreamHead& head, const std::string& body) {
+    if (ClientRequest* q = over(id)) replyUpstream(*q, head, body);
+  };
+  sub.failed = [over, id](UpstreamFailure failure) {
+    if (ClientRequest* q = over(id)) replyFailure(*q, failure);
+  };
+  sub.rejected = [over, id](RejectReason why, int retry_after_s) {
+    if (ClientRequest* q = over(id)) replyRejected(*q, why, retry_after_s);
+  };
+  sub.may_run = !rp->cc.only_if_cached;
+  sub.not_cached = [over, id] {
+    if (ClientRequest* q = over(id)) replyError(*q, notCached());
+  };
+  return sub;
+}
+
+}  // namespace wfp
