@@ -40,10 +40,10 @@ class EventLoop final : public Runtime {
   std::unique_ptr<TimerBackend> newTimer(std::function<void()> fn) override;
   // Runs `fn` on the next loop pass (after the current callback returns).
   void post(std::function<void()> fn) override;
+  // Frees `object` on the next loop pass — or when the loop goes, if first.
   template <typename T>
   void deferDelete(std::unique_ptr<T> object) {
-    auto* raw = object.release();
-    post([raw] { delete raw; });
+    post([held = std::shared_ptr<T>(std::move(object))] {});
   }
 
  private:

@@ -7,7 +7,9 @@
 //   - a timer's callback never runs inside start(), and never after the
 //     timer was cancelled or destroyed;
 //   - a timer may be destroyed inside its own callback;
-//   - post() runs its closure on a later turn, never inside post().
+//   - post() runs its closure on a later turn, never inside post(); what is
+//     still posted when the runtime goes is dropped, not run (owners post
+//     through a Lifeline, so a closure never runs after its owner).
 #pragma once
 
 #include <chrono>
@@ -56,6 +58,32 @@ class Timer {
 
  private:
   std::unique_ptr<TimerBackend> backend_;
+};
+
+// An owner's lifetime, for work it posts and for checks after it calls out:
+// a closure posted through it is dropped, not run, once the owner is gone,
+// and token() expires with it. (A Runtime may outlive the owners of what
+// was posted to it.) The token is made on first use: an owner that never
+// needs it costs nothing more.
+class Lifeline {
+ public:
+  explicit Lifeline(Runtime& runtime) : runtime_(runtime) {}
+  Lifeline(const Lifeline&) = delete;
+  Lifeline& operator=(const Lifeline&) = delete;
+
+  void post(std::function<void()> fn) {
+    runtime_.post([alive = token(), fn = std::move(fn)] {
+      if (!alive.expired()) fn();
+    });
+  }
+  std::weak_ptr<const void> token() {
+    if (!alive_) alive_ = std::make_shared<char>();
+    return alive_;
+  }
+
+ private:
+  Runtime& runtime_;
+  std::shared_ptr<char> alive_;
 };
 
 inline void Timer::startSeconds(double seconds) {

@@ -33,23 +33,12 @@ bool KeysInForce::authorize(UpstreamRequest& request, const std::string& org) co
 }
 
 UpstreamAttempt::UpstreamAttempt(const UpstreamPorts& ports, AttemptSpec spec, AttemptCallbacks callbacks)
-    : ports_(ports), spec_(std::move(spec)), cb_(std::move(callbacks)) {}
+    : ports_(ports), spec_(std::move(spec)), cb_(std::move(callbacks)), life_(ports.runtime) {}
 
 UpstreamAttempt::~UpstreamAttempt() {
   if (transfer_) ports_.transport.cancel(transfer_);
   // Queued: leaves the queue and spends nothing. Started: frees its slot.
   if (ticket_) ports_.scheduler.cancel(ticket_);
-}
-
-std::weak_ptr<char> UpstreamAttempt::guard() {
-  if (!alive_) alive_ = std::make_shared<char>();
-  return alive_;
-}
-
-void UpstreamAttempt::later(std::function<void()> fn) {
-  ports_.runtime.post([alive = guard(), fn = std::move(fn)] {
-    if (!alive.expired()) fn();
-  });
 }
 
 void UpstreamAttempt::start() {
@@ -79,7 +68,7 @@ void UpstreamAttempt::go() {
     // The organisation was removed by a reload while the request waited: no
     // key of ours may be sent for it any more.
     spdlog::warn("upstream request for a removed organisation dropped before its start");
-    later([this] { refuseUnknownKey(); });
+    life_.post([this] { refuseUnknownKey(); });
     return;
   }
   if (cb_.before_send) cb_.before_send(spec_.request);
@@ -122,8 +111,8 @@ void UpstreamAttempt::onDone(const UpstreamResult& result) {
   if (result.failure != UpstreamFailure::None) {
     spdlog::warn("upstream {} failed: {}", spec_.request.method, result.detail);
   }
-  std::weak_ptr<char> alive;
-  if (ticket_ || holding_) alive = guard();  // (only then is anything called before on_done)
+  std::weak_ptr<const void> alive;
+  if (ticket_ || holding_) alive = life_.token();  // (only then is anything called before on_done)
   if (ticket_) {
     UpstreamSignals signals = result.head_received ? signalsFrom(head_.status, head_.headers) : UpstreamSignals{};
     uint64_t ticket = ticket_;
@@ -162,7 +151,7 @@ void UpstreamAttempt::onRejected(RejectReason why, int retry_after_s) {
   e.retry_after_s = retry_after_s;
   if (starting_) {
     done_ = true;  // start() must not keep the ticket
-    later([this, e] { end(e); });
+    life_.post([this, e] { end(e); });
     return;
   }
   end(e);
@@ -172,7 +161,7 @@ void UpstreamAttempt::refuseUnknownKey() {
   if (ticket_) {
     uint64_t ticket = ticket_;
     ticket_ = 0;
-    std::weak_ptr<char> alive = guard();
+    std::weak_ptr<const void> alive = life_.token();
     ports_.scheduler.finish(ticket, UpstreamSignals{});
     if (alive.expired()) return;
   }
@@ -181,7 +170,7 @@ void UpstreamAttempt::refuseUnknownKey() {
   head_.reason = "Unauthorized";
   head_.headers = {{"Content-Type", "application/json"},
                    {"Content-Length", std::to_string(kUnauthorizedBody.size())}};
-  std::weak_ptr<char> alive = guard();
+  std::weak_ptr<const void> alive = life_.token();
   if (cb_.on_head) cb_.on_head(head_);
   if (alive.expired()) return;
   if (cb_.on_data) cb_.on_data(kUnauthorizedBody);

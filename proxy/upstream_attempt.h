@@ -114,15 +114,11 @@ class UpstreamAttempt {
   // Answered on a later turn, as the upstream answers a key it does not know.
   void refuseUnknownKey();
   void end(const AttemptEnd& end);
-  void later(std::function<void()> fn);
-  // Expires with the attempt: callers check it after calling out. Made on
-  // first use, so an attempt that only waits in the queue costs no more.
-  std::weak_ptr<char> guard();
 
   UpstreamPorts ports_;
   AttemptSpec spec_;
   AttemptCallbacks cb_;
-  std::shared_ptr<char> alive_;  // see guard()
+  Lifeline life_;  // posted work, and checks after calling out
   uint64_t ticket_ = 0;
   uint64_t transfer_ = 0;
   bool starting_ = false;        // inside start(): no callback may run

@@ -88,6 +88,8 @@ struct UpstreamClient::Impl {
   std::unordered_map<uint64_t, std::unique_ptr<Transfer>> transfers;
   uint64_t next_id = 1;
   int in_curl = 0;  // > 0 while inside curl_multi_socket_action (callbacks may run)
+  // What it posts to the loop is dropped if the client goes first.
+  Lifeline life{loop};
 
   struct SocketWatch {
     EventPtr ev;
@@ -415,7 +417,7 @@ struct UpstreamClient::Impl {
     if (CURLMcode rc = curl_multi_add_handle(multi, raw->easy); rc != CURLM_OK) {
       spdlog::error("upstream: cannot start a transfer: {}", curl_multi_strerror(rc));
       // Report asynchronously, like every other failure.
-      loop.post([this, id] { finish(id, CURLE_FAILED_INIT); });
+      life.post([this, id] { finish(id, CURLE_FAILED_INIT); });
     }
     return id;
   }
@@ -428,7 +430,7 @@ struct UpstreamClient::Impl {
     if (in_curl > 0) {
       // Inside a libcurl callback: the write callback returns 0 next time, and
       // removal happens from the loop.
-      loop.post([this, id] { removeCancelled(id); });
+      life.post([this, id] { removeCancelled(id); });
     } else {
       removeCancelled(id);
     }
@@ -447,7 +449,7 @@ struct UpstreamClient::Impl {
     auto it = transfers.find(id);
     if (it == transfers.end() || !it->second->paused) return;
     if (in_curl > 0) {
-      loop.post([this, id] { resume(id); });
+      life.post([this, id] { resume(id); });
       return;
     }
     Transfer& t = *it->second;
