@@ -35,7 +35,12 @@ struct Coalescer::Flight {
 };
 
 Coalescer::Coalescer(Runtime& runtime, RedisLink* redis, std::string key_prefix, FlightHooks hooks)
-    : runtime_(runtime), redis_(redis), prefix_(std::move(key_prefix)), hooks_(std::move(hooks)), instance_(newRequestId()) {}
+    : runtime_(runtime),
+      redis_(redis),
+      prefix_(std::move(key_prefix)),
+      hooks_(std::move(hooks)),
+      instance_(newRequestId()),
+      life_(runtime) {}
 
 Coalescer::~Coalescer() {
   for (auto& [id, f] : flights_) {
@@ -169,7 +174,7 @@ void Coalescer::lead(Flight& f) {
   }
   uint64_t id = f.id;
   if (f.lock_held) {
-    f.timer = std::make_unique<Timer>(runtime_, [this, id] { renew(id); });
+    f.timer = std::make_unique<Timer>(runtime_, [this, id] { life_.post([this, id] { renew(id); }); });
     f.timer->start(kRenewEvery);
   } else {
     f.timer.reset();
@@ -191,7 +196,9 @@ void Coalescer::follow(Flight& f) {
   uint64_t id = f.id;
   redis_->subscribe(f.channel(), [this, id](const std::string&, const std::string& message) { onMessage(id, message); });
   f.subscribed = true;
-  f.timer = std::make_unique<Timer>(runtime_, [this, id] { poll(id); });
+  // On a turn of its own, not in the timer's callback: poll() may end the
+  // flight, and the timer with it.
+  f.timer = std::make_unique<Timer>(runtime_, [this, id] { life_.post([this, id] { poll(id); }); });
   // A first re-check right away: the leader may have finished between our
   // lock attempt and the subscription.
   f.timer->start(std::chrono::milliseconds(50));

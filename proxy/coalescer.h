@@ -143,6 +143,7 @@ class Coalescer {
     uint64_t owner = 0;
   };
   std::unordered_map<uint64_t, Waiter> waiters_;
+  Lifeline life_;  // timers' work runs on a turn of its own (a flight's timer is never destroyed in its callback)
 };
 
 // A waiter's place in its flight: leaves the flight when destroyed.
