@@ -319,12 +319,12 @@ void Flights::joinStream(const RequestPtr& rp) {
   ClientRequest& r = *rp;
   StreamWork work;
   work.key = r.cache_key;
-  work.admission = Forwarder::admissionFor(r.principal);
   work.store = r.may_store;
   work.keep_ms = toMillis(r.ttl_s + r.stale_s);
-  work.token = Forwarder::tokenRequest(r);
-  if (!r.principal.pass_through) work.org = r.principal.org->name;
-  work.org_label = r.principal.org_label;
+  work.token.request = Forwarder::tokenRequest(r);
+  work.token.admission = Forwarder::admissionFor(r.principal);
+  if (!r.principal.pass_through) work.token.org = r.principal.org->name;
+  work.token.org_label = r.principal.org_label;
   // The stream itself carries no key: the token is its credential.
   HttpHeaders client_headers = r.exchange->headers();
   removeHeader(client_headers, "authorization");

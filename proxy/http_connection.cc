@@ -51,17 +51,16 @@ HttpConnection::HttpConnection(HttpServerShared& server, bufferevent* bev, evuti
       bev_(bev),
       in_(bufferevent_get_input(bev)),
       fd_(fd),
+      timer_(server.loop.base(), &HttpConnection::onTimer, this),
       reader_(ex_, in_, server.parserLimits()),
       writer_(ex_, bufferevent_get_output(bev), fd) {
   reader_generation_ = server.limits_generation;
   ex_.conn_ = this;
   ex_.peer_ = std::move(peer);
-  timer_ = event_new(server.loop.base(), -1, 0, &HttpConnection::onTimer, this);
 }
 
 HttpConnection::~HttpConnection() {
   if (bev_) bufferevent_free(bev_);
-  if (timer_) event_free(timer_);
   if (deferred_) event_free(deferred_);
 }
 
@@ -134,7 +133,7 @@ void HttpConnection::processInput() {
   while (!closed_ && (state_ == State::Head || state_ == State::Body)) {
     if (!reader_.inMessage()) {
       if (evbuffer_get_length(in_) == 0) return;
-      if (timer_kind_ != TimerKind::Header) arm(TimerKind::Header);  // the request's clock starts
+      if (timer_.kind() != TimerKind::Header) arm(TimerKind::Header);  // the request's clock starts
     }
     switch (reader_.read()) {
       case HttpRequestReader::Step::NeedMore:
@@ -180,7 +179,7 @@ bool HttpConnection::onHead() {
 // --- the exchange ---------------------------------------------------------------------
 
 void HttpConnection::dispatch() {
-  disarm();
+  timer_.disarm();
   state_ = State::Exchange;
   openExchange();
   if (!guarded("request handler", [this] { server_.handler(ex_); })) fail();
@@ -225,7 +224,7 @@ bool HttpConnection::offerHead() {
     state_ = State::Body;
     return false;
   }
-  disarm();
+  timer_.disarm();
   evbuffer_drain(in_, evbuffer_get_length(in_));
   if (!ex_.response_started_) {
     spdlog::error("http: head handler claimed exchange {} without answering it; sending 500", ex_.id_);
@@ -444,8 +443,7 @@ void HttpConnection::handleEvent(short what) {
 
 void HttpConnection::handleTimer() {
   if (closed_) return;
-  TimerKind kind = timer_kind_;
-  timer_kind_ = TimerKind::None;
+  TimerKind kind = timer_.fired();
   if (kind == TimerKind::Header && (state_ == State::Head || state_ == State::Body) && reader_.inMessage()) {
     sendError(408, "Request timeout");
     return;
@@ -456,25 +454,11 @@ void HttpConnection::handleTimer() {
 }
 
 void HttpConnection::arm(TimerKind kind) {
-  const timeval* tv = nullptr;
   switch (kind) {
-    case TimerKind::Header: tv = server_.has_header_tv ? &server_.header_tv : nullptr; break;
-    case TimerKind::Idle: tv = server_.has_idle_tv ? &server_.idle_tv : nullptr; break;
-    case TimerKind::Linger: tv = &server_.linger_tv; break;
-    case TimerKind::None: break;
-  }
-  if (!tv) {
-    disarm();
-    return;
-  }
-  timer_kind_ = kind;
-  event_add(timer_, tv);
-}
-
-void HttpConnection::disarm() {
-  if (timer_kind_ != TimerKind::None) {
-    timer_kind_ = TimerKind::None;
-    event_del(timer_);
+    case TimerKind::Header: return timer_.arm(kind, server_.has_header_tv ? &server_.header_tv : nullptr);
+    case TimerKind::Idle: return timer_.arm(kind, server_.has_idle_tv ? &server_.idle_tv : nullptr);
+    case TimerKind::Linger: return timer_.arm(kind, &server_.linger_tv);
+    case TimerKind::None: return timer_.disarm();
   }
 }
 
@@ -497,7 +481,7 @@ void HttpConnection::sendError(int status, std::string_view message) {
 // Flush what is queued, then close (lingering if the client may still be
 // sending).
 void HttpConnection::startClose(bool linger) {
-  disarm();
+  timer_.disarm();
   state_ = State::Closing;
   linger_ = linger || evbuffer_get_length(in_) > 0;
   evbuffer_drain(in_, evbuffer_get_length(in_));
@@ -532,7 +516,7 @@ void HttpConnection::close() noexcept {
   writer_.close();
   bufferevent_free(bev_);  // clears its callbacks; closes the socket
   bev_ = nullptr;
-  event_del(timer_);
+  timer_.stop();
   if (deferred_) event_del(deferred_);
   ex_.on_drain_ = nullptr;
   ex_.on_abort_ = nullptr;

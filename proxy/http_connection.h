@@ -16,6 +16,7 @@
 #include <event2/util.h>
 #include <spdlog/spdlog.h>
 
+#include "proxy/connection_timer.h"
 #include "proxy/http_parser.h"
 #include "proxy/http_request_reader.h"
 #include "proxy/http_response_writer.h"
@@ -82,7 +83,7 @@ class HttpConnection {
   HttpConnection& operator=(const HttpConnection&) = delete;
 
   // --- for the server ---
-  bool valid() const { return timer_ != nullptr; }  // false: out of memory in the constructor
+  bool valid() const { return timer_.valid(); }  // false: out of memory in the constructor
   void start();
   // Waiting for a request, nothing of one read.
   bool idle() const;
@@ -110,7 +111,7 @@ class HttpConnection {
 
  private:
   enum class State : uint8_t { Head, Body, Exchange, Closing, Lingering };
-  enum class TimerKind : uint8_t { None, Header, Idle, Linger };
+  using TimerKind = ConnectionTimer::Kind;
 
   static void run(void* arg, const char* what, void (HttpConnection::*handle)()) noexcept;
   static void onRead(bufferevent*, void* arg) noexcept;
@@ -142,8 +143,7 @@ class HttpConnection {
   // events, timers, closing
   void handleEvent(short what);
   void handleTimer();
-  void arm(TimerKind kind);
-  void disarm();
+  void arm(TimerKind kind);  // with the server's limit for it
   void applyWriteTimeout();
   void sendError(int status, std::string_view message);
   void startClose(bool linger);
@@ -153,7 +153,7 @@ class HttpConnection {
   bufferevent* bev_;
   evbuffer* in_;
   evutil_socket_t fd_;
-  event* timer_ = nullptr;
+  ConnectionTimer timer_;
   event* deferred_ = nullptr;
 
   HttpExchange ex_;  // reused for every request on this connection
@@ -161,7 +161,6 @@ class HttpConnection {
   HttpResponseWriter writer_;
   std::shared_ptr<void> data_;  // HttpExchange::connectionData()
   State state_ = State::Head;
-  TimerKind timer_kind_ = TimerKind::None;
   bool closed_ = false;
   bool exchange_active_ = false;  // handed to the handler, not yet complete/aborted
   bool keep_alive_ = true;

@@ -30,6 +30,7 @@
 // which outlives every context it owns (the destructor frees them first,
 // after clearing ac->data so their final NULL callbacks are ignored).
 #include "proxy/redis_client.h"
+#include "proxy/redis_commands.h"
 
 #include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
@@ -133,29 +134,33 @@ void guarded(const char* what, Fn&& fn) noexcept {
   }
 }
 
+// State of a connection (see the diagram at the top).
+enum class State { Idle, Connecting, Handshaking, Ready, Stalled };
+
+// One of the two connections (commands, pub/sub).
+struct Link {
+  bool sub = false;
+  redisAsyncContext* ac = nullptr;
+  uint64_t gen = 0;  // bumped on every connect and close: stale replies don't match
+  State state = State::Idle;
+  milliseconds backoff = kBackoffMin;
+  std::unique_ptr<Timer> reconnect_timer;
+  std::unique_ptr<Timer> connect_timer;  // deadline for connect + handshake
+  int outstanding = 0;                   // replies hiredis still owes us on `ac`
+  SteadyClock::time_point last_progress;       // last reply, or first send after silence
+  bool probe_in_flight = false;
+};
+
+// host:port or unix:path, for logs (never the password).
+std::string endpointName(const RedisUrl& url) {
+  if (!url.unix_path.empty()) return "unix:" + url.unix_path;
+  if (url.host.find(':') != std::string::npos) return "[" + url.host + "]:" + std::to_string(url.port);
+  return url.host + ":" + std::to_string(url.port);
+}
+
 }  // namespace
 
 struct RedisClient::Impl {
-  enum class State { Idle, Connecting, Handshaking, Ready, Stalled };
-
-  struct Link {
-    bool sub = false;
-    redisAsyncContext* ac = nullptr;
-    uint64_t gen = 0;  // bumped on every connect and close: stale replies don't match
-    State state = State::Idle;
-    milliseconds backoff = kBackoffMin;
-    std::unique_ptr<Timer> reconnect_timer;
-    std::unique_ptr<Timer> connect_timer;  // deadline for connect + handshake
-    int outstanding = 0;                   // replies hiredis still owes us on `ac`
-    SteadyClock::time_point last_progress;       // last reply, or first send after silence
-    bool probe_in_flight = false;
-  };
-
-  struct Pending {
-    Callback cb;
-    bool sent = false;
-  };
-
   EventLoop& loop;
   RedisOptions opts;
   std::string where;  // host:port or unix:path, for logs (never the password)
@@ -167,10 +172,7 @@ struct RedisClient::Impl {
   Link sub;
   std::vector<redisAsyncContext*> zombies;  // detached, freed on the next pass
 
-  std::unordered_map<uint64_t, Pending> pending;
-  std::deque<std::pair<SteadyClock::time_point, uint64_t>> deadlines;  // sent commands, in deadline order
-  std::vector<uint64_t> failing;                                 // to fail on the next pass
-  uint64_t next_id = 1;
+  RedisCommands commands;  // in hand: sent, or failing on the next pass
 
   std::unordered_map<std::string, std::shared_ptr<MessageCallback>> channels;
   std::function<void()> on_connect;
@@ -184,28 +186,19 @@ struct RedisClient::Impl {
   bool auth_logged = false;
   bool nopass_logged = false;
 
-  Timer timeout_timer;
-  Timer fail_timer;
   Timer reap_timer;
   Timer probe_timer;
 
   Impl(EventLoop& l, RedisOptions o)
       : loop(l),
         opts(std::move(o)),
+        where(endpointName(opts.url)),
         timeout(std::max(1, opts.timeout_ms)),
         connect_timeout(std::max<milliseconds::rep>(1000, 4 * timeout.count())),
         stall_limit(std::max<milliseconds::rep>(2000, 5 * timeout.count())),
-        timeout_timer(l, [this] { sweepTimeouts(); }),
-        fail_timer(l, [this] { failQueued(); }),
+        commands(l, timeout, [this] { stall(); }),
         reap_timer(l, [this] { reapZombies(); }),
         probe_timer(l, [this] { probeTick(); }) {
-    if (!opts.url.unix_path.empty()) {
-      where = "unix:" + opts.url.unix_path;
-    } else if (opts.url.host.find(':') != std::string::npos) {
-      where = "[" + opts.url.host + "]:" + std::to_string(opts.url.port);
-    } else {
-      where = opts.url.host + ":" + std::to_string(opts.url.port);
-    }
     sub.sub = true;
     for (Link* link : {&cmd, &sub}) {
       link->reconnect_timer = std::make_unique<Timer>(loop, [this, link] { connect(*link); });
@@ -226,7 +219,7 @@ struct RedisClient::Impl {
       }
     }
     reapZombies();
-    pending.clear();
+    commands.clear();
   }
 
   // --- connections ---------------------------------------------------------
@@ -322,7 +315,7 @@ struct RedisClient::Impl {
     spdlog::debug("redis: retry in {} ms ({})", delay.count(), reason);
     auto guard = alive;
     markDown(reason);
-    if (*guard) failSent();
+    if (*guard) commands.failSent();
   }
 
   void connectTimedOut(Link& link) {
@@ -536,9 +529,9 @@ struct RedisClient::Impl {
   // --- commands ------------------------------------------------------------
 
   uint64_t command(std::vector<std::string> argv, Callback callback) {
-    uint64_t id = next_id++;
-    if (cmd.state != State::Ready || !cmd.ac || argv.empty() || pending.size() >= kMaxPending) {
-      failSoon(id, std::move(callback));
+    uint64_t id = commands.nextId();
+    if (cmd.state != State::Ready || !cmd.ac || argv.empty() || commands.size() >= kMaxPending) {
+      commands.failSoon(id, std::move(callback));
       return id;
     }
     std::vector<const char*> args;
@@ -551,54 +544,12 @@ struct RedisClient::Impl {
     }
     if (redisAsyncCommandArgv(cmd.ac, &Impl::onCommandReplyC, reinterpret_cast<void*>(static_cast<uintptr_t>(id)),
                               static_cast<int>(args.size()), args.data(), lens.data()) != REDIS_OK) {
-      failSoon(id, std::move(callback));
+      commands.failSoon(id, std::move(callback));
       return id;
     }
     noteSent(cmd);
-    pending.emplace(id, Pending{std::move(callback), true});
-    deadlines.emplace_back(SteadyClock::now() + timeout, id);
-    if (!timeout_timer.pending()) timeout_timer.start(timeout);
+    commands.sent(id, std::move(callback));
     return id;
-  }
-
-  void failSoon(uint64_t id, Callback callback) {
-    pending.emplace(id, Pending{std::move(callback), false});
-    failing.push_back(id);
-    if (!fail_timer.pending()) fail_timer.start(microseconds(0));
-  }
-
-  // Runs the callback of `id` once, if it is still pending.
-  void complete(uint64_t id, std::optional<RedisReply> reply) {
-    auto node = pending.extract(id);
-    if (node.empty()) return;
-    Callback cb = std::move(node.mapped().cb);
-    if (cb) guarded("redis command callback", [&] { cb(std::move(reply)); });
-  }
-
-  void failQueued() {
-    auto batch = std::move(failing);
-    failing.clear();
-    auto guard = alive;
-    for (uint64_t id : batch) {
-      if (!*guard) return;
-      complete(id, std::nullopt);
-    }
-  }
-
-  // Every command sent on the command connection, in the order sent.
-  void failSent() {
-    std::vector<uint64_t> ids;
-    for (const auto& [id, p] : pending) {
-      if (p.sent) ids.push_back(id);
-    }
-    std::sort(ids.begin(), ids.end());
-    deadlines.clear();
-    timeout_timer.cancel();
-    auto guard = alive;
-    for (uint64_t id : ids) {
-      if (!*guard) return;
-      complete(id, std::nullopt);  // a cancel() in between is honoured
-    }
   }
 
   void onCommandReply(redisAsyncContext* ac, redisReply* r, uint64_t id) {
@@ -606,29 +557,8 @@ struct RedisClient::Impl {
     // once our state says down. A reply on a zombie was already answered.
     if (ac != cmd.ac || r == nullptr) return;
     noteReply(cmd);
-    if (!pending.contains(id)) return;  // timed out or cancelled: a late reply
-    complete(id, copyReply(r));
-  }
-
-  void cancel(uint64_t id) { pending.erase(id); }
-
-  void sweepTimeouts() {
-    auto now = SteadyClock::now();
-    auto guard = alive;
-    while (*guard && !deadlines.empty()) {
-      auto [deadline, id] = deadlines.front();
-      if (!pending.contains(id)) {
-        deadlines.pop_front();
-        continue;
-      }
-      if (deadline > now) {
-        timeout_timer.start(duration_cast<microseconds>(deadline - now));
-        return;
-      }
-      deadlines.pop_front();
-      stall();
-      if (*guard) complete(id, std::nullopt);
-    }
+    if (!commands.waiting(id)) return;  // timed out or cancelled: a late reply
+    commands.complete(id, copyReply(r));
   }
 
   // A command timed out: the server may be paused with the TCP connection
@@ -720,9 +650,9 @@ RedisClient::RedisClient(EventLoop& loop, RedisOptions options)
 RedisClient::~RedisClient() = default;
 
 bool RedisClient::up() const { return impl_->up; }
-size_t RedisClient::pendingCommands() const { return impl_->pending.size(); }
+size_t RedisClient::pendingCommands() const { return impl_->commands.size(); }
 void RedisClient::flush() {
-  if (impl_->cmd.state != Impl::State::Ready || !impl_->cmd.ac) return;
+  if (impl_->cmd.state != State::Ready || !impl_->cmd.ac) return;
   int done = 0;
   // A plain non-blocking write of hiredis's output buffer: no callback runs
   // here; an error stays in the context and hiredis's write event handles it.
@@ -733,7 +663,7 @@ uint64_t RedisClient::command(std::vector<std::string> argv, Callback callback) 
   return impl_->command(std::move(argv), std::move(callback));
 }
 
-void RedisClient::cancel(uint64_t id) { impl_->cancel(id); }
+void RedisClient::cancel(uint64_t id) { impl_->commands.cancel(id); }
 
 void RedisClient::subscribe(const std::string& channel, MessageCallback callback) {
   impl_->subscribe(channel, std::move(callback));

@@ -90,11 +90,6 @@ uint64_t StreamFanout::join(const StreamWork& work, StreamSubscriber subscriber,
 
 void StreamFanout::startToken(Flight& f) {
   uint64_t flight_id = f.id;
-  AttemptSpec spec;
-  spec.request = f.work.token;
-  spec.admission = f.work.admission;
-  spec.org = f.work.org;
-  spec.org_label = f.work.org_label;
   AttemptCallbacks cb;
   cb.on_head = [this, flight_id](const UpstreamHead& head) {
     if (Flight* fl = flightOf(flight_id)) fl->head = head;
@@ -104,7 +99,7 @@ void StreamFanout::startToken(Flight& f) {
     return true;
   };
   cb.on_done = [this, flight_id](const AttemptEnd& end) { onTokenDone(flight_id, end); };
-  f.attempt = std::make_unique<UpstreamAttempt>(ports_, std::move(spec), std::move(cb));
+  f.attempt = std::make_unique<UpstreamAttempt>(ports_, std::move(f.work.token), std::move(cb));
   f.attempt->start();
 }
 
@@ -142,7 +137,7 @@ void StreamFanout::startStream(uint64_t flight_id, const std::string& token) {
   AttemptSpec spec;
   spec.request = f->work.stream;
   spec.request.url = withToken(std::move(spec.request.url), token);
-  spec.org_label = f->work.org_label;
+  spec.org_label = f->work.token.org_label;
   AttemptCallbacks cb;
   cb.on_head = [this, flight_id](const UpstreamHead& head) { onHead(flight_id, head); };
   cb.on_data = [this, flight_id](std::string_view data) { return onData(flight_id, data); };

@@ -49,10 +49,9 @@ struct StreamSubscriber {
 // What a new flight needs to run: built from the request that creates it.
 struct StreamWork {
   std::string key;          // the stream's cache key
-  Admission admission;      // for the token fetch
-  UpstreamRequest token;    // GET /api/v1/token?ttl=60; its Authorization is set at the start
-  std::string org;          // whose key the token fetch carries ("" in pass_through)
-  std::string org_label;    // for metrics
+  // GET /api/v1/token?ttl=60: queued (it spends quota), with the key in
+  // force at its start.
+  AttemptSpec token;
   UpstreamRequest stream;   // POST .../stream; "?token=" is appended per attempt
   bool store = false;       // store when complete
   int64_t keep_ms = 0;
