@@ -71,7 +71,7 @@ Coalescer::Joined Coalescer::join(const std::string& key, WaiterFn fn, WaiterNee
   f.key = key;
   f.waiters.push_back(j.waiter);
   flights_.emplace(f.id, std::move(owned));
-  by_key_.emplace(key, f.id);
+  by_key_.emplace(std::string_view(f.key), f.id);
   waiters_.emplace(j.waiter, Waiter{f.id, std::move(fn), needs, owner});
   j.flight = f.id;
   j.created = true;
@@ -235,6 +235,11 @@ void Coalescer::poll(uint64_t flight_id) {
       tryLock(flight_id);
     }
   });
+}
+
+const std::string* Coalescer::keyOf(uint64_t flight) const {
+  auto it = flights_.find(flight);
+  return it == flights_.end() ? nullptr : &it->second->key;
 }
 
 uint64_t Coalescer::leader(uint64_t flight) const {

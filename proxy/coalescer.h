@@ -30,6 +30,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -97,6 +98,8 @@ class Coalescer {
   // request that leads its run now (SPEC §10.1), whoever created it.
   uint64_t leader(uint64_t flight) const;
   bool inFlight(const std::string& key) const { return by_key_.count(key) != 0; }
+  // The cache key of a flight (null once it is over).
+  const std::string* keyOf(uint64_t flight) const;
   void leave(uint64_t waiter);
 
   // The owner marks the moment the upstream run starts (after that the
@@ -135,7 +138,9 @@ class Coalescer {
   std::string instance_;
   uint64_t next_id_ = 1;
   std::unordered_map<uint64_t, std::unique_ptr<Flight>> flights_;
-  std::unordered_map<std::string, uint64_t> by_key_;
+  // Keyed by a view of Flight::key (the flight is on the heap and its key
+  // never changes: the view is valid while the entry exists).
+  std::unordered_map<std::string_view, uint64_t> by_key_;
   struct Waiter {
     uint64_t flight;
     WaiterFn fn;

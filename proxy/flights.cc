@@ -26,14 +26,13 @@ bool isStorable(int status, const std::string& body) { return status == 200 && i
 // is led here, dropped unused if another instance's run or the cache
 // answers it.
 struct Flights::RunFlight {
-  uint64_t flight = 0;
-  std::string key;  // the cache key it stores under
+  uint64_t flight = 0;  // the coalescer's, which knows its cache key
   std::string org;  // whose key it carries ("" in pass_through: the client's own)
   bool may_store = false;
   int64_t keep_ms = 0;
-  AttemptSpec spec;  // what goes upstream, until it is led
+  // Its way upstream, started when the flight is led here (the head it got
+  // is the attempt's).
   std::unique_ptr<UpstreamAttempt> attempt;
-  UpstreamHead head;  // what the upstream sent
   std::string body;
 };
 
@@ -169,8 +168,10 @@ void Flights::joinRun(const RequestPtr& rp) {
   }
   if (!r.live()) return;  // answered inside join()
   // Everything the run and the reply need is copied out by now; a request
-  // that waits (queued, or for another's run) keeps no parsed headers.
+  // that waits (queued, or for another's run) keeps no parsed headers, and
+  // not its key (the flight has it).
   r.exchange->releaseHeaders();
+  std::string().swap(r.cache_key);
   if (!joined.created) {
     r.cache = "COALESCED";
     ports_.metrics.countCoalesced(r.principal.org_label);
@@ -178,56 +179,40 @@ void Flights::joinRun(const RequestPtr& rp) {
 }
 
 void Flights::prepareRun(const ClientRequest& r, uint64_t flight) {
-  auto run = std::make_unique<RunFlight>();
+  auto owned = std::make_unique<RunFlight>();
+  RunFlight& w = *owned;
   UpstreamHeaderOptions opts;
   opts.request_id = r.request_id;
   opts.identity_encoding = true;
   if (!r.principal.pass_through) {
-    run->org = r.principal.org->name;
+    w.org = r.principal.org->name;
     opts.authorization = std::string();  // its place; the key in force is set at the start
   }
-  run->flight = flight;
-  run->key = r.cache_key;
-  run->may_store = r.may_store;
-  run->keep_ms = toMillis(r.ttl_s + r.stale_s);
-  run->spec.admission = Forwarder::admissionFor(r.principal);
-  run->spec.org = run->org;
-  run->spec.org_label = r.principal.org_label;
-  UpstreamRequest& req = run->spec.request;
-  req.method = "POST";
-  req.url = r.config->upstream.base_url + r.exchange->target();
-  req.headers = upstreamRequestHeaders(r.exchange->headers(), opts);
-  req.body = r.exchange->takeBody();  // canonicalised already; the run owns the bytes now
-  runs_.emplace(flight, std::move(run));
-}
-
-void Flights::leadRun(uint64_t flight) {
-  auto it = runs_.find(flight);
-  if (it == runs_.end()) {
-    // Nothing was prepared for this flight: cannot happen (it is prepared
-    // when created), but a flight must never hang.
-    FlightOutcome failed;
-    failed.failure = UpstreamFailure::Unavailable;
-    coalescer_->complete(flight, failed);
-    return;
-  }
-  RunFlight& w = *it->second;
-  if (w.attempt) return;  // led already (a flight is led once)
+  w.flight = flight;
+  w.may_store = r.may_store;
+  w.keep_ms = toMillis(r.ttl_s + r.stale_s);
+  AttemptSpec spec;
+  spec.admission = Forwarder::admissionFor(r.principal);
+  spec.org = w.org;
+  spec.org_label = r.principal.org_label;
+  spec.request.method = "POST";
+  spec.request.url = r.config->upstream.base_url + r.exchange->target();
+  spec.request.headers = upstreamRequestHeaders(r.exchange->headers(), opts);
+  spec.request.body = r.exchange->takeBody();  // canonicalised already; the run owns the bytes now
+  // (The callbacks hold &w: they run only while the run holds its attempt;
+  // two words each, held in std::function without an allocation.)
   AttemptCallbacks cb;
   cb.before_send = [this, &w](UpstreamRequest& request) {
-    uint64_t flight = w.flight;
     // SPEC §10.1: the X-Request-Id of the request that leads the run now —
     // the one that created the flight may have left, or been answered by
     // another instance's run while this one waited to run again.
-    if (ClientRequest* leader = requests_.find(coalescer_->leader(flight)); leader && leader->exchange) {
+    if (ClientRequest* leader = requests_.find(coalescer_->leader(w.flight)); leader && leader->exchange) {
       setHeader(request.headers, "X-Request-Id", leader->request_id);
     }
-    w.head = UpstreamHead{};
     w.body.clear();
-    coalescer_->markStarted(flight);  // from now on it completes even if every waiter leaves
+    coalescer_->markStarted(w.flight);  // from now on it completes even if every waiter leaves
   };
   cb.on_head = [&w](const UpstreamHead& head) {
-    w.head = head;
     // One allocation of the announced size, not a doubling string (whose
     // peak is twice the body while it grows).
     if (const std::string* length = findHeader(head.headers, "content-length")) {
@@ -241,10 +226,21 @@ void Flights::leadRun(uint64_t flight) {
     return true;
   };
   cb.on_done = [this, &w](const AttemptEnd& end) { onRunDone(w.flight, end); };
-  // (The callbacks hold &w: they run only while the run holds its attempt;
-  // two words each, held in std::function without an allocation.)
-  w.attempt = std::make_unique<UpstreamAttempt>(ports_, std::move(w.spec), std::move(cb));
-  w.attempt->start();
+  w.attempt = std::make_unique<UpstreamAttempt>(ports_, std::move(spec), std::move(cb));
+  runs_.emplace(flight, std::move(owned));
+}
+
+void Flights::leadRun(uint64_t flight) {
+  auto it = runs_.find(flight);
+  if (it == runs_.end()) {
+    // Nothing was prepared for this flight: cannot happen (it is prepared
+    // when created), but a flight must never hang.
+    FlightOutcome failed;
+    failed.failure = UpstreamFailure::Unavailable;
+    coalescer_->complete(flight, failed);
+    return;
+  }
+  it->second->attempt->start();  // a flight is led once
 }
 
 void Flights::onRunDone(uint64_t flight, const AttemptEnd& end) {
@@ -263,12 +259,14 @@ void Flights::onRunDone(uint64_t flight, const AttemptEnd& end) {
   } else if (end.failure != UpstreamFailure::None) {
     outcome.failure = end.failure;
   } else {
-    ratelimits_.remember(w->org, w->head.headers);
-    auto entry = std::make_shared<CachedResponse>(storedResponse(w->head.status, w->head.reason, w->head.headers,
+    const UpstreamHead& head = w->attempt->head();
+    ratelimits_.remember(w->org, head.headers);
+    auto entry = std::make_shared<CachedResponse>(storedResponse(head.status, head.reason, head.headers,
                                                                  std::move(w->body), false,
                                                                  ports_.runtime.unixMillis()));
-    if (w->may_store && isStorable(entry->status, entry->body)) {
-      cache_.store(w->key, entry, w->keep_ms);
+    const std::string* key = coalescer_->keyOf(flight);
+    if (key && w->may_store && isStorable(entry->status, entry->body)) {
+      cache_.store(*key, entry, w->keep_ms);
       outcome.stored = true;
     }
     outcome.response = std::move(entry);

@@ -33,7 +33,14 @@ bool KeysInForce::authorize(UpstreamRequest& request, const std::string& org) co
 }
 
 UpstreamAttempt::UpstreamAttempt(const UpstreamPorts& ports, AttemptSpec spec, AttemptCallbacks callbacks)
-    : ports_(ports), spec_(std::move(spec)), cb_(std::move(callbacks)), life_(ports.runtime) {}
+    : ports_(ports),
+      request_(std::move(spec.request)),
+      admission_(spec.admission ? std::make_unique<Admission>(std::move(*spec.admission)) : nullptr),
+      queued_(admission_ != nullptr),
+      org_(std::move(spec.org)),
+      org_label_(std::move(spec.org_label)),
+      cb_(std::move(callbacks)),
+      life_(ports.runtime) {}
 
 UpstreamAttempt::~UpstreamAttempt() {
   if (transfer_) ports_.transport.cancel(transfer_);
@@ -42,15 +49,18 @@ UpstreamAttempt::~UpstreamAttempt() {
 }
 
 void UpstreamAttempt::start() {
+  if (begun_) return;  // once
+  begun_ = true;
   starting_ = true;
-  if (!spec_.admission) {
+  if (!admission_) {
     go();
   } else {
     queued_at_ = ports_.runtime.now();
     AdmissionCallbacks cb;
     cb.start = [this] { go(); };
     cb.reject = [this](RejectReason why, int retry_after_s) { onRejected(why, retry_after_s); };
-    uint64_t ticket = ports_.scheduler.submit(*spec_.admission, std::move(cb));
+    std::unique_ptr<Admission> admission = std::move(admission_);  // the scheduler keeps its own copy
+    uint64_t ticket = ports_.scheduler.submit(*admission, std::move(cb));
     if (!done_) ticket_ = ticket;  // (refused inside submit(): nothing to give back)
   }
   starting_ = false;
@@ -64,14 +74,14 @@ void UpstreamAttempt::go() {
   head_ = UpstreamHead{};
   held_.clear();
   holding_ = false;
-  if (!ports_.keys.authorize(spec_.request, spec_.org)) {
+  if (!ports_.keys.authorize(request_, org_)) {
     // The organisation was removed by a reload while the request waited: no
     // key of ours may be sent for it any more.
     spdlog::warn("upstream request for a removed organisation dropped before its start");
     life_.post([this] { refuseUnknownKey(); });
     return;
   }
-  if (cb_.before_send) cb_.before_send(spec_.request);
+  if (cb_.before_send) cb_.before_send(request_);
   ++tries_;
   try_started_ = ports_.runtime.now();
   UpstreamCallbacks cb;
@@ -82,12 +92,12 @@ void UpstreamAttempt::go() {
     if (ticket_) ports_.scheduler.sending(ticket_);
   };
   // Sent as a copy: a 429 sends it again.
-  transfer_ = ports_.transport.start(spec_.request, std::move(cb));
+  transfer_ = ports_.transport.start(request_, std::move(cb));
 }
 
 void UpstreamAttempt::onHead(const UpstreamHead& head) {
   head_ = head;
-  if (head.status == 429 && spec_.admission) {
+  if (head.status == 429 && queued_) {
     // Maybe retried after the pause: nothing reaches the owner yet.
     holding_ = true;
     return;
@@ -106,10 +116,10 @@ bool UpstreamAttempt::onData(std::string_view data) {
 void UpstreamAttempt::onDone(const UpstreamResult& result) {
   transfer_ = 0;
   ended_at_ = ports_.runtime.now();
-  ports_.metrics.countUpstream(spec_.org_label, result.head_received ? head_.status : 0);
+  ports_.metrics.countUpstream(org_label_, result.head_received ? head_.status : 0);
   ports_.metrics.observeUpstreamSeconds(std::chrono::duration<double>(result.elapsed).count());
   if (result.failure != UpstreamFailure::None) {
-    spdlog::warn("upstream {} failed: {}", spec_.request.method, result.detail);
+    spdlog::warn("upstream {} failed: {}", request_.method, result.detail);
   }
   std::weak_ptr<const void> alive;
   if (ticket_ || holding_) alive = life_.token();  // (only then is anything called before on_done)

@@ -89,12 +89,13 @@ struct AttemptCallbacks {
 
 class UpstreamAttempt {
  public:
+  // `ports` must outlive the attempt (its owner's, held by reference).
   UpstreamAttempt(const UpstreamPorts& ports, AttemptSpec spec, AttemptCallbacks callbacks);
   ~UpstreamAttempt();
   UpstreamAttempt(const UpstreamAttempt&) = delete;
   UpstreamAttempt& operator=(const UpstreamAttempt&) = delete;
 
-  void start();
+  void start();  // once; later calls do nothing
   void resume();  // the owner drained what on_data refused
 
   // A try was sent: from now on the upstream may have run it.
@@ -115,12 +116,18 @@ class UpstreamAttempt {
   void refuseUnknownKey();
   void end(const AttemptEnd& end);
 
-  UpstreamPorts ports_;
-  AttemptSpec spec_;
+  // Lean: a queued request holds one of these while it waits.
+  const UpstreamPorts& ports_;
+  UpstreamRequest request_;
+  std::unique_ptr<Admission> admission_;  // until it is handed to the scheduler
+  bool queued_ = false;                   // it spends quota: ticket and 429 retry
+  std::string org_;
+  std::string org_label_;
   AttemptCallbacks cb_;
   Lifeline life_;  // posted work, and checks after calling out
   uint64_t ticket_ = 0;
   uint64_t transfer_ = 0;
+  bool begun_ = false;           // start() was called
   bool starting_ = false;        // inside start(): no callback may run
   bool holding_ = false;         // a 429 is being read that may be retried
   bool done_ = false;
