@@ -48,11 +48,42 @@ CacheStore::CacheStore(Runtime& runtime, RedisLink* redis, std::string key_prefi
     : runtime_(runtime), redis_(redis), prefix_(std::move(key_prefix)), l1_(memory_max_bytes) {
   if (redis_) {
     redis_->subscribe(prefix_ + "purge", [this](const std::string&, const std::string& m) { onPurgeMessage(m); });
+    redis_->setOnConnect([this] { reassert(); });
   }
 }
 
 CacheStore::~CacheStore() {
-  if (redis_) redis_->unsubscribe(prefix_ + "purge");
+  if (redis_) {
+    redis_->setOnConnect(nullptr);
+    redis_->unsubscribe(prefix_ + "purge");
+  }
+}
+
+// Redis is back, and may have lost everything (a restart): put back every
+// generation and input-purge count this instance knows above Redis' own, and
+// announce the generations. Otherwise an instance that did not hear of a
+// purge reads 0 from the empty Redis, serves what it held from before the
+// purge, and purges inputs under a generation others moved past — until this
+// instance happens to read that workflow's generation again.
+void CacheStore::reassert() {
+  for (const auto& [local, g] : generations_) {
+    if (g.value == 0 && g.input_purges == 0) continue;
+    size_t nl = local.find('\n');
+    std::string ns = local.substr(0, nl);
+    std::string workflow_id = local.substr(nl + 1);
+    if (g.value > 0) {
+      redis_->command({"EVAL", kGenerationRaiseScript, "1", generationKey(ns, workflow_id), std::to_string(g.value)},
+                      [](std::optional<RedisReply>) {});
+      redis_->command({"PUBLISH", prefix_ + "purge",
+                       "G\n" + std::to_string(g.value) + "\n" + ns + "\n" + workflow_id},
+                      [](std::optional<RedisReply>) {});
+    }
+    if (g.input_purges > 0) {
+      redis_->command(
+          {"EVAL", kGenerationRaiseScript, "1", inputPurgesKey(ns, workflow_id), std::to_string(g.input_purges)},
+          [](std::optional<RedisReply>) {});
+    }
+  }
 }
 
 std::string CacheStore::generationKey(const std::string& ns, const std::string& workflow_id) const {
@@ -63,7 +94,16 @@ std::string CacheStore::inputPurgesKey(const std::string& ns, const std::string&
   return prefix_ + "ipurge:{" + ns + "}:" + workflow_id;
 }
 
-std::string CacheStore::purgedMarkKey(const std::string& key) { return key + ":purged"; }
+std::string CacheStore::purgedMarkKey(const std::string& key) {
+  // <prefix>v1:{<ns>}:<route>:<workflow>:<generation>:<sha> → the same
+  // without the generation: instances may for a moment disagree on it
+  // (Redis lost it, and the one that knew it has not put it back yet), and
+  // a purge must reach the input's entries under every generation.
+  size_t sha = key.rfind(':');
+  size_t gen = sha == std::string::npos || sha == 0 ? std::string::npos : key.rfind(':', sha - 1);
+  if (gen == std::string::npos) return key + ":purged";
+  return key.substr(0, gen) + key.substr(sha) + ":purged";
+}
 
 void CacheStore::dropLocal(const std::string& ns, const std::string& workflow_id) {
   // Keys are <prefix>v1:{<ns>}:<route>:<workflow>:<generation>:<sha>; a
@@ -248,9 +288,8 @@ void CacheStore::purgeInput(const std::string& ns, const std::string& workflow_i
   generation(ns, workflow_id, [this, ns, workflow_id, body_sha256_hex, keep_ms, done = std::move(done)](uint64_t gen) {
     std::string run = cacheKey(prefix_, ns, "run", workflow_id, gen, body_sha256_hex);
     std::string stream = cacheKey(prefix_, ns, "stream", workflow_id, gen, body_sha256_hex);
-    l1_.erase(run);
-    l1_.erase(stream);
-    ++l1_epoch_;
+    // Under every generation (see purgedMarkKey): the workflow's L1 goes.
+    dropLocal(ns, workflow_id);
     if (!redis_) {
       done(true);
       return;
@@ -288,12 +327,14 @@ void CacheStore::purgeInput(const std::string& ns, const std::string& workflow_i
                       g.value = nextGeneration(g.value, runtime_.unixMillis());
                       done(false);
                     });
-    redis_->command({"PUBLISH", prefix_ + "purge", "I\n" + run + "\n" + stream}, [](std::optional<RedisReply>) {});
+    redis_->command({"PUBLISH", prefix_ + "purge", "P\n" + ns + "\n" + workflow_id}, [](std::optional<RedisReply>) {});
   });
 }
 
 void CacheStore::onPurgeMessage(const std::string& message) {
-  // "G\n<generation>\n<ns>\n<workflow>" or "I\n<run key>\n<stream key>".
+  // "G\n<generation>\n<ns>\n<workflow>" (a workflow purged), "P\n<ns>\n<workflow>"
+  // (an input of it purged: its L1 entries go, under every generation), or
+  // "I\n<run key>\n<stream key>" (the same from an older version).
   std::vector<std::string> parts;
   size_t start = 0;
   for (;;) {
@@ -302,7 +343,9 @@ void CacheStore::onPurgeMessage(const std::string& message) {
     if (nl == std::string::npos) break;
     start = nl + 1;
   }
-  if (parts.size() == 3 && parts[0] == "I") {
+  if (parts.size() == 3 && parts[0] == "P") {
+    dropLocal(parts[1], parts[2]);
+  } else if (parts.size() == 3 && parts[0] == "I") {
     l1_.erase(parts[1]);
     l1_.erase(parts[2]);
     ++l1_epoch_;

@@ -83,6 +83,7 @@ class CacheStore {
   // Drops this instance's L1 entries of the workflow (every generation).
   void dropLocal(const std::string& ns, const std::string& workflow_id);
   void onPurgeMessage(const std::string& message);
+  void reassert();  // Redis (re)connected
   void sweepGenerations();
 
   Runtime& runtime_;

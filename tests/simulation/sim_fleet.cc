@@ -287,6 +287,51 @@ void Fleet::plan() {
     purges_.push_back(p);
   }
   if (rng_.chance(0.3)) rt_.at(rng_.range(0, span), [this] { reload(); });
+  // Rare meetings, made common in a share of the seeds so that the CI's
+  // seeds reach them: a purge, Redis losing everything, then the same
+  // workflow purged from another instance (generations and purge counters
+  // that must not go backwards); a burst beyond the budget, then a reload
+  // that raises the limit while it waits (queued runs start inside the
+  // reload, and must carry the new key).
+  if (redis_backend_ && n_instances_ > 1 && rng_.chance(0.15)) {
+    int64_t t1 = rng_.range(0, span / 2);
+    int64_t t2 = t1 + rng_.range(50 * kMs, kSecond);
+    int64_t t3 = t2 + rng_.range(0, kSecond);
+    Purge first;
+    first.instance = static_cast<int>(rng_.range(0, n_instances_ - 1));
+    first.workflow = rng_.pick(kWorkflows);
+    if (rng_.chance(0.5)) first.canonical = canonical(rng_.pick(kInputs)[0]);
+    first.issued_us = t1;
+    Purge second = first;
+    second.instance = (first.instance + 1) % n_instances_;
+    if (rng_.chance(0.5)) second.canonical = rng_.chance(0.5) ? "" : canonical(rng_.pick(kInputs)[0]);
+    second.issued_us = t3;
+    for (const Purge& p : {first, second}) {
+      rt_.at(p.issued_us, [this, p] { purge(p); });
+      purges_.push_back(p);
+    }
+    incidents_.push_back({t2, t2 + kSecond});
+    rt_.at(t2, [this] { redis_.restart(); });
+  }
+  if (rng_.chance(0.15)) {
+    int64_t burst_at = rng_.range(0, span / 2);
+    int burst = static_cast<int>(rng_.range(limit_ + 1, 3 * limit_));
+    for (int i = 0; i < burst; ++i) {
+      auto r = std::make_unique<ClientRequest>();
+      r->serial = static_cast<int>(requests_.size()) + 1;
+      r->instance = static_cast<int>(rng_.range(0, n_instances_ - 1));
+      r->request_id = "req-" + std::to_string(r->serial);
+      r->workflow = rng_.pick(kWorkflows);
+      // Inputs of their own: each is a run that waits for the budget.
+      r->body = R"({"burst":)" + std::to_string(i) + "}";
+      r->canonical = canonical(r->body);
+      r->arrival_us = burst_at;
+      ClientRequest* raw = r.get();
+      requests_.push_back(std::move(r));
+      rt_.at(raw->arrival_us, [this, serial = raw->serial] { send(serial); });
+    }
+    rt_.at(burst_at + rng_.range(1, 500) * kMs, [this] { reload(); });
+  }
   if (rng_.chance(0.2)) {
     int64_t at = rng_.range(0, span);
     int64_t d = rng_.range(100 * kMs, 2 * kSecond);
@@ -347,10 +392,19 @@ void Fleet::purge(const Purge& p) {
 void Fleet::reload() {
   std::string old_key = "sk_acme_" + std::to_string(key_generation_);
   ++key_generation_;
+  // Often the plan grew too: the upstream allows more from now on, and so
+  // does the proxy (never fewer: starts already counted would pass the new
+  // limit in the upstream's window).
+  bool raised = limit_ < 12 && rng_.chance(0.6);
+  if (raised) {
+    limit_ = static_cast<int>(rng_.range(limit_ + 1, 12));
+    upstream_.limit = limit_;
+  }
   ConfigPtr config = makeConfig();
   if (!config) return;
   trace_.add("SIGHUP: every instance reloads; the organisation's key rotates to generation " +
-             std::to_string(key_generation_) + " and the old one is revoked");
+             std::to_string(key_generation_) + " and the old one is revoked" +
+             (raised ? "; the limit goes up to " + std::to_string(limit_) + "/s" : ""));
   upstream_.allowKey("sk_acme_" + std::to_string(key_generation_), "acme");
   upstream_.revokeKey(old_key);
   for (auto& in : instances_) in.handler->setConfig(config);  // as Proxy::reload does
