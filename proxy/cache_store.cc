@@ -288,12 +288,17 @@ void CacheStore::purgeInput(const std::string& ns, const std::string& workflow_i
   generation(ns, workflow_id, [this, ns, workflow_id, body_sha256_hex, keep_ms, done = std::move(done)](uint64_t gen) {
     std::string run = cacheKey(prefix_, ns, "run", workflow_id, gen, body_sha256_hex);
     std::string stream = cacheKey(prefix_, ns, "stream", workflow_id, gen, body_sha256_hex);
-    // Under every generation (see purgedMarkKey): the workflow's L1 goes.
-    dropLocal(ns, workflow_id);
     if (!redis_) {
+      // The memory backend: this instance's generation is the only one.
+      l1_.erase(run);
+      l1_.erase(stream);
+      ++l1_epoch_;
       done(true);
       return;
     }
+    // Under every generation (see purgedMarkKey): the workflow's L1 entries
+    // go (the others come back from Redis, where they stay).
+    dropLocal(ns, workflow_id);
     redis_->command({"DEL", run, stream}, [](std::optional<RedisReply>) {});
     // A store already on its way lands after the DEL: the mark makes an
     // entry stored before the purge a miss (lookup) for as long as it could live.
