@@ -129,6 +129,16 @@ struct UpstreamAttemptTest : ::testing::Test {
     };
     return std::make_unique<UpstreamAttempt>(ports, std::move(spec), std::move(cb));
   }
+  // With one start a second: `a` runs, `b` waits in the queue.
+  std::pair<std::unique_ptr<UpstreamAttempt>, std::unique_ptr<UpstreamAttempt>> runningAndQueued(Seen& a_seen,
+                                                                                                 Seen& b_seen) {
+    configure(configWith("sk", 1));
+    auto a = attempt(a_seen);
+    auto b = attempt(b_seen);
+    a->start();
+    b->start();
+    return {std::move(a), std::move(b)};
+  }
   void settle() {
     for (int i = 0; i < 10000 && rt.step(); ++i) {
     }
@@ -202,12 +212,8 @@ TEST_F(UpstreamAttemptTest, ARefusalInsideStartIsAnsweredOnALaterTurn) {
 }
 
 TEST_F(UpstreamAttemptTest, DestroyedWhileQueuedItLeavesTheQueueAndNeverStarts) {
-  configure(configWith("sk", 1));
   Seen a_seen, b_seen;
-  auto a = attempt(a_seen);
-  auto b = attempt(b_seen);
-  a->start();
-  b->start();
+  auto [a, b] = runningAndQueued(a_seen, b_seen);
   EXPECT_EQ(scheduler.queued(), 1u);
   b.reset();
   EXPECT_EQ(scheduler.queued(), 0u);
@@ -236,12 +242,8 @@ TEST_F(UpstreamAttemptTest, DestroyedDuringTheTransferItCancelsItAndIsNeverCalle
 }
 
 TEST_F(UpstreamAttemptTest, AnOrganisationRemovedWhileQueuedGetsTheUpstreamsUnknownKeyAnswer) {
-  configure(configWith("sk", 1));
   Seen a_seen, b_seen;
-  auto a = attempt(a_seen);
-  auto b = attempt(b_seen);
-  a->start();
-  b->start();
+  auto [a, b] = runningAndQueued(a_seen, b_seen);
   keys.setConfig(withoutAcme());  // the reload removed acme
   transport.answer(transport.last(), 200, "{}");
   settle();
