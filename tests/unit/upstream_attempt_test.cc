@@ -12,59 +12,12 @@
 #include "proxy/errors.h"
 #include "proxy/headers.h"
 #include "tests/simulation/sim_runtime.h"
+#include "tests/unit/hand_transport.h"
 
 namespace wfp {
 namespace {
 
 using sim::SimRuntime;
-
-// A transport whose transfers the test answers.
-class HandTransport final : public UpstreamTransport {
- public:
-  struct Transfer {
-    UpstreamRequest request;
-    UpstreamCallbacks cb;
-  };
-  uint64_t start(UpstreamRequest request, UpstreamCallbacks callbacks) override {
-    uint64_t id = next_++;
-    started.push_back(request);
-    live[id] = Transfer{std::move(request), std::move(callbacks)};
-    return id;
-  }
-  void cancel(uint64_t id) override {
-    cancelled.push_back(id);
-    live.erase(id);
-  }
-  void resume(uint64_t id) override { resumed.push_back(id); }
-  size_t active() const override { return live.size(); }
-
-  // Answers transfer `id` whole: head, body, done.
-  void answer(uint64_t id, int status, const std::string& body, HttpHeaders headers = {}) {
-    Transfer t = live.at(id);
-    if (t.cb.on_sending) t.cb.on_sending();
-    UpstreamHead head;
-    head.status = status;
-    head.reason = status == 200 ? "OK" : "Too Many Requests";
-    head.headers = std::move(headers);
-    t.cb.on_head(head);
-    if (!live.count(id)) return;
-    t.cb.on_data(body);
-    if (!live.count(id)) return;
-    live.erase(id);
-    UpstreamResult result;
-    result.head_received = true;
-    t.cb.on_done(result);
-  }
-  uint64_t last() const { return next_ - 1; }
-
-  std::vector<UpstreamRequest> started;
-  std::vector<uint64_t> cancelled;
-  std::vector<uint64_t> resumed;
-  std::map<uint64_t, Transfer> live;
-
- private:
-  uint64_t next_ = 1;
-};
 
 ConfigPtr configWith(const std::string& key, int requests, int queue_max = 100, int retry_429 = 3) {
   ConfigResult r = loadConfigString("rate_limit:\n"
