@@ -76,11 +76,13 @@ Coalescer::Joined Coalescer::join(const std::string& key, WaiterFn fn, WaiterNee
   j.flight = f.id;
   j.created = true;
   if (on_create) on_create(f.id);
+  joining_ = true;  // lead() answers nobody before join() returns
   if (redis_ && redis_->up()) {
     tryLock(f.id);
   } else {
     lead(f);
   }
+  joining_ = false;
   return j;
 }
 
@@ -160,6 +162,13 @@ void Coalescer::deliverStored(uint64_t flight_id, CachedResponsePtr entry) {
 }
 
 void Coalescer::lead(Flight& f) {
+  if (!anyMayRun(f) && joining_) {
+    // Answered on a later turn (a waiter that may run can join meanwhile).
+    life_.post([this, id = f.id] {
+      if (Flight* fl = find(id); fl && fl->state == Flight::State::Locking) lead(*fl);
+    });
+    return;
+  }
   if (!anyMayRun(f)) {
     // Only only-if-cached waiters: they never cause an upstream run.
     FlightOutcome o;

@@ -148,6 +148,7 @@ class Coalescer {
     uint64_t owner = 0;
   };
   std::unordered_map<uint64_t, Waiter> waiters_;
+  bool joining_ = false;  // inside join(): no waiter is answered
   Lifeline life_;  // timers' work runs on a turn of its own (a flight's timer is never destroyed in its callback)
 };
 
