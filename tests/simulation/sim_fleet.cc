@@ -313,6 +313,23 @@ void Fleet::plan() {
     incidents_.push_back({t2, t2 + kSecond});
     rt_.at(t2, [this] { redis_.restart(); });
   }
+  if (redis_backend_ && n_instances_ > 1 && rng_.chance(0.1)) {
+    // Two instances purge two inputs of one workflow within a round trip
+    // of each other, and purge messages are often lost: the input-purge
+    // counter is what must tell each instance of the other's purge.
+    redis_.drop_pubsub = 0.6;
+    int64_t at = rng_.range(span / 4, span);
+    std::string workflow = rng_.pick(kWorkflows);
+    for (int i = 0; i < 2; ++i) {
+      Purge p;
+      p.instance = i;
+      p.workflow = workflow;
+      p.canonical = canonical(kInputs[static_cast<size_t>(i)][0]);
+      p.issued_us = at + rng_.range(0, 3 * kMs);
+      rt_.at(p.issued_us, [this, p] { purge(p); });
+      purges_.push_back(p);
+    }
+  }
   if (rng_.chance(0.15)) {
     int64_t burst_at = rng_.range(0, span / 2);
     int burst = static_cast<int>(rng_.range(limit_ + 1, 3 * limit_));
