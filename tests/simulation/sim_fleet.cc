@@ -311,7 +311,13 @@ void Fleet::plan() {
       purges_.push_back(p);
     }
     incidents_.push_back({t2, t2 + kSecond});
-    rt_.at(t2, [this] { redis_.restart(); });
+    // Restarted (connections drop and come back), or flushed under them
+    // (FLUSHALL, eviction): nothing tells the instances of the second.
+    if (rng_.chance(0.5)) {
+      rt_.at(t2, [this] { redis_.restart(); });
+    } else {
+      rt_.at(t2, [this] { redis_.flush(); });
+    }
   }
   if (redis_backend_ && n_instances_ > 1 && rng_.chance(0.1)) {
     // Two instances purge two inputs of one workflow within a round trip
@@ -677,7 +683,7 @@ SeedResult Fleet::run(const SeedOptions& options) {
   result.summary = std::to_string(n_instances_) + " instance(s), limit " + std::to_string(limit_) + "/s, ttl " +
                    std::to_string(static_cast<int>(ttl_s_)) + " s, " + std::to_string(requests_.size()) +
                    " requests, " + std::to_string(upstream_.starts().size()) + " upstream starts, " +
-                   std::to_string(redis_.restarts()) + " Redis restart(s), " + std::to_string(rt_.eventsRun()) +
+                   std::to_string(redis_.restarts()) + " Redis restart(s) or flush(es), " + std::to_string(rt_.eventsRun()) +
                    " events";
   result.failures = std::move(failures_);
   result.events = rt_.eventsRun();

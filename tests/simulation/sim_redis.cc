@@ -197,13 +197,18 @@ RedisReply SimRedisServer::exec(const std::vector<std::string>& argv) {
   return error("ERR unknown command '" + cmd + "' (simulated Redis)");
 }
 
-void SimRedisServer::restart() {
+void SimRedisServer::flush() {
   ++restarts_;
   for (const auto& [key, value] : data_) {
     if (key.find("gen:{") != std::string::npos) generation_changes.push_back({rt_.nowUs(), key});
   }
   data_.clear();
-  trace_.add("redis: restart, every key lost");
+  trace_.add("redis: FLUSHALL, every key lost, connections kept");
+}
+
+void SimRedisServer::restart() {
+  flush();
+  trace_.add("redis: restart, every connection dropped");
   std::vector<SimRedisLink*> links;
   for (auto& [n, l] : links_) links.push_back(l);
   for (SimRedisLink* l : links) l->disconnect();

@@ -39,6 +39,7 @@ class SimRedisServer {
 
   // Faults.
   void restart();                    // every key lost; links reconnect
+  void flush();                      // every key lost, links kept (FLUSHALL, eviction)
   void pauseFor(int64_t us);         // no command is served until then
   int64_t pausedUntilUs() const { return paused_until_us_; }
   double drop_pubsub = 0;            // chance a message is lost per subscriber
