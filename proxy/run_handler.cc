@@ -82,8 +82,7 @@ std::string requestIdFor(const HttpHeaders& headers) {
 
 RunHandler::RunHandler(Runtime& runtime, UpstreamTransport& upstream, Scheduler& scheduler, AccessLog& access_log,
                        Metrics& metrics, CacheStore& cache, RedisLink* redis)
-    : upstream_(upstream),
-      scheduler_(scheduler),
+    : scheduler_(scheduler),
       access_log_(access_log),
       metrics_(metrics),
       cache_(cache),

@@ -87,7 +87,6 @@ class RunHandler {
   std::string readyBody() const;
   void reportTracked();
 
-  UpstreamTransport& upstream_;
   Scheduler& scheduler_;
   AccessLog& access_log_;
   Metrics& metrics_;
