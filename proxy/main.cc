@@ -14,6 +14,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "build_info.h"  // generated: WFP_COMMIT
 #include "proxy/config.h"
 #include "proxy/event_loop.h"
 #include "proxy/keygen.h"
@@ -35,7 +36,7 @@ const char* kUsage =
     "  --check-config     validate the configuration and open what the start opens (log file,\n"
     "                     listen addresses, key files); print 'config OK' or every problem, exit\n"
     "  --log-level LEVEL  trace | debug | info | warn | error (overrides log.level)\n"
-    "  --version          print the version and exit\n"
+    "  --version          print the version and the commit it was built from, and exit\n"
     "  keygen             print a new client key and its `clients:` entry\n"
     "\n"
     "Signals: SIGHUP reloads the configuration; SIGTERM/SIGINT drain and exit.\n"
@@ -91,7 +92,7 @@ int main(int argc, char** argv) {
       std::fputs(kUsage, stdout);
       return kExitOk;
     } else if (arg == "--version") {
-      std::printf("workflow-proxy %s\n", WFP_VERSION);
+      std::printf("workflow-proxy %s (commit %s)\n", WFP_VERSION, WFP_COMMIT);
       return kExitOk;
     } else if (arg == "--check-config") {
       check_only = true;

@@ -175,6 +175,10 @@ TEST(Cli, VersionAndHelp) {
   CliRun r = runProxy({"--version"});
   EXPECT_EQ(r.code, 0);
   EXPECT_EQ(r.out.rfind("workflow-proxy ", 0), 0u);
+  // The commit it was built from: 12 hex digits (and "-dirty" for a tree
+  // with changes), or "unknown" outside a git checkout.
+  EXPECT_TRUE(std::regex_search(r.out, std::regex(R"(^workflow-proxy \d+\.\d+\.\d+ \(commit ([0-9a-f]{12}(-dirty)?|unknown)\)\n$)")))
+      << r.out;
   r = runProxy({"--help"});
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.out.find("keygen"), std::string::npos);
