@@ -3,6 +3,8 @@
 #include <charconv>
 #include <cstdio>
 
+#include "build_info.h"  // generated: WFP_COMMIT
+
 namespace wfp {
 
 namespace {
@@ -11,10 +13,13 @@ const std::vector<double> kLatencyBounds = {0.00005, 0.0001, 0.00025, 0.0005, 0.
                                             0.025,   0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,
                                             10,      30,     60,      120,    300};
 
+// The shortest text that reads back as the same double: le="0.005", not
+// le="0.0050000000000000001".
 std::string number(double v) {
   char buf[64];
-  snprintf(buf, sizeof buf, "%.17g", v);
-  return buf;
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  if (ec != std::errc()) return "NaN";
+  return std::string(buf, end);
 }
 
 std::string labels(std::initializer_list<std::pair<const char*, std::string>> pairs) {
@@ -140,6 +145,9 @@ void Metrics::setTracked(std::string_view map, int64_t entries) {
 std::string Metrics::render() const {
   std::string out;
   out.reserve(4096);
+  out += "# HELP workflow_proxy_build_info The version and the commit this binary was built from; always 1.\n";
+  out += "# TYPE workflow_proxy_build_info gauge\n";
+  out += "workflow_proxy_build_info{" + labels({{"version", WFP_VERSION}, {"commit", WFP_COMMIT}}) + "} 1\n";
   family(out, "workflow_proxy_requests_total", "counter", "Client requests answered, by organisation, route, status and cache state.", requests_);
   family(out, "workflow_proxy_upstream_requests_total", "counter", "Requests sent to the upstream, by organisation and status (error: no response).", upstream_requests_);
   out += "# HELP workflow_proxy_upstream_duration_seconds Time from sending a request upstream to its complete response.\n";
@@ -154,7 +162,14 @@ std::string Metrics::render() const {
   scalar(out, "workflow_proxy_cache_entries", "gauge", "Entries in the in-process cache.", cache_entries_);
   family(out, "workflow_proxy_coalesced_total", "counter", "Requests answered by attaching to an identical run in flight.", coalesced_);
   family(out, "workflow_proxy_upstream_429_total", "counter", "429 responses received from the upstream.", upstream_429_);
-  scalar(out, "workflow_proxy_redis_up", "gauge", "1 when Redis is connected and answering.", redis_up_);
+  if (redis_configured_) {
+    scalar(out, "workflow_proxy_redis_up", "gauge", "1 when Redis is connected and answering.", redis_up_);
+  } else {
+    // The family is always there (SPEC §6), with no sample: an instance
+    // without Redis has nothing to be down, and raises no `== 0` alert.
+    out += "# HELP workflow_proxy_redis_up 1 when Redis is connected and answering (no sample: Redis not configured).\n";
+    out += "# TYPE workflow_proxy_redis_up gauge\n";
+  }
   std::map<std::string, int64_t> remaining;
   for (const auto& [org, r] : ratelimit_remaining_) remaining[labels({{"org", org}})] = r;
   family(out, "workflow_proxy_ratelimit_remaining", "gauge", "Latest x-ratelimit-remaining seen from the upstream.", remaining);

@@ -41,6 +41,9 @@ class Metrics {
   void setRatelimitRemaining(const std::string& org, int64_t remaining) { ratelimit_remaining_[org] = remaining; }
   void setCacheEntries(int64_t entries) { cache_entries_ = entries; }
   void setRedisUp(bool up) { redis_up_ = up ? 1 : 0; }
+  // workflow_proxy_redis_up is rendered only when Redis is configured: an
+  // instance without Redis has nothing to be down (and no alert to raise).
+  void setRedisConfigured(bool configured) { redis_configured_ = configured; }
   void setConnections(int64_t open) { connections_ = open; }
   // Entries held in one per-key map (SPEC §10.2: each is bounded or evicted
   // when idle), e.g. "budgets", "generations", "flights", "prepared_runs",
@@ -70,6 +73,7 @@ class Metrics {
   Histogram overhead_;
   int64_t cache_entries_ = 0;
   int redis_up_ = 0;
+  bool redis_configured_ = false;
   int64_t connections_ = 0;
 };
 

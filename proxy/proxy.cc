@@ -35,6 +35,7 @@ UpstreamOptions upstreamOptions(const Config& config) {
 }
 
 std::unique_ptr<RedisClient> makeRedisClient(EventLoop& loop, const Config& config, Metrics& metrics) {
+  metrics.setRedisConfigured(config.redis.has_value());
   if (!config.redis) return nullptr;
   RedisOptions options;
   options.url = config.redis->endpoint;  // parsed by the loader: nothing left to reject here
