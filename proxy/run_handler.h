@@ -31,7 +31,6 @@
 
 namespace wfp {
 
-struct ProxyError;
 class RedisLink;
 
 class RunHandler {

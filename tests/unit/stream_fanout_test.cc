@@ -12,21 +12,10 @@
 #include "proxy/headers.h"
 #include "tests/simulation/sim_runtime.h"
 #include "tests/unit/hand_transport.h"
+#include "tests/unit/test_config.h"
 
 namespace wfp {
 namespace {
-
-ConfigPtr configWith(int requests) {
-  ConfigResult r = loadConfigString("organisations:\n"
-                                    "  - name: acme\n"
-                                    "    api_key: sk_acme\n"
-                                    "    rate_limit:\n"
-                                    "      requests: " + std::to_string(requests) + "\n"
-                                    "      window_s: 1\n",
-                                    "test.yaml", [](const std::string&) { return std::nullopt; });
-  EXPECT_TRUE(r.config) << (r.errors.empty() ? "" : r.errors[0]);
-  return r.config;
-}
 
 // What one subscriber saw.
 struct Seen {
@@ -51,7 +40,7 @@ struct StreamFanoutTest : ::testing::Test {
   StreamFanout fanout{ports, cache};
 
   explicit StreamFanoutTest(int requests = 10) {
-    ConfigPtr config = configWith(requests);
+    ConfigPtr config = acmeConfig("sk_acme", requests);
     keys.setConfig(config);
     scheduler.configure(config);
   }

@@ -13,33 +13,14 @@
 #include "proxy/headers.h"
 #include "tests/simulation/sim_runtime.h"
 #include "tests/unit/hand_transport.h"
+#include "tests/unit/test_config.h"
 
 namespace wfp {
 namespace {
 
 using sim::SimRuntime;
 
-ConfigPtr configWith(const std::string& key, int requests, int queue_max = 100, int retry_429 = 3) {
-  ConfigResult r = loadConfigString("rate_limit:\n"
-                                    "  queue_max: " + std::to_string(queue_max) + "\n"
-                                    "  retry_429: " + std::to_string(retry_429) + "\n"
-                                    "organisations:\n"
-                                    "  - name: acme\n"
-                                    "    api_key: " + key + "\n"
-                                    "    rate_limit:\n"
-                                    "      requests: " + std::to_string(requests) + "\n"
-                                    "      window_s: 1\n",
-                                    "test.yaml", [](const std::string&) { return std::nullopt; });
-  EXPECT_TRUE(r.config) << (r.errors.empty() ? "" : r.errors[0]);
-  return r.config;
-}
-
-ConfigPtr withoutAcme() {
-  ConfigResult r = loadConfigString("organisations:\n  - name: other\n    api_key: sk_other\n", "test.yaml",
-                                    [](const std::string&) { return std::nullopt; });
-  EXPECT_TRUE(r.config) << (r.errors.empty() ? "" : r.errors[0]);
-  return r.config;
-}
+ConfigPtr withoutAcme() { return configFromYaml("organisations:\n  - name: other\n    api_key: sk_other\n"); }
 
 // What the owner saw.
 struct Seen {
@@ -85,7 +66,7 @@ struct UpstreamAttemptTest : ::testing::Test {
   // With one start a second: `a` runs, `b` waits in the queue.
   std::pair<std::unique_ptr<UpstreamAttempt>, std::unique_ptr<UpstreamAttempt>> runningAndQueued(Seen& a_seen,
                                                                                                  Seen& b_seen) {
-    configure(configWith("sk", 1));
+    configure(acmeConfig("sk", 1));
     auto a = attempt(a_seen);
     auto b = attempt(b_seen);
     a->start();
@@ -99,7 +80,7 @@ struct UpstreamAttemptTest : ::testing::Test {
 };
 
 TEST_F(UpstreamAttemptTest, SendsTheKeyInForceAtItsStartNotTheOneOfWhenItWasQueued) {
-  configure(configWith("sk_old", 1));
+  configure(acmeConfig("sk_old", 1));
   Seen first, second;
   auto a = attempt(first);
   auto b = attempt(second);
@@ -107,7 +88,7 @@ TEST_F(UpstreamAttemptTest, SendsTheKeyInForceAtItsStartNotTheOneOfWhenItWasQueu
   b->start();  // queued behind a: one start per second
   ASSERT_EQ(transport.started.size(), 1u);
   EXPECT_EQ(*findHeader(transport.started[0].headers, "authorization"), "Bearer sk_old");
-  configure(configWith("sk_new", 1));  // SIGHUP: the key rotates while b waits
+  configure(acmeConfig("sk_new", 1));  // SIGHUP: the key rotates while b waits
   transport.answer(transport.last(), 200, "{}");
   settle();
   ASSERT_EQ(transport.started.size(), 2u);
@@ -118,7 +99,7 @@ TEST_F(UpstreamAttemptTest, SendsTheKeyInForceAtItsStartNotTheOneOfWhenItWasQueu
 }
 
 TEST_F(UpstreamAttemptTest, ARetried429IsNeverShownAndTheRetryIsOneMoreStart) {
-  configure(configWith("sk", 10));
+  configure(acmeConfig("sk", 10));
   Seen seen;
   auto a = attempt(seen);
   a->start();
@@ -135,7 +116,7 @@ TEST_F(UpstreamAttemptTest, ARetried429IsNeverShownAndTheRetryIsOneMoreStart) {
 }
 
 TEST_F(UpstreamAttemptTest, A429WithItsRetriesUsedIsTheAnswerWhole) {
-  configure(configWith("sk", 10, 100, /*retry_429=*/0));
+  configure(acmeConfig("sk", 10, 100, /*retry_429=*/0));
   Seen seen;
   auto a = attempt(seen);
   a->start();
@@ -148,7 +129,7 @@ TEST_F(UpstreamAttemptTest, A429WithItsRetriesUsedIsTheAnswerWhole) {
 }
 
 TEST_F(UpstreamAttemptTest, ARefusalInsideStartIsAnsweredOnALaterTurn) {
-  configure(configWith("sk", 1, /*queue_max=*/1));
+  configure(acmeConfig("sk", 1, /*queue_max=*/1));
   Seen a_seen, b_seen, c_seen;
   auto a = attempt(a_seen);
   auto b = attempt(b_seen);
@@ -177,7 +158,7 @@ TEST_F(UpstreamAttemptTest, DestroyedWhileQueuedItLeavesTheQueueAndNeverStarts) 
 }
 
 TEST_F(UpstreamAttemptTest, DestroyedDuringTheTransferItCancelsItAndIsNeverCalledAgain) {
-  configure(configWith("sk", 10));
+  configure(acmeConfig("sk", 10));
   Seen seen;
   auto a = attempt(seen);
   a->start();
@@ -207,7 +188,7 @@ TEST_F(UpstreamAttemptTest, AnOrganisationRemovedWhileQueuedGetsTheUpstreamsUnkn
 }
 
 TEST_F(UpstreamAttemptTest, TheOwnerMayDestroyTheAttemptInsideOnDone) {
-  configure(configWith("sk", 10));
+  configure(acmeConfig("sk", 10));
   std::unique_ptr<UpstreamAttempt> held;
   int done = 0;
   AttemptSpec spec;
@@ -228,7 +209,7 @@ TEST_F(UpstreamAttemptTest, TheOwnerMayDestroyTheAttemptInsideOnDone) {
 }
 
 TEST_F(UpstreamAttemptTest, UnqueuedItSpendsNoQuotaAndCarriesNoKeyOfOurs) {
-  configure(configWith("sk", 1));
+  configure(acmeConfig("sk", 1));
   Seen a_seen, b_seen;
   auto a = attempt(a_seen);
   a->start();  // takes the only start of this second
