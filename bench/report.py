@@ -280,7 +280,7 @@ print(f"{env.get('nginx')}, {env.get('wrk')}; {env.get('placement')}; "
       f"{'QUICK run; ' if env.get('quick') == '1' else ''}medians of {env.get('reps')} repetitions; "
       f"wrk -t1 -c{env.get('wrk_conns')} -d{env.get('hit_secs')}s; one nginx worker; elapsed {env.get('elapsed_s', '?')} s")
 print()
-print("| figure | workflow-proxy | nginx | ratio | SPEC target | met? |")
+print("| figure | workflow-proxy | nginx | ratio | target | met? |")
 print("|---|---:|---:|---:|---|---|")
 for r in rows:
     print("| " + " | ".join(r) + " |")
