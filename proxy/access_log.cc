@@ -146,6 +146,10 @@ std::string AccessLog::format(const AccessRecord& r, int64_t unix_micros) {
   j["upstream_ms"] = roundMs(r.upstream_ms);
   j["bytes_in"] = r.bytes_in;
   j["bytes_out"] = r.bytes_out;
+  j["remote_addr"] = r.remote_addr.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(r.remote_addr);
+  j["duration_ms"] = roundMs(r.duration_ms);
+  j["upstream_status"] = r.upstream_status > 0 ? nlohmann::ordered_json(r.upstream_status) : nlohmann::ordered_json(nullptr);
+  j["trace_id"] = r.trace_id.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(r.trace_id);
   // Paths come from clients: never let invalid UTF-8 break the line.
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }

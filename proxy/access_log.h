@@ -1,4 +1,4 @@
-// The access log (SPEC §6): one JSON object per request, one per line, to
+// The access log (docs/operations.md): one JSON object per request, one per line, to
 // stderr, stdout, a file (reopened on reload, for logrotate) or nowhere.
 #pragma once
 
@@ -21,6 +21,10 @@ struct AccessRecord {
   double upstream_ms = 0;
   uint64_t bytes_in = 0;
   uint64_t bytes_out = 0;
+  std::string remote_addr;  // the client's address:port, "unix" on a Unix socket; "" when unknown
+  double duration_ms = 0;   // the whole request, head received to response ended
+  int upstream_status = 0;  // what the upstream answered for it; 0: nothing went upstream (null)
+  std::string trace_id;     // from a valid traceparent; "" (null) otherwise
 };
 
 class AccessLog {

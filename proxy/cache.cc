@@ -12,7 +12,7 @@ namespace {
 
 constexpr std::string_view kMagic = "WFPC";
 // 3: format 1's fields with format 2's XXH64 checksum. Format 2 also carried
-// the client head preformatted, which a reader cannot trust (SPEC §10.2):
+// the client head preformatted, which a reader cannot trust (docs/security.md):
 // it is read past and rebuilt from the checked headers.
 constexpr uint8_t kFormatVersion = 3;
 constexpr uint8_t kFormatWithHead = 2;

@@ -1,4 +1,4 @@
-// What the cache stores (SPEC §4.3), its key (§4.2), and the in-process LRU
+// What the cache stores, its key (docs/http.md), and the in-process LRU
 // that serves as the memory backend and as the L1 in front of Redis.
 //
 // An entry keeps the response's status, end-to-end headers, body bytes and
@@ -6,7 +6,7 @@
 // checksum; a value that does not decode (corrupt, foreign, older format) is
 // a miss, never a crash or a wrong answer.
 //
-// A value read from Redis is untrusted input (SPEC §10.2): anyone who can
+// A value read from Redis is untrusted input (docs/security.md): anyone who can
 // write to the shared Redis can compute a valid checksum. The decoder checks
 // every field like client input and rebuilds what a hit writes from the
 // checked headers; it never copies preformatted bytes from a value.
@@ -60,12 +60,12 @@ CachedResponse storedResponse(int status, std::string reason, const HttpHeaders&
                               bool stream, int64_t now_ms);
 
 // Is `body` a JSON object whose "success" member is `true` (what makes a
-// 200 storable, SPEC §4.3)? Scans the bytes without building anything: a DOM
+// 200 storable, docs/http.md)? Scans the bytes without building anything: a DOM
 // of a 64 MiB body cost several copies of it. Nesting beyond 1000 levels or
 // malformed JSON: false.
 bool isSuccessObject(std::string_view body);
 
-// Bounds a decoded value must keep (SPEC §10.2); anything else is a miss.
+// Bounds a decoded value must keep (docs/security.md); anything else is a miss.
 inline constexpr int kMinStoredStatus = 100;  // RFC 9110 §15: 100..599
 inline constexpr int kMaxStoredStatus = 599;
 inline constexpr size_t kMaxReasonBytes = 1024;

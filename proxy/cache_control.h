@@ -1,4 +1,4 @@
-// A request's Cache-Control (SPEC §4.3, §10.1): the directives of RFC 9111
+// A request's Cache-Control (docs/http.md): the directives of RFC 9111
 // §5.2.1 the proxy gives meaning to, and what they make a waiter accept in
 // place of a run of its own.
 #pragma once

@@ -324,7 +324,7 @@ void CacheStore::purgeInput(const std::string& ns, const std::string& workflow_i
                         return done(true);
                       }
                       // Redis did not take the purge: the entry would be
-                      // found there again once it is back (SPEC §10.2:
+                      // found there again once it is back (docs/security.md:
                       // nothing makes a purge ineffective). Purge the whole
                       // workflow here instead — wider, but it holds: the
                       // generation only moves forward, and its floor reaches

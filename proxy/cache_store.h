@@ -1,11 +1,11 @@
 // The response cache behind one interface: the in-process LRU (backend
 // `memory`, and the L1 of backend `redis`), Redis as the shared L2, and the
-// purge generations that are part of every key (SPEC §4.2, §6).
+// purge generations that are part of every key (docs/http.md, docs/operations.md).
 //
 // With Redis, a generation is read from Redis at most a second before it is
 // used, and a purge is announced on a channel so every instance sees it at
 // once; a lost message is covered by that one-second refresh. Generations
-// only move forward (SPEC §10.2): a value read from Redis that is lower than
+// only move forward (docs/security.md): a value read from Redis that is lower than
 // one this instance has seen (Redis restarted empty, the key flushed) or not
 // a generation at all is repaired to the higher one, and a purge moves past
 // both in one script.
@@ -70,7 +70,7 @@ class CacheStore {
     // Input purges of the workflow (a counter in Redis, read with the
     // generation): when another instance's purge moved it on, this
     // instance's L1 entries of the workflow go, so a lost purge message
-    // costs at most the generation's freshness (SPEC §6: every instance
+    // costs at most the generation's freshness (docs/operations.md: every instance
     // sees a purge within a second).
     uint64_t input_purges = 0;
     int64_t fetched_ms = 0;

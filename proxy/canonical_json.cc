@@ -1,4 +1,4 @@
-// Canonical JSON (SPEC §4.2). See canonical_json.h for the canonical form.
+// Canonical JSON (docs/http.md). See canonical_json.h for the canonical form.
 //
 // One pass over the input, writing the canonical form straight into the
 // output string:
@@ -32,7 +32,7 @@
 // 10^9 in magnitude are rejected ("number out of range"); RFC 8259 §9 allows
 // an implementation to limit the range of numbers.
 //
-// Errors are one short sentence ending "at offset N" (SPEC §3.2: the 400 says
+// Errors are one short sentence ending "at offset N" (docs/http.md: the 400 says
 // where parsing failed). N is the offending byte; for an unterminated string,
 // the string's opening quote; for a number out of range, the number's start.
 // At most one byte of the input is quoted (printable ASCII as 'x', anything
@@ -302,7 +302,7 @@ bool Canonicalizer::unexpected(size_t offset) {
 
 bool Canonicalizer::run() {
   skipWs();
-  if (pos_ == n_) {  // empty or whitespace-only body: the input {} (SPEC §3.2)
+  if (pos_ == n_) {  // empty or whitespace-only body: the input {} (docs/http.md)
     out_ = "{}";
     return true;
   }
@@ -738,6 +738,63 @@ CanonicalJson canonicalizeJson(std::string_view body, size_t max_depth) {
   scratch.frames.clear();
   scratch.trim();
   return result;
+}
+
+namespace {
+
+// The end of the string starting at `i` (its opening quote), past the closing quote.
+size_t skipString(std::string_view s, size_t i) {
+  for (++i; i < s.size(); ++i) {
+    if (s[i] == '\\') {
+      ++i;
+    } else if (s[i] == '"') {
+      return i + 1;
+    }
+  }
+  return std::string_view::npos;
+}
+
+// The end of the value starting at `i`: at the ',' or '}' that closes it at
+// depth 0.
+size_t skipValue(std::string_view s, size_t i) {
+  int depth = 0;
+  while (i < s.size()) {
+    char c = s[i];
+    if (c == '"') {
+      i = skipString(s, i);
+      if (i == std::string_view::npos) return i;
+      continue;
+    }
+    if (c == '{' || c == '[') {
+      ++depth;
+    } else if (c == '}' || c == ']') {
+      if (depth == 0) return i;
+      --depth;
+    } else if (c == ',' && depth == 0) {
+      return i;
+    }
+    ++i;
+  }
+  return std::string_view::npos;
+}
+
+}  // namespace
+
+std::optional<std::string_view> canonicalMember(std::string_view canonical, std::string_view name) {
+  if (canonical.size() < 2 || canonical.front() != '{') return std::nullopt;
+  size_t i = 1;
+  while (i < canonical.size() && canonical[i] == '"') {
+    size_t key_end = skipString(canonical, i);
+    if (key_end == std::string_view::npos || key_end >= canonical.size() || canonical[key_end] != ':') break;
+    std::string_view key = canonical.substr(i + 1, key_end - i - 2);
+    size_t value = key_end + 1;
+    size_t end = skipValue(canonical, value);
+    if (end == std::string_view::npos) break;
+    if (key == name) return canonical.substr(value, end - value);
+    if (canonical[end] != ',') break;
+    i = end + 1;
+  }
+  return std::nullopt;
 }
 
 }  // namespace wfp

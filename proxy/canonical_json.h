@@ -1,4 +1,4 @@
-// Canonical JSON (SPEC §4.2): the form two run bodies are compared in.
+// Canonical JSON (docs/http.md): the form two run bodies are compared in.
 //
 // Pure: no I/O, no allocation beyond the output string. The input is parsed
 // once; the output is
@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstddef>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -32,5 +33,15 @@ struct CanonicalJson {
 constexpr size_t kDefaultMaxJsonDepth = 256;
 
 CanonicalJson canonicalizeJson(std::string_view body, size_t max_depth = kDefaultMaxJsonDepth);
+
+// The value of the top-level member `name` in a canonical text (the output of
+// canonicalizeJson), as it stands there: the canonical form of that value, the
+// same bytes canonicalizeJson gives for it alone (the form is the same at any
+// depth). `name` is matched as written in the canonical text (plain ASCII
+// without escapes). nullopt when there is no such member. Lets an envelope
+// ({"body": {...}}) yield its inner document without a second parser between
+// the client's bytes and the key, which would round numbers (1e400,
+// 2^64 + 1) the canonical form keeps exactly.
+std::optional<std::string_view> canonicalMember(std::string_view canonical, std::string_view name);
 
 }  // namespace wfp

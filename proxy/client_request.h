@@ -22,6 +22,7 @@
 #include "proxy/key_store.h"
 #include "proxy/routes.h"
 #include "proxy/stream_fanout.h"
+#include "proxy/trace_context.h"
 #include "proxy/upstream_attempt.h"
 
 namespace wfp {
@@ -42,6 +43,8 @@ struct ClientRequest : std::enable_shared_from_this<ClientRequest> {
   Clock::time_point started;
   double queue_ms = 0;
   double upstream_ms = 0;
+  int upstream_status = 0;  // the upstream's status for what answered it (0: none), as logged
+  TraceId trace_id;         // from traceparent, as logged (the headers may be freed while it waits)
   std::string cache = "-";  // X-Cache, as logged
 
   // The run path.

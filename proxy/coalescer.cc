@@ -269,7 +269,7 @@ void Coalescer::onMessage(uint64_t flight_id, const std::string& message) {
   if (outcome->response) {
     // The leader's run ended at stored_at. A waiter that joined after that,
     // while the message was on its way, would get an answer older than
-    // itself: a stored answer, which no-cache refuses (SPEC §10.1: at every
+    // itself: a stored answer, which no-cache refuses (docs/http.md: at every
     // point a stored answer can appear, a coalescing outcome included).
     // (+1: the run may end in the millisecond the request came.)
     std::vector<uint64_t> refusing;

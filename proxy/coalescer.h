@@ -1,4 +1,4 @@
-// One input, one upstream run (SPEC §4.3, "Coalescing").
+// One input, one upstream run (docs/http.md, "Coalescing").
 //
 // A flight is the one upstream run for a cache key. Requests join it as
 // waiters; when it completes every waiter still attached gets the same
@@ -13,7 +13,7 @@
 // the lock expires without a result (the leader died). When Redis is down
 // or slow, a flight simply leads locally.
 //
-// Cache-Control (SPEC §10.1): each waiter says which stored answer it would
+// Cache-Control (docs/http.md): each waiter says which stored answer it would
 // accept (WaiterNeeds); a stored entry found after taking the lock or while
 // following answers the flight only if every waiter accepts it, and a flight
 // whose waiters are all only-if-cached never leads a run.
@@ -61,7 +61,7 @@ struct FlightHooks {
       lookup_shared;
 };
 
-// What a waiter accepts instead of a run of its own (SPEC §4.3, §10.1: the
+// What a waiter accepts instead of a run of its own (docs/http.md: the
 // request's Cache-Control holds at every point where a stored answer could
 // be found, including the look after taking the fleet lock).
 struct WaiterNeeds {
@@ -95,7 +95,7 @@ class Coalescer {
   Joined join(const std::string& key, WaiterFn fn, WaiterNeeds needs = {},
               const std::function<void(uint64_t flight)>& on_create = {}, uint64_t owner = 0);
   // The owner of the flight's first waiter still waiting (0: none): the
-  // request that leads its run now (SPEC §10.1), whoever created it.
+  // request that leads its run now (docs/http.md), whoever created it.
   uint64_t leader(uint64_t flight) const;
   bool inFlight(const std::string& key) const { return by_key_.count(key) != 0; }
   // The cache key of a flight (null once it is over).

@@ -1,4 +1,4 @@
-// Configuration loader: YAML text → immutable Config (SPEC §2).
+// Configuration loader: YAML text → immutable Config (docs/configuration.md).
 //
 // The loader walks the YAML tree once, section by section, and records every
 // problem as (line, message) instead of stopping at the first one; the caller
@@ -119,6 +119,12 @@ class Loader : public ConfigReader {
   ConfigResult finish(Config* config);
 
   void loadLog(const Section& top, LogConfig& log);
+  void loadAdmin(const Section& top, AdminConfig& admin);
+  // Reads a secret from a file (api_key_file, admin.token_file): the content
+  // without surrounding whitespace, visible ASCII only; nullopt after an error.
+  // `written` is the path as written (after ${VAR} expansion), non-empty.
+  std::optional<std::string> readSecretFile(int line, const std::string& field, const std::string& written,
+                                            const char* what);
   void loadUpstream(const Section& top, UpstreamConfig& up);
   void loadLimits(const Section& top, LimitsConfig& limits);
   void loadRedis(const Section& top, std::optional<RedisConfig>& redis);
@@ -274,7 +280,7 @@ ConfigResult Loader::run(std::string_view yaml) {
   config.admin_listen = parseListenAddress("127.0.0.1:9464");
 
   auto top = section(root, "", root_line,
-                     {"listen", "admin_listen", "shutdown_grace_s", "log", "upstream", "limits", "redis",
+                     {"listen", "admin_listen", "admin", "shutdown_grace_s", "log", "upstream", "limits", "redis",
                       "cache", "rate_limit", "default_organisation", "unknown_keys", "organisations"});
   if (!top) return finish(nullptr);
 
@@ -305,6 +311,7 @@ ConfigResult Loader::run(std::string_view yaml) {
   getSeconds(*top, "shutdown_grace_s", config.shutdown_grace_s, true);
 
   loadLog(*top, config.log);
+  loadAdmin(*top, config.admin);
   loadUpstream(*top, config.upstream);
   loadLimits(*top, config.limits);
   loadRedis(*top, config.redis);
@@ -349,8 +356,19 @@ ConfigResult Loader::run(std::string_view yaml) {
 }
 
 void Loader::loadLog(const Section& top, LogConfig& log) {
-  auto s = subsection(top, "log", {"level", "access_log"});
+  auto s = subsection(top, "log", {"level", "access_log", "format"});
   if (!s) return;
+  if (const Field* f = s->find("format")) {
+    if (auto t = text(*f, "log.format", "text or json")) {
+      if (*t == "text") {
+        log.format = LogConfig::Format::Text;
+      } else if (*t == "json") {
+        log.format = LogConfig::Format::Json;
+      } else {
+        error(f->line, "log.format: expected text or json, got " + quote(*t));
+      }
+    }
+  }
   if (const Field* f = s->find("level")) {
     if (auto t = text(*f, "log.level", "a log level")) {
       if (parseLogLevel(*t)) {  // the parser main.cc and a reload use
@@ -370,6 +388,41 @@ void Loader::loadLog(const Section& top, LogConfig& log) {
       }
     }
   }
+}
+
+void Loader::loadAdmin(const Section& top, AdminConfig& admin) {
+  auto s = subsection(top, "admin", {"token_file"});
+  if (!s) return;
+  const Field* f = s->find("token_file");
+  if (f == nullptr || f->value.IsNull()) return;
+  auto t = text(*f, "admin.token_file", "a file path or \"\"");
+  // "" (or an empty ${VAR:-}) means no token, as for admin_listen.
+  if (!t || t->empty()) return;
+  if (auto token = readSecretFile(f->line, "admin.token_file", *t, "token")) {
+    admin.token_file = resolvePath(*t);
+    admin.token_sha256 = sha256(*token);
+  }
+}
+
+std::optional<std::string> Loader::readSecretFile(int line, const std::string& field, const std::string& written,
+                                                  const char* what) {
+  std::string resolved = resolvePath(written);
+  std::string contents;
+  if (auto problem = readFile(resolved, kMaxSecretFileBytes, contents)) {
+    error(line, field + ": cannot read " + quote(resolved) + ": " + *problem);
+    return std::nullopt;
+  }
+  std::string_view secret = trimSpace(contents);
+  if (secret.empty()) {
+    error(line, field + ": " + quote(resolved) + " is empty");
+    return std::nullopt;
+  }
+  if (!isVisibleAscii(secret)) {
+    error(line, field + ": " + quote(resolved) + " contains whitespace or characters outside visible ASCII inside the " +
+                      what);
+    return std::nullopt;
+  }
+  return std::string(secret);
 }
 
 void Loader::loadUpstream(const Section& top, UpstreamConfig& up) {
@@ -601,21 +654,7 @@ void Loader::loadApiKey(const Section& s, const std::string& path, Organisation&
     error(file->line, field + ": empty path");
     return;
   }
-  std::string resolved = resolvePath(*t);
-  std::string contents;
-  if (auto problem = readFile(resolved, kMaxSecretFileBytes, contents)) {
-    error(file->line, field + ": cannot read " + quote(resolved) + ": " + *problem);
-    return;
-  }
-  std::string_view secret = trimSpace(contents);
-  if (secret.empty()) {
-    error(file->line, field + ": " + quote(resolved) + " is empty");
-  } else if (!isVisibleAscii(secret)) {
-    error(file->line, field + ": " + quote(resolved) +
-                          " contains whitespace or characters outside visible ASCII inside the key");
-  } else {
-    org.api_key.assign(secret);
-  }
+  if (auto secret = readSecretFile(file->line, field, *t, "key")) org.api_key = std::move(*secret);
 }
 
 void Loader::loadClients(const Section& s, const std::string& path, Organisation& org) {

@@ -1,4 +1,4 @@
-// Configuration: YAML (SPEC §2) → an immutable Config.
+// Configuration: YAML (docs/configuration.md) → an immutable Config.
 //
 // loadConfig*() never throws and never stops at the first problem: it returns
 // either a Config or every error found, each formatted "file:line: message".
@@ -26,6 +26,16 @@ namespace wfp {
 struct LogConfig {
   std::string level = "info";         // trace debug info warn error
   std::string access_log = "stderr";  // stderr | stdout | PATH | off
+  enum class Format { Text, Json };   // the application log's lines (logging.h)
+  Format format = Format::Text;
+};
+
+// `admin:` — what guards the admin listener's actions.
+struct AdminConfig {
+  std::string token_file;  // resolved path; "": no token (actions open)
+  // SHA-256 of the file's content (trimmed): only the digest is kept, and a
+  // presented token is compared by its digest, in constant time.
+  std::optional<Sha256> token_sha256;
 };
 
 struct UpstreamConfig {
@@ -101,6 +111,7 @@ struct Config {
   std::optional<ListenAddress> admin_listen =
       ListenAddress{ListenAddress::Kind::Tcp, "127.0.0.1", 9464, "", "127.0.0.1:9464"};
   double shutdown_grace_s = 30;
+  AdminConfig admin;
   LogConfig log;
   UpstreamConfig upstream;
   LimitsConfig limits;

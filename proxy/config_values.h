@@ -1,4 +1,4 @@
-// The grammars of single configuration values (SPEC §2): sizes, durations,
+// The grammars of single configuration values (docs/configuration.md): sizes, durations,
 // booleans, listen addresses, the upstream base URL, redis.url, client key
 // digests and names. Pure and YAML-free: each takes the text of one value
 // (after ${ENV} expansion) and returns the value or nullopt; the loader

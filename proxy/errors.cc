@@ -20,6 +20,7 @@ ProxyError upstreamTimeout() {
 }
 ProxyError shuttingDown() { return {503, "Service Unavailable", "shutting_down", "The proxy is shutting down"}; }
 ProxyError notCached() { return {504, "Gateway Timeout", "not_cached", "Not in cache"}; }
+ProxyError adminUnauthorized() { return {401, "Unauthorized", "unauthorized", "Unauthorized"}; }
 
 std::string errorJson(const ProxyError& error) { return HttpServer::errorBody(error.message, error.code); }
 

@@ -1,4 +1,4 @@
-// The proxy's own error responses (SPEC §3.2), byte for byte.
+// The proxy's own error responses (docs/http.md), byte for byte.
 #pragma once
 
 #include <string>
@@ -26,6 +26,8 @@ ProxyError upstreamUnavailable();
 ProxyError upstreamTimeout();
 ProxyError shuttingDown();
 ProxyError notCached();
+// The admin listener's actions without the bearer token of admin.token_file.
+ProxyError adminUnauthorized();
 
 // {"error":"<message>","success":false,"code":"<code>"}
 std::string errorJson(const ProxyError& error);

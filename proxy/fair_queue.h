@@ -1,4 +1,4 @@
-// One organisation's queue (SPEC §5.3). Pure. FIFO within a client; across
+// One organisation's queue (docs/rate-limits.md). Pure. FIFO within a client; across
 // clients deficit round robin by weight, so a busy client cannot starve the
 // others. Entries are ids; the owner keeps what they stand for.
 #pragma once

@@ -1,8 +1,8 @@
 // The outcome of a flight (one upstream run for a cache key), and its wire
 // form on the flight's Redis channel, where the leading instance announces it
-// to the instances that follow (SPEC §4.3, "across instances").
+// to the instances that follow (docs/http.md, "across instances").
 //
-// A message read from Redis is untrusted input (SPEC §10.2): anyone who can
+// A message read from Redis is untrusted input (docs/security.md): anyone who can
 // PUBLISH can send one. decodeOutcome() rejects anything malformed or out of
 // range (nullopt: the follower ignores it and keeps polling), never trusts a
 // length or a number it reads, and returns a response that passed every

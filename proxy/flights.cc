@@ -87,7 +87,7 @@ void Flights::serve(const RequestPtr& rp) {
   r.cache = r.bypass ? "BYPASS" : "MISS";
   if (stream && r.bypass) {
     // Not shared, not stored: there is no stream in flight to attach to, so
-    // only-if-cached is a miss, answered without an upstream call (SPEC §4.3).
+    // only-if-cached is a miss, answered without an upstream call (docs/http.md).
     if (r.cc.only_if_cached) return replyError(r, notCached());
     // Otherwise this client's own stream, relayed with back-pressure.
     return forwarder_.streamWithOwnToken(rp);
@@ -203,7 +203,7 @@ void Flights::prepareRun(const ClientRequest& r, uint64_t flight) {
   // two words each, held in std::function without an allocation.)
   AttemptCallbacks cb;
   cb.before_send = [this, &w](UpstreamRequest& request) {
-    // SPEC §10.1: the X-Request-Id of the request that leads the run now —
+    // docs/http.md: the X-Request-Id of the request that leads the run now —
     // the one that created the flight may have left, or been answered by
     // another instance's run while this one waited to run again.
     if (ClientRequest* leader = requests_.find(coalescer_->leader(w.flight)); leader && leader->exchange) {
@@ -278,6 +278,9 @@ void Flights::deliver(ClientRequest& r, const FlightOutcome& o) {
   if (o.rejected == FlightOutcome::Rejected::NotCached) return replyError(r, notCached());
   r.upstream_ms = o.upstream_ms;
   r.queue_ms = o.queue_ms;
+  // A run of this instance's (this request's or one it joined); another
+  // instance's answer came from Redis, not from the upstream.
+  if (o.response && !o.remote) r.upstream_status = o.response->status;
   if (o.remote && r.cache != "COALESCED") {
     // Another instance ran it for us.
     r.cache = "COALESCED";
@@ -357,6 +360,7 @@ StreamSubscriber Flights::subscriber(const RequestPtr& rp) {
     ClientRequest* q = requests_.find(id);
     if (!q || !q->live()) return;
     q->upstream_ms += std::chrono::duration<double, std::milli>(ports_.runtime.now() - joined).count();
+    q->upstream_status = head.status;
     HttpHeaders headers = responseHeaders(*q, head.headers);
     headers.push_back({"X-Cache", q->cache});
     headers.push_back({"Cache-Status", q->cache == "COALESCED" ? "workflow-proxy; fwd=miss; collapsed"
@@ -383,7 +387,10 @@ StreamSubscriber Flights::subscriber(const RequestPtr& rp) {
     ex->abortResponse();
   };
   sub.refused = [over, id](const UpstreamHead& head, const std::string& body) {
-    if (ClientRequest* q = over(id)) replyUpstream(*q, head, body);
+    if (ClientRequest* q = over(id)) {
+      q->upstream_status = head.status;
+      replyUpstream(*q, head, body);
+    }
   };
   sub.failed = [over, id](UpstreamFailure failure) {
     if (ClientRequest* q = over(id)) replyFailure(*q, failure);

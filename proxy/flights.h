@@ -1,4 +1,4 @@
-// The run path (SPEC §4.3, §4.4, §10.1): the life of an input, for a run
+// The run path (docs/http.md): the life of an input, for a run
 // and for a shared stream alike —
 //
 //   generation → cache key → look-up under the request's Cache-Control

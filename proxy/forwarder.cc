@@ -119,6 +119,7 @@ void Forwarder::takeTimes(ClientRequest& r) {
 void Forwarder::onHead(const RequestPtr& self, const UpstreamHead& head) {
   ClientRequest& r = *self;
   r.head = head;
+  r.upstream_status = head.status;
   if (r.delivery != Delivery::Streamed) return;
   int64_t length = -1;
   if (const std::string* cl = findHeader(head.headers, "content-length")) {

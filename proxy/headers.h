@@ -1,4 +1,4 @@
-// Header mapping between client and upstream (SPEC §4.1). Pure.
+// Header mapping between client and upstream (docs/http.md). Pure.
 #pragma once
 
 #include <optional>

@@ -469,7 +469,7 @@ void HttpConnection::applyWriteTimeout() {
 
 // --- closing ----------------------------------------------------------------------------
 
-// An error of our own: the JSON shape of SPEC §3.2, then close.
+// An error of our own: the JSON shape of docs/http.md, then close.
 void HttpConnection::sendError(int status, std::string_view message) {
   const std::string_view code = HttpResponseWriter::errorCode(status);
   spdlog::debug("http: {}: {} {}", ex_.peer_, status, message);

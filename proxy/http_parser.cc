@@ -348,7 +348,7 @@ bool HttpParser::parseHead(std::string_view text) {
       // asterisk-form
     } else if (method == "CONNECT" && isAuthorityForm(target)) {
       // authority-form, CONNECT's only form (RFC 9112 §3.2.3): handed on
-      // so that routing refuses it like any CONNECT (405, SPEC §10.1).
+      // so that routing refuses it like any CONNECT (405, docs/http.md).
     } else if (target.find("://") != std::string_view::npos) {
       return badHead("absolute-form request target not supported");
     } else {

@@ -54,7 +54,7 @@ class HttpResponseWriter {
   // Content-Length: the client waits for bytes that will never come, and
   // only closing the connection tells it.
   bool end();
-  // The server's own error (the JSON body of SPEC §3.2, Connection: close),
+  // The server's own error (the JSON body of docs/http.md, Connection: close),
   // not recorded in the exchange. Returns its size in bytes.
   size_t error(int status, std::string_view message, std::string_view code);
   // The code of that JSON body for each status the server answers itself

@@ -187,7 +187,7 @@ class HttpServer {
   // chunked, within max_body_bytes) is parsed, unless a Content-Length body
   // is already wholly received with it: before any `100 Continue` and
   // before a byte of the body is read, so a request that will be refused
-  // (no valid key, SPEC §10.1) costs neither. The exchange is live: it has
+  // (no valid key, docs/http.md) costs neither. The exchange is live: it has
   // its id, counts in exchangeCount(), method/target/headers are set, body()
   // is empty, setOnAbort/setOnComplete work. The hook either
   //   - answers it now (respond(), or begin() with write()/end() now or

@@ -1,4 +1,4 @@
-// Client key → organisation (SPEC §3.1). Pure; rebuilt and swapped on reload.
+// Client key → organisation (docs/http.md). Pure; rebuilt and swapped on reload.
 //
 // Only SHA-256 digests of client keys are kept. A presented key is hashed and
 // compared to the candidates with CRYPTO_memcmp (constant time).

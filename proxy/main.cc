@@ -1,4 +1,5 @@
-// argv, --check-config, keygen, signals and sd_notify. No proxy logic here.
+// argv, --check-config, keygen, signals and the service manager's
+// notifications. No proxy logic here.
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -10,7 +11,6 @@
 #include <vector>
 
 #include <sys/resource.h>
-#include <systemd/sd-daemon.h>
 
 #include <spdlog/spdlog.h>
 
@@ -20,6 +20,7 @@
 #include "proxy/keygen.h"
 #include "proxy/logging.h"
 #include "proxy/proxy.h"
+#include "proxy/service_notify.h"
 
 namespace {
 
@@ -139,7 +140,7 @@ int main(int argc, char** argv) {
     return kExitOk;
   }
 
-  wfp::initLogging();
+  wfp::initLogging(loaded.config->log.format);
   auto level = wfp::parseLogLevel(log_level.empty() ? loaded.config->log.level : log_level);
   wfp::setLogLevel(level.value_or(spdlog::level::info));
   std::signal(SIGPIPE, SIG_IGN);
@@ -163,18 +164,17 @@ int main(int argc, char** argv) {
     auto drain = [&] {
       if (stopping) return;
       stopping = true;
-      sd_notify(0, "STOPPING=1");
+      wfp::notifyServiceManager("STOPPING=1");
       proxy->drain([&] { loop.stop(); });
     };
     wfp::SignalWatch on_term(loop, SIGTERM, drain);
     wfp::SignalWatch on_int(loop, SIGINT, drain);
     wfp::SignalWatch on_hup(loop, SIGHUP, [&] {
       std::string notify = "RELOADING=1\nMONOTONIC_USEC=" + std::to_string(monotonicMicros());
-      sd_notify(0, notify.c_str());
+      wfp::notifyServiceManager(notify);
       wfp::ConfigResult next = wfp::loadConfigFile(config_path);
       if (!next.errors.empty()) {
-        spdlog::error("reload rejected, keeping the running configuration ({} problem(s)):", next.errors.size());
-        for (const auto& e : next.errors) spdlog::error("  {}", e);
+        proxy->rejectReload(next.errors);
       } else {
         if (!log_level.empty()) {
           auto copy = std::make_shared<wfp::Config>(*next.config);
@@ -183,7 +183,7 @@ int main(int argc, char** argv) {
         }
         proxy->reload(next.config);
       }
-      sd_notify(0, "READY=1");
+      wfp::notifyServiceManager("READY=1");
     });
 
     std::string error;
@@ -193,17 +193,17 @@ int main(int argc, char** argv) {
     }
 
     // Watchdog pings at half the interval systemd asks for.
-    uint64_t watchdog_usec = 0;
+    uint64_t watchdog_usec = wfp::watchdogIntervalMicros();
     std::unique_ptr<wfp::Timer> watchdog;
-    if (sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0) {
+    if (watchdog_usec > 0) {
       watchdog = std::make_unique<wfp::Timer>(loop, [&] {
-        sd_notify(0, "WATCHDOG=1");
+        wfp::notifyServiceManager("WATCHDOG=1");
         watchdog->start(std::chrono::microseconds(watchdog_usec / 2));
       });
       watchdog->start(std::chrono::microseconds(watchdog_usec / 2));
     }
 
-    sd_notify(0, "READY=1");
+    wfp::notifyServiceManager("READY=1");
     loop.run();
     watchdog.reset();
     proxy.reset();

@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "build_info.h"  // generated: WFP_COMMIT
+#include "proxy/process_metrics.h"
 
 namespace wfp {
 
@@ -134,6 +135,11 @@ void Metrics::countUpstream(const std::string& org, int code) {
 void Metrics::countUpstream429(const std::string& org) { ++upstream_429_[labels({{"org", org}})]; }
 void Metrics::countCoalesced(const std::string& org) { ++coalesced_[labels({{"org", org}})]; }
 
+void Metrics::recordReload(bool ok, double unix_seconds) {
+  reload_ok_ = ok ? 1 : 0;
+  if (ok) reload_success_time_ = unix_seconds;
+}
+
 void Metrics::setTracked(std::string_view map, int64_t entries) {
   if (auto it = tracked_.find(map); it != tracked_.end()) {
     it->second = entries;
@@ -165,7 +171,7 @@ std::string Metrics::render() const {
   if (redis_configured_) {
     scalar(out, "workflow_proxy_redis_up", "gauge", "1 when Redis is connected and answering.", redis_up_);
   } else {
-    // The family is always there (SPEC §6), with no sample: an instance
+    // The family is always there (docs/operations.md), with no sample: an instance
     // without Redis has nothing to be down, and raises no `== 0` alert.
     out += "# HELP workflow_proxy_redis_up 1 when Redis is connected and answering (no sample: Redis not configured).\n";
     out += "# TYPE workflow_proxy_redis_up gauge\n";
@@ -181,6 +187,12 @@ std::string Metrics::render() const {
   for (const auto& [map, n] : tracked_) tracked[labels({{"map", map}})] = n;
   family(out, "workflow_proxy_tracked_entries", "gauge",
          "Entries held in a per-key map (budgets, flights, ...), each bounded or evicted when idle.", tracked);
+  scalar(out, "workflow_proxy_config_last_reload_successful", "gauge",
+         "1 when the last configuration load (start or SIGHUP) succeeded, 0 when it was rejected.", reload_ok_);
+  out += "# HELP workflow_proxy_config_last_reload_success_timestamp_seconds Unix time of the last successful configuration load.\n";
+  out += "# TYPE workflow_proxy_config_last_reload_success_timestamp_seconds gauge\n";
+  out += "workflow_proxy_config_last_reload_success_timestamp_seconds " + number(reload_success_time_) + "\n";
+  renderProcessMetrics(out);
   return out;
 }
 

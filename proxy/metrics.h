@@ -1,4 +1,4 @@
-// Prometheus metrics (SPEC §6): one table of families → text format 0.0.4.
+// Prometheus metrics (docs/operations.md): one table of families → text format 0.0.4.
 // Label values are org names, route names, status codes and cache states:
 // never a key.
 #pragma once
@@ -45,7 +45,11 @@ class Metrics {
   // instance without Redis has nothing to be down (and no alert to raise).
   void setRedisConfigured(bool configured) { redis_configured_ = configured; }
   void setConnections(int64_t open) { connections_ = open; }
-  // Entries held in one per-key map (SPEC §10.2: each is bounded or evicted
+  // The outcome of the last configuration load (the start, or a SIGHUP):
+  // workflow_proxy_config_last_reload_successful, and the unix time of the
+  // last one that succeeded.
+  void recordReload(bool ok, double unix_seconds);
+  // Entries held in one per-key map (docs/security.md: each is bounded or evicted
   // when idle), e.g. "budgets", "generations", "flights", "prepared_runs",
   // "waiters", "ratelimit_seen": workflow_proxy_tracked_entries{map}. The
   // names are fixed in code, never from input; a name seen before costs a
@@ -75,6 +79,8 @@ class Metrics {
   int redis_up_ = 0;
   bool redis_configured_ = false;
   int64_t connections_ = 0;
+  int reload_ok_ = 1;
+  double reload_success_time_ = 0;
 };
 
 // Escapes a label value per the text format (\\, \", \n).

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cstring>
 #include <utility>
@@ -109,6 +110,15 @@ bool checkListen(const ListenAddress& address, std::string* error) {
   return false;
 }
 
+double unixSeconds() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// 127.0.0.0/8, ::1, localhost: only this host can connect.
+bool isLoopbackHost(const std::string& host) {
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0 || host == "::ffff:127.0.0.1";
+}
+
 }  // namespace
 
 std::vector<std::string> checkStart(const Config& config) {
@@ -156,6 +166,8 @@ Proxy::~Proxy() {
 
 bool Proxy::start(std::string* error) {
   if (!access_log_.open(config_->log.access_log, error)) return false;
+  metrics_.recordReload(true, unixSeconds());
+  warnIfAdminExposed();
   server_ = std::make_unique<HttpServer>(loop_, serverLimits(*config_),
                                          [this](HttpExchange& ex) { handler_.handleClient(ex); });
   auto record_error = [this](const HttpServerError& e) { handler_.recordServerError(e); };
@@ -188,12 +200,32 @@ void Proxy::reload(ConfigPtr config) {
     if (!access_log_.open(config->log.access_log, &error)) spdlog::error("reload: access log: {}", error);
   }
   if (auto level = parseLogLevel(config->log.level)) setLogLevel(*level);
+  setLogFormat(config->log.format);
   upstream_.setOptions(upstreamOptions(*config));
   cache_->setMemoryMaxBytes(config->cache.memory_max_bytes);
   if (server_) server_->setLimits(serverLimits(*config));
   handler_.setConfig(config);  // and the scheduler: queued runs it starts carry the new key
   config_ = std::move(config);
+  metrics_.recordReload(true, unixSeconds());
   spdlog::info("configuration reloaded from {}", config_->source);
+  warnIfAdminExposed();
+}
+
+void Proxy::rejectReload(const std::vector<std::string>& errors) {
+  metrics_.recordReload(false, 0);
+  spdlog::error("reload rejected, keeping the running configuration ({} problem(s)):", errors.size());
+  for (const auto& e : errors) spdlog::error("  {}", e);
+}
+
+void Proxy::warnIfAdminExposed() const {
+  // With `admin_listen: ""` the probes and the scrape are served on listen,
+  // and /admin/purge is an ordinary (forwarded) path: no action to guard.
+  if (config_->admin.token_sha256 || !config_->admin_listen) return;
+  const ListenAddress& where = *config_->admin_listen;
+  if (where.kind != ListenAddress::Kind::Tcp || isLoopbackHost(where.host)) return;
+  spdlog::warn("admin routes on {} are reachable beyond this host and admin.token_file is not set: "
+               "anyone who reaches it may POST /admin/purge",
+               where.text);
 }
 
 void Proxy::drain(std::function<void()> done) {

@@ -33,6 +33,9 @@ class Proxy {
   bool start(std::string* error);
   // Applies a new configuration atomically; listener changes need a restart.
   void reload(ConfigPtr config);
+  // A SIGHUP whose file was rejected: logs `errors`, keeps the running
+  // configuration, and says so in workflow_proxy_config_last_reload_successful.
+  void rejectReload(const std::vector<std::string>& errors);
   // Stops accepting, lets running and queued requests finish for up to
   // shutdown_grace_s, answers the rest with 503, then calls `done`.
   void drain(std::function<void()> done);
@@ -41,6 +44,9 @@ class Proxy {
 
  private:
   void checkDrained();
+  // A warning when the admin actions are reachable beyond this host with no
+  // admin.token_file to guard them.
+  void warnIfAdminExposed() const;
 
   EventLoop& loop_;
   ConfigPtr config_;

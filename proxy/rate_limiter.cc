@@ -155,7 +155,7 @@ void RateLimiter::onFinish(const UpstreamSignals& signals) {
     learned_limit_ = static_cast<int>(std::clamp<int64_t>(*signals.ratelimit_limit, 1, kMaxLearnedLimit));
   }
   // The upstream's window was full when this request arrived, so it frees
-  // up by arrival + window_s at the latest (SPEC §5.2). The arrival is
+  // up by arrival + window_s at the latest (docs/rate-limits.md). The arrival is
   // before the response, and within the margin after our start. Under
   // saturation every window-filling request reads 0; pausing from the
   // response would idle the budget for one latency per window.
@@ -165,7 +165,7 @@ void RateLimiter::onFinish(const UpstreamSignals& signals) {
     paused_until_ = std::max(paused_until_, arrival_bound + window());
   }
   if (signals.status_429) {
-    // The upstream's 429 carries no Retry-After (upstream-api.md §7): wait
+    // The upstream's 429 carries no Retry-After (docs/upstream-api.md): wait
     // out one window, jittered so instances sharing a key spread out.
     const Clock::duration pause = retryAfter(signals).value_or(window() + jitter());
     paused_until_ = std::max(paused_until_, now + pause);

@@ -1,4 +1,4 @@
-// One organisation's upstream budget (SPEC §5.1, §5.2). Pure: no I/O, no
+// One organisation's upstream budget (docs/rate-limits.md). Pure: no I/O, no
 // timers; the caller asks when the next start may happen and arms a timer.
 //
 // * At most `requests` starts in any sliding window of `window_s` (plus a

@@ -26,7 +26,7 @@ inline constexpr const char* kGenerationRaiseScript =
     "return cur";
 // A purge: the generation moves past both Redis' value and the floor, and to
 // at least ARGV[2], the purging instance's clock (unix ms). The clock is what
-// keeps a purge effective after Redis lost the key (SPEC §10.2): an instance
+// keeps a purge effective after Redis lost the key (docs/security.md): an instance
 // that never heard of an earlier purge has no floor for it, but its clock is
 // past that purge's generation, so the two never meet on one generation.
 inline constexpr const char* kGenerationPurgeScript =

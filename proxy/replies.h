@@ -1,6 +1,6 @@
 // What a client gets back: the proxy's own answers (errors, JSON), an
 // upstream answer with our headers, a stored answer. One home for each
-// rule of SPEC §4 about response headers (X-Request-Id, Server-Timing,
+// rule of docs/http.md about response headers (X-Request-Id, Server-Timing,
 // X-Cache, Cache-Status, Age, x-ratelimit-*).
 #pragma once
 
@@ -25,7 +25,7 @@ void replyError(ClientRequest& r, const ProxyError& error, HttpHeaders extra = {
 void replyRejected(ClientRequest& r, RejectReason why, int retry_after_s);
 // The upstream failed before an answer: 504 on a timeout, else 502.
 void replyFailure(ClientRequest& r, UpstreamFailure failure);
-// The upstream's 401 body, as it answers a key it does not know (SPEC §10.1).
+// The upstream's 401 body, as it answers a key it does not know (docs/http.md).
 void replyUnauthorized(ClientRequest& r);
 // An upstream answer, whole.
 void replyUpstream(ClientRequest& r, const UpstreamHead& head, std::string body);

@@ -11,7 +11,7 @@ Route make(RouteKind kind) { return Route{kind, {}, {}}; }
 Route notAllowed(std::string_view allow) { return Route{RouteKind::MethodNotAllowed, {}, std::string(allow)}; }
 
 // A path no method is served on: 404, but a never-forwarded method is told
-// 405 on any path (SPEC §10.1), with an empty Allow.
+// 405 on any path (docs/http.md), with an empty Allow.
 Route nowhere(std::string_view method) {
   return isNeverForwardedMethod(method) ? notAllowed("") : make(RouteKind::NotFound);
 }

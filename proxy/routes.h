@@ -1,4 +1,4 @@
-// The route table of SPEC §3, decided on the method and the raw path. Pure.
+// The route table of docs/http.md, decided on the method and the raw path. Pure.
 #pragma once
 
 #include <string>
@@ -22,6 +22,10 @@ enum class RouteKind {
   MethodNotAllowed, // 405 method_not_allowed, with `allow`
 };
 
+// Routes of the admin listener that act (purge; usage reports later), as
+// against probes and the scrape: these need admin.token_file's token.
+inline bool isAdminAction(RouteKind kind) { return kind == RouteKind::Purge; }
+
 struct Route {
   RouteKind kind = RouteKind::NotFound;
   std::string workflow_id;  // Run, Stream
@@ -31,7 +35,7 @@ struct Route {
   std::string allow;
 };
 
-// Methods never forwarded, whatever the path (SPEC §10.1): TRACE echoes the
+// Methods never forwarded, whatever the path (docs/http.md): TRACE echoes the
 // request it receives, organisation key included, and CONNECT asks for a
 // tunnel. Matched without regard to case, and TRACK (IIS's TRACE) with them:
 // RFC 9110 makes `trace` another method, but an upstream or intermediary that

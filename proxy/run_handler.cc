@@ -2,7 +2,7 @@
 // ---------------------
 //
 //   HttpServer ──head──► handleHead: 404/405, 503 while draining, 401 — before
-//        │               the body is read (SPEC §10.1)
+//        │               the body is read (docs/http.md)
 //        ├─exchange──► handleClient ─► dispatch (this file)
 //        │                 │ route (raw path) ── 404 / 405 / admin routes
 //        │                 │ draining? ───────── 503 shutting_down
@@ -39,6 +39,8 @@
 #include "proxy/redis_client.h"
 #include "proxy/replies.h"
 #include "proxy/stream_token.h"
+#include "proxy/text.h"
+#include "proxy/trace_context.h"
 
 namespace wfp {
 
@@ -111,7 +113,7 @@ void RunHandler::setConfig(ConfigPtr config) {
   config_ = std::move(config);
   // Then the budgets: configure() may start queued requests at once (a
   // limit went up), and they must carry the keys in force from now on
-  // (SPEC §10.1) — a rotated key is revoked upstream.
+  // (docs/http.md) — a rotated key is revoked upstream.
   scheduler_.configure(config_);
 }
 
@@ -131,6 +133,7 @@ ClientRequest& RunHandler::adopt(HttpExchange& ex) {
   r.keys = keys_;
   r.started = runtime_.now();
   r.request_id = requestIdFor(ex.headers());
+  if (access_log_.enabled()) r.trace_id = traceIdOf(ex.headers());
   uint64_t id = r.id;
   ex.setOnAbort([this, id] { finish(id, true); });
   ex.setOnComplete([this, id] { finish(id, false); });
@@ -151,7 +154,7 @@ void RunHandler::handleClient(HttpExchange& ex) {
   dispatch(r);
 }
 
-// SPEC §10.1: authenticate on the head. A request whose answer does not
+// docs/http.md: authenticate on the head. A request whose answer does not
 // depend on its body is answered before the body is read (no 100 Continue,
 // nothing buffered): one that needs a key and has none (without
 // default_organisation) or an unknown one (reject) gets its 401; a route
@@ -209,6 +212,7 @@ void RunHandler::recordServerError(const HttpServerError& error) {
   rec.cache = "-";
   rec.bytes_in = error.bytes_in;
   rec.bytes_out = error.bytes_out;
+  rec.remote_addr = std::string(error.peer);
   access_log_.write(rec);
   // No route was chosen: labelled like a request for an unknown path.
   metrics_.countRequest(rec.org, routeLabel(RouteKind::NotFound), error.status, rec.cache);
@@ -217,6 +221,9 @@ void RunHandler::recordServerError(const HttpServerError& error) {
 // --- routing ------------------------------------------------------------------
 
 void RunHandler::dispatchAdmin(ClientRequest& r) {
+  if (isAdminAction(r.route.kind) && !adminAuthorized(r)) {
+    return replyError(r, adminUnauthorized(), {{"WWW-Authenticate", R"(Bearer realm="workflow-proxy admin")"}});
+  }
   switch (r.route.kind) {
     case RouteKind::Health:
       return replyJson(r, 200, "OK", R"({"status":"ok"})");
@@ -269,7 +276,7 @@ void RunHandler::dispatch(ClientRequest& r) {
   if (!needsKey(r.route, ex)) {
     // A client token: its quota was spent when the client got it, and it
     // cannot be tied to an organisation. Forward at once, never cached —
-    // so never an answer for only-if-cached (SPEC §4.3: 504, no upstream call).
+    // so never an answer for only-if-cached (docs/http.md: 504, no upstream call).
     r.principal.org_label = "-";
     r.cache = "BYPASS";
     if (parseCacheControl(ex.headers()).only_if_cached) return replyError(r, notCached());
@@ -330,15 +337,45 @@ AuthResult RunHandler::authenticate(HttpExchange& ex, const std::shared_ptr<cons
   return result;
 }
 
+// admin.token_file set: the request's `Authorization: Bearer <token>` must
+// name it. Compared as SHA-256 digests, in constant time: neither the
+// token's length nor a matching prefix shows in the time taken.
+bool RunHandler::adminAuthorized(const ClientRequest& r) const {
+  const auto& expected = r.config->admin.token_sha256;
+  if (!expected) return true;
+  const std::string* authorization = findHeader(r.exchange->headers(), "authorization");
+  if (!authorization) return false;
+  std::string_view value = *authorization;
+  constexpr std::string_view kScheme = "bearer ";
+  if (value.size() < kScheme.size() || !equalsIgnoreCase(value.substr(0, kScheme.size()), kScheme)) return false;
+  value.remove_prefix(kScheme.size());
+  while (!value.empty() && value.front() == ' ') value.remove_prefix(1);
+  while (!value.empty() && (value.back() == ' ' || value.back() == '\t')) value.remove_suffix(1);
+  return constantTimeEqual(sha256(value), *expected);
+}
+
 void RunHandler::handlePurge(ClientRequest& r) {
-  auto j = nlohmann::json::parse(r.exchange->body(), nullptr, false);
-  if (!j.is_object() || !j.contains("organisation") || !j["organisation"].is_string() ||
-      !j.contains("workflow_id") || !j["workflow_id"].is_string()) {
+  // Canonical first, as a run's body is: the input to purge is then found in
+  // it byte for byte (canonicalMember), with every digit the client sent. One
+  // level deeper than a run body may nest: the envelope.
+  // (No second parser reads the envelope: nlohmann refuses numbers a double
+  // cannot hold, which the body may carry.)
+  CanonicalJson request = canonicalizeJson(r.exchange->body(), kDefaultMaxJsonDepth + 1);
+  if (!request.ok) return replyError(r, invalidJson(request.error));
+  auto text = [&](std::string_view name) -> std::optional<std::string> {
+    std::optional<std::string_view> value = canonicalMember(request.canonical, name);
+    if (!value || value->empty() || value->front() != '"') return std::nullopt;
+    auto s = nlohmann::json::parse(*value, nullptr, false);  // one string literal
+    if (!s.is_string()) return std::nullopt;
+    return s.get<std::string>();
+  };
+  std::optional<std::string> org_field = text("organisation"), wf_field = text("workflow_id");
+  if (!org_field || !wf_field) {
     return replyError(r, ProxyError{400, "Bad Request", "invalid_json",
                                     R"(Expected {"organisation": "...", "workflow_id": "..."[, "body": {...}]})"});
   }
-  std::string org = j["organisation"];
-  std::string wf = j["workflow_id"];
+  std::string org = std::move(*org_field);
+  std::string wf = std::move(*wf_field);
   if (!r.config->findOrganisation(org) || !isValidWorkflowId(wf)) return replyError(r, notFound());
   uint64_t id = r.id;
   auto done = [this, id](bool ok) {
@@ -347,14 +384,12 @@ void RunHandler::handlePurge(ClientRequest& r) {
     if (!ok) spdlog::warn("purge: Redis unreachable, purged this instance only");
     replyJson(*rq, 200, "OK", R"({"success":true})");
   };
-  if (j.contains("body")) {
-    if (!j["body"].is_object()) {
+  if (std::optional<std::string_view> body = canonicalMember(request.canonical, "body")) {
+    if (body->empty() || body->front() != '{') {
       return replyError(r, ProxyError{400, "Bad Request", "invalid_json", "\"body\" must be a JSON object"});
     }
-    CanonicalJson canonical = canonicalizeJson(j["body"].dump());
-    if (!canonical.ok) return replyError(r, invalidJson(canonical.error));
     auto keep_ms = static_cast<int64_t>((r.config->cache.ttlFor(wf) + r.config->cache.staleIfErrorFor(wf)) * 1000.0);
-    return cache_.purgeInput(org, wf, sha256Hex(canonical.canonical), keep_ms, done);
+    return cache_.purgeInput(org, wf, sha256Hex(*body), keep_ms, done);
   }
   cache_.purgeWorkflow(org, wf, done);
 }
@@ -372,7 +407,7 @@ std::string RunHandler::readyBody() const {
   return j.dump();
 }
 
-// The per-key maps of the run path (SPEC §10.2), read when scraped: no cost
+// The per-key maps of the run path (docs/security.md), read when scraped: no cost
 // per request.
 std::vector<std::pair<const char*, size_t>> RunHandler::trackedEntries() const {
   return {{"generations", cache_.generationsTracked()},    {"flights", flights_.coalescerFlights()},
@@ -437,6 +472,10 @@ void RunHandler::finish(uint64_t id, bool aborted) {
     rec.upstream_ms = r->upstream_ms;
     rec.bytes_in = ex ? ex->bytesIn() : 0;
     rec.bytes_out = ex ? ex->bytesOut() : 0;
+    rec.remote_addr = ex ? ex->peer() : std::string();
+    rec.duration_ms = total_ms;
+    rec.upstream_status = r->upstream_status;
+    rec.trace_id = r->trace_id.hex();
     access_log_.write(rec);
   }
   metrics_.countRequest(org, routeLabel(r->route.kind), status, r->cache);

@@ -65,7 +65,7 @@ class RunHandler {
   size_t runsInFlight() const;
   // Answers everything still running with 503 (drain grace over).
   void cancelAll();
-  // The per-key maps of the run path and their sizes (SPEC §10.2), as the
+  // The per-key maps of the run path and their sizes (docs/security.md), as the
   // workflow_proxy_tracked_entries gauge reports them.
   std::vector<std::pair<const char*, size_t>> trackedEntries() const;
 
@@ -75,6 +75,7 @@ class RunHandler {
   void dispatch(ClientRequest& r);
   void dispatchAdmin(ClientRequest& r);
   void handlePurge(ClientRequest& r);
+  bool adminAuthorized(const ClientRequest& r) const;
   // Authorization → principal, remembered per connection (see AuthMemo).
   static AuthResult authenticate(HttpExchange& ex, const std::shared_ptr<const KeyStore>& keys,
                                  const std::string* authorization);

@@ -1,4 +1,4 @@
-// Upstream admission (SPEC §5): every request that spends upstream quota —
+// Upstream admission (docs/rate-limits.md): every request that spends upstream quota —
 // run flights, token fetches, the token route, pass-through paths — asks the
 // scheduler for a start. Per organisation (per key digest in pass_through) a
 // RateLimiter decides when, and a FairQueue decides who; libevent timers wake
@@ -10,7 +10,7 @@
 // the queue and spends nothing; after the start it only frees the
 // concurrency slot. Every started ticket ends with finish() or retry().
 //
-// Bounded (SPEC §10.2): a budget that is not a configured organisation's (a
+// Bounded (docs/security.md): a budget that is not a configured organisation's (a
 // pass_through key, or an organisation a reload removed) is dropped once it
 // is idle — no ticket, no shared decision outstanding, and nothing left in
 // its limiters (no start within the window, no pause; RateLimiter::idle()),

@@ -1,4 +1,4 @@
-// Shared budgets in Redis (SPEC §5.4). Key layout, per budget B, all with the
+// Shared budgets in Redis (docs/rate-limits.md). Key layout, per budget B, all with the
 // configured prefix P and the hash tag {B}, so a budget's keys share a Redis
 // Cluster slot and one script may touch them all:
 //

@@ -1,4 +1,4 @@
-// Budgets held in Redis by every instance together (SPEC §5.4,
+// Budgets held in Redis by every instance together (docs/rate-limits.md,
 // `rate_limit.shared: true`): the sliding-window start log and the in-flight
 // count of each organisation live in Redis and are updated by one Lua script
 // per admission decision, so N instances together stay under the limit.
@@ -55,8 +55,8 @@ class SharedBudget {
   // Instances whose heartbeat is fresh (≥ 1; this one included).
   int instancesAlive() const { return instances_alive_; }
 
-  // Decoders of the scripts' replies. What Redis returns is untrusted (SPEC
-  // §10.2: a flushed, restarted or tampered Redis, another version of the
+  // Decoders of the scripts' replies. What Redis returns is untrusted
+  // (docs/security.md: a flushed, restarted or tampered Redis, another version of the
   // scripts): a reply the script could not have sent is rejected, never
   // believed. Pure; public for tests.
   //

@@ -99,7 +99,9 @@ void StreamFanout::startToken(Flight& f) {
     return true;
   };
   cb.on_done = [this, flight_id](const AttemptEnd& end) { onTokenDone(flight_id, end); };
-  f.attempt = std::make_unique<UpstreamAttempt>(ports_, std::move(f.work.token), std::move(cb));
+  // A copy (a GET without a body): the stream's attempt takes its
+  // organisation from f.work.token later (startStream), so it stays whole.
+  f.attempt = std::make_unique<UpstreamAttempt>(ports_, f.work.token, std::move(cb));
   f.attempt->start();
 }
 

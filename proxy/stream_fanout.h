@@ -1,4 +1,4 @@
-// Shared streams (SPEC §4.4, `cache.streams: true`): identical in-flight
+// Shared streams (docs/http.md, `cache.streams: true`): identical in-flight
 // streams of one organisation fan out from one upstream stream. A late joiner
 // first receives the bytes so far, then the live bytes. A completed 200
 // stream is stored and replayed on a hit; a stream cut short is not.

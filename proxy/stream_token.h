@@ -1,4 +1,4 @@
-// The stream token (SPEC §4.4, §10.1): the one home of the rules about the
+// The stream token (docs/http.md): the one home of the rules about the
 // single-use `token` query parameter of the stream route and the token
 // route's answer. Pure: no I/O.
 #pragma once

@@ -44,7 +44,7 @@ bool isToken(std::string_view s);
 // control character or non-ASCII byte.
 bool isVisibleAscii(std::string_view s);
 
-// A workflow id, SPEC §3: [A-Za-z0-9_-]{1,128}. The one rule for the route
+// A workflow id, docs/http.md: [A-Za-z0-9_-]{1,128}. The one rule for the route
 // (/api/v1/run/{id}), the purge request and cache.workflows in the config.
 bool isValidWorkflowId(std::string_view id);
 

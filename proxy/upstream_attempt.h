@@ -1,4 +1,4 @@
-// One request's way upstream (SPEC §5, §10.1), written once for every path
+// One request's way upstream (docs/rate-limits.md, docs/http.md), written once for every path
 // that goes there — a run flight, a stream flight's token fetch and stream,
 // a forwarded request:
 //
@@ -37,7 +37,7 @@
 
 namespace wfp {
 
-// The organisation keys of the configuration in force (SPEC §10.1: a request
+// The organisation keys of the configuration in force (docs/http.md: a request
 // is sent with the key in force at its start, not the one of when it was
 // queued — a key rotated by SIGHUP meanwhile must not be sent).
 class KeysInForce {

@@ -68,7 +68,7 @@ struct UpstreamCallbacks {
   std::function<void(const UpstreamResult&)> on_done;     // once, last
   // Optional: libcurl is about to write the request (the connection is made
   // or picked from the pool). Runs inside libcurl: it must not start, cancel
-  // or resume transfers. The rate limiter dates a start by it (SPEC §5.1:
+  // or resume transfers. The rate limiter dates a start by it (docs/rate-limits.md:
   // the upstream counts arrivals, and this is the closest we see to one).
   std::function<void()> on_sending;
 };

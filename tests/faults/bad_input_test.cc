@@ -1,4 +1,4 @@
-// Hostile and malformed client input (SPEC §3, §3.2; README "HTTP server
+// Hostile and malformed client input (docs/http.md; README "HTTP server
 // behaviour", "Errors the proxy itself produces"): exact bytes on raw
 // sockets. Every case must be a clear 4xx/5xx with the JSON error shape,
 // reach nothing upstream, and leave the proxy serving normal requests.
@@ -324,7 +324,7 @@ TEST_F(BadInput, AbsoluteAndAuthorityFormTargetsAre400AndNothingIsSent) {
   EXPECT_EQ(recs[0]["uri"], "//evil.example/x");
 }
 
-// SPEC §10.1: TRACE and CONNECT on any path are 405, never forwarded: an
+// docs/http.md: TRACE and CONNECT on any path are 405, never forwarded: an
 // upstream path that echoes the request would hand the organisation key to
 // the client. CONNECT's real shape (authority-form) included.
 TEST_F(BadInput, TraceAndConnectAre405AndNeverForwarded) {

@@ -1,4 +1,4 @@
-// Clients that misbehave (SPEC §4.3, §4.4, §5; README "HTTP server
+// Clients that misbehave (docs/http.md, docs/rate-limits.md; README "HTTP server
 // behaviour"): they leave while queued, coalesced, streaming or uploading;
 // they open thousands of idle connections; they dribble a request one byte
 // at a time (slowloris). The proxy must spend nothing on a client that left

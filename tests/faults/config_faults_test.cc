@@ -117,7 +117,7 @@ TEST(Faults, CheckConfigOnAStrayCommaFailsQuickly) {
   EXPECT_EQ(code.value_or(-1), 2) << readFile(dir.file("err"));
 }
 
-// --check-config opens what the start opens (SPEC §10.1). It must not hang
+// --check-config opens what the start opens (docs/http.md). It must not hang
 // on a FIFO nobody reads, and must not disturb a proxy already running with
 // the same configuration (the check before a reload or a restart): its
 // ports and its access log stay as they are.

@@ -1,4 +1,4 @@
-// Redis faults under a steady load of cache requests (SPEC §4.3 "Redis is an
+// Redis faults under a steady load of cache requests (docs/http.md "Redis is an
 // optimisation, not a dependency"): Redis killed, paused (SIGSTOP) and
 // resumed, restarted cleanly. Every request keeps succeeding through the L1
 // and the upstream, each input runs upstream once, a paused Redis costs a

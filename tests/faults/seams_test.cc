@@ -1,4 +1,4 @@
-// Where the parts meet (SPEC §10.1, §10.2): the defects found by trying the
+// Where the parts meet (docs/http.md, docs/security.md): the defects found by trying the
 // proxy from outside — two instances on one Redis, a key rotated by SIGHUP,
 // an encoded query parameter, a Redis that forgets, many distinct inputs.
 // Each test here failed on the code before its fix (see the closing note of

@@ -1,4 +1,4 @@
-// Security properties as tests (SPEC §3.1, §4.3; README "Routes and
+// Security properties as tests (docs/http.md; README "Routes and
 // authentication", "Metrics"): the upstream key never leaves the proxy except
 // towards the upstream; pass-through keys and organisations never share cache
 // entries or flights; Redis with a password works, and a wrong password is a

@@ -1,7 +1,7 @@
-// Upstream faults (SPEC §3.2, §4.4): an upstream that refuses, resets before
+// Upstream faults (docs/http.md): an upstream that refuses, resets before
 // or in the middle of a response, hangs past upstream.timeout_s, speaks
 // garbage or sends 64 MiB. Each on every delivery path (buffered run,
-// shared/stored stream, pass-through stream, token), with exact error bodies,
+// shared or stored stream, pass-through stream, token), with exact error bodies,
 // upstream attempt counts, nothing bad stored, and a healthy proxy afterwards.
 #include <gtest/gtest.h>
 
@@ -196,10 +196,10 @@ TEST(Faults, AResetOnAReusedUpstreamConnectionReplaysNoOtherUnsafeRequest) {
   no_store.emplace_back("Cache-Control", "no-store");
   conn.warm();
   size_t tokens_before = recordsOn(sim, "/api/v1/token").size();
-  conn.resetNext("/api/v1/run/wf_unshared/stream");
-  r = streamOn(proxy.port(), "wf_unshared", R"({"n":1})", no_store);
+  conn.resetNext("/api/v1/run/wf_private/stream");
+  r = streamOn(proxy.port(), "wf_private", R"({"n":1})", no_store);
   EXPECT_EQ(r.status, 502) << r.body;
-  EXPECT_EQ(recordsOn(sim, "/api/v1/run/wf_unshared/stream").size(), 1u) << "the token was replayed";
+  EXPECT_EQ(recordsOn(sim, "/api/v1/run/wf_private/stream").size(), 1u) << "the token was replayed";
   EXPECT_EQ(recordsOn(sim, "/api/v1/token").size(), tokens_before + 1);
 
   // A stream with the client's own token: forwarded as given, once.

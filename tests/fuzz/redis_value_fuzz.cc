@@ -1,4 +1,4 @@
-// libFuzzer harness for what the proxy reads back from Redis (SPEC §10.2):
+// libFuzzer harness for what the proxy reads back from Redis (docs/security.md):
 // cache values (decodeCachedResponse, proxy/cache.h) and flight outcomes
 // from pub/sub (decodeOutcome, proxy/flight_outcome.h). scripts/fuzz runs it.
 //

@@ -1,4 +1,4 @@
-// One input, one upstream run (SPEC §4.2, §4.3, §6 purge): memory and Redis
+// One input, one upstream run (docs/http.md, docs/operations.md purge): memory and Redis
 // backends, coalescing in one process and across instances, Redis outages.
 // Redis tests use the redis-server scripts/test started (WFP_REDIS_URL) or
 // one of their own (WFP_REDIS_SERVER) when they kill it.
@@ -256,6 +256,34 @@ TEST_F(MemoryCache, PurgeDropsAWorkflowOrOneInput) {
   EXPECT_EQ(r.status, 404);
   EXPECT_EQ(r.body, R"({"error":"Not found","success":false,"code":"not_found"})");
   EXPECT_EQ(httpRequest(proxy_->adminPort(), "POST", "/admin/purge", {}, "not json").status, 400);
+}
+
+// Purge by body finds the input the run path keyed, whatever numbers it holds:
+// integers beyond 64 bits, exponents beyond a double, spellings of one value.
+// (Regression: the body went through a second JSON parser, which rounded
+// 18446744073709551617 and turned 1e400 into null; such inputs stayed HITs.)
+TEST_F(MemoryCache, PurgeByBodyKeepsEveryDigit) {
+  start();
+  const std::string big = R"({"n":18446744073709551617,"e":1e400,"s":"caf\u00e9"})";
+  const std::string near = R"({"n":18446744073709551616,"e":1e400,"s":"caf\u00e9"})";
+  run("wf_digits", big);
+  run("wf_digits", near);
+  ASSERT_EQ(run("wf_digits", big).header("x-cache"), "HIT");
+  // Another spelling of the same input: key order, spaces, 10e399, a raw é.
+  HttpResponse r = httpRequest(proxy_->adminPort(), "POST", "/admin/purge", {},
+                               R"({"organisation":"acme","workflow_id":"wf_digits",)"
+                               R"( "body": {"s":"café", "e":10e399, "n":18446744073709551617}})");
+  ASSERT_EQ(r.status, 200) << r.raw;
+  EXPECT_EQ(run("wf_digits", big).header("x-cache"), "MISS");
+  EXPECT_EQ(run("wf_digits", near).header("x-cache"), "HIT");  // one digit apart: another input
+  // "body" that is not an object, and a body that is not JSON.
+  r = httpRequest(proxy_->adminPort(), "POST", "/admin/purge", {},
+                  R"({"organisation":"acme","workflow_id":"wf_digits","body":[1]})");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(r.body, R"({"error":"\"body\" must be a JSON object","success":false,"code":"invalid_json"})");
+  r = httpRequest(proxy_->adminPort(), "POST", "/admin/purge", {}, R"({"organisation":"acme",)");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_NE(r.body.find(R"("code":"invalid_json")"), std::string::npos) << r.body;
 }
 
 TEST_F(MemoryCache, BackendOffBypassesEverything) {

@@ -1,4 +1,4 @@
-// The command line (SPEC §1): --check-config, exit codes, keygen, and the
+// The command line (docs/configuration.md): --check-config, exit codes, keygen, and the
 // configurations shipped in conf/.
 #include <gtest/gtest.h>
 
@@ -85,7 +85,7 @@ TEST(Cli, CannotBindExits1) {
   EXPECT_EQ(r.code, 1);
 }
 
-// SPEC §10.1: "--check-config means it starts." Each of these passed
+// docs/http.md: "--check-config means it starts." Each of these passed
 // --check-config and then stopped the start (exit 1): now the check says
 // why, as file:line, with exit 2. The start refuses them too: exit 2 for a
 // value the loader rejects, exit 1 for what it cannot open (systemd restarts

@@ -1,4 +1,4 @@
-// The drop-in path (SPEC §3, §3.1, §3.2, §4.1): the real proxy binary in
+// The drop-in path (docs/http.md): the real proxy binary in
 // front of the upstream simulator, asserting on what the simulator received
 // and on the exact bytes the client gets.
 #include <csignal>
@@ -308,22 +308,48 @@ TEST_F(Forwarding, KeepAliveConnectionServesManyRequests) {
 }
 
 TEST_F(Forwarding, AccessLogHasOneJsonLinePerRequest) {
-  run("wf_log", "{}", acme());
+  auto traced = acme();
+  traced.push_back({"traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"});
+  run("wf_log", "{}", traced);
   httpRequest(proxy_->port(), "POST", "/api/v1/run/wf_log/stream?token=pub_tok_secretvalue", {}, "{}");
-  ASSERT_TRUE(eventually([&] { return proxy_->accessLog().size() >= 2; }));
+  // The same input again: a hit, nothing upstream; a traceparent the format
+  // refuses (upper-case hex) gives no trace id.
+  auto bad_trace = acme();
+  bad_trace.push_back({"traceparent", "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"});
+  run("wf_log", "{}", bad_trace);
+  ASSERT_TRUE(eventually([&] { return proxy_->accessLog().size() >= 3; }));
   auto lines = proxy_->accessLog();
   const auto& first = lines[0];
-  for (const char* field : {"time", "request_id", "org", "client", "method", "path", "status", "cache", "queue_ms",
-                            "upstream_ms", "bytes_in", "bytes_out"}) {
-    EXPECT_TRUE(first.contains(field)) << field;
+  // In the order written (nlohmann::json sorts the keys it parses). The
+  // values of this line hold no '":'.
+  std::string first_line = readFile(proxy_->dir().file("access.log"));
+  first_line.resize(first_line.find('\n'));
+  std::vector<std::string> keys;
+  std::regex key_re(R"re("([a-z_]+)":)re");
+  for (auto it = std::sregex_iterator(first_line.begin(), first_line.end(), key_re); it != std::sregex_iterator();
+       ++it) {
+    keys.push_back((*it)[1]);
   }
+  EXPECT_EQ(keys, (std::vector<std::string>{"time", "request_id", "org", "client", "method", "path", "status",
+                                            "cache", "queue_ms", "upstream_ms", "bytes_in", "bytes_out",
+                                            "remote_addr", "duration_ms", "upstream_status", "trace_id"}))
+      << first.dump();
   EXPECT_EQ(first["org"], "acme");
   EXPECT_EQ(first["client"], "billing");
   EXPECT_EQ(first["status"], 200);
   EXPECT_EQ(first["path"], "/api/v1/run/wf_log");
+  EXPECT_EQ(first["upstream_status"], 200);
+  EXPECT_EQ(first["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+  EXPECT_TRUE(first["remote_addr"].get<std::string>().rfind("127.0.0.1:", 0) == 0) << first.dump();
+  ASSERT_TRUE(first["duration_ms"].is_number()) << first.dump();
+  EXPECT_GE(first["duration_ms"].get<double>(), first["upstream_ms"].get<double>()) << first.dump();
   // The path is logged without its query: it may hold a token.
   EXPECT_EQ(lines[1]["path"], "/api/v1/run/wf_log/stream");
   EXPECT_EQ(lines[1].dump().find("pub_tok_secretvalue"), std::string::npos);
+  // The hit: no upstream status, and no trace id from a malformed traceparent.
+  EXPECT_EQ(lines[2]["cache"], "HIT") << lines[2].dump();
+  EXPECT_TRUE(lines[2]["upstream_status"].is_null()) << lines[2].dump();
+  EXPECT_TRUE(lines[2]["trace_id"].is_null()) << lines[2].dump();
 }
 
 TEST(ForwardingDefaults, DefaultOrganisationAndPassThrough) {

@@ -551,6 +551,43 @@ std::vector<nlohmann::json> ProxyProcess::accessLog() const {
   return out;
 }
 
+std::vector<Sample> parseSamples(const std::string& text) {
+  std::vector<Sample> out;
+  std::istringstream in(text);
+  std::string line;
+  static const std::regex sample_re(R"(^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)( \S+)?$)");
+  static const std::regex label_re(R"re(([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)")re");
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::smatch m;
+    if (!std::regex_match(line, m, sample_re)) continue;
+    Sample s;
+    s.name = m[1];
+    std::string labels = m[3];
+    for (std::sregex_iterator it(labels.begin(), labels.end(), label_re), end; it != end; ++it) {
+      s.labels[(*it)[1]] = (*it)[2];
+    }
+    s.value = std::strtod(m[4].str().c_str(), nullptr);
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+double sampleSum(const std::vector<Sample>& samples, const std::string& name,
+                 const std::map<std::string, std::string>& want) {
+  double sum = 0;
+  for (const auto& s : samples) {
+    if (s.name != name) continue;
+    bool match = true;
+    for (const auto& [k, v] : want) {
+      auto it = s.labels.find(k);
+      match &= it != s.labels.end() && it->second == v;
+    }
+    if (match) sum += s.value;
+  }
+  return sum;
+}
+
 bool eventually(const std::function<bool()>& predicate, std::chrono::milliseconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {

@@ -169,6 +169,17 @@ class ProxyProcess {
 // "acme-other-key" and "globex-client-key"; access log to a file.
 std::string baseConfig(const std::string& extra = "");
 
+// One sample of the Prometheus text format: name{labels} value.
+struct Sample {
+  std::string name;
+  std::map<std::string, std::string> labels;
+  double value = 0;
+};
+std::vector<Sample> parseSamples(const std::string& text);
+// Sum of the samples named `name` whose labels include all of `want`.
+double sampleSum(const std::vector<Sample>& samples, const std::string& name,
+                 const std::map<std::string, std::string>& want);
+
 // Polls `predicate` every 10 ms until true or `timeout`.
 bool eventually(const std::function<bool()>& predicate,
                 std::chrono::milliseconds timeout = std::chrono::seconds(10));

@@ -1,4 +1,4 @@
-// Health, readiness, reload and drain (SPEC §6, §7).
+// Health, readiness, reload and drain (docs/operations.md).
 #include <gtest/gtest.h>
 
 #include <signal.h>
@@ -117,6 +117,33 @@ TEST(Lifecycle, ReloadAppliesNewKeysAndRejectsABadFile) {
   EXPECT_TRUE(eventually([&] { return proxy.log().find("unknown key") != std::string::npos; })) << proxy.log();
   EXPECT_EQ(httpRequest(proxy.port(), "POST", "/api/v1/run/wf_x", newcomer, "{}").status, 200);
   EXPECT_TRUE(proxy.process().running());
+}
+
+// workflow_proxy_config_last_reload_successful follows each SIGHUP; the
+// timestamp moves only with a success.
+TEST(Lifecycle, TheLastReloadIsInTheMetrics) {
+  Simulator sim;
+  ProxyProcess proxy(baseConfig(), sim.url());
+  auto metric = [&](const std::string& name) {
+    return sampleSum(parseSamples(httpRequest(proxy.adminPort(), "GET", "/metrics").body), name, {});
+  };
+  const std::string ok = "workflow_proxy_config_last_reload_successful";
+  const std::string at = "workflow_proxy_config_last_reload_success_timestamp_seconds";
+  EXPECT_EQ(metric(ok), 1);
+  double started = metric(at);
+  EXPECT_GT(started, 1.7e9);
+
+  std::string text = readFile(proxy.configPath());
+  proxy.dir().write("proxy.yaml", text + "bogus_key: 1\n");
+  proxy.process().signal(SIGHUP);
+  ASSERT_TRUE(eventually([&] { return metric(ok) == 0; })) << proxy.log();
+  EXPECT_EQ(metric(at), started);
+
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  proxy.dir().write("proxy.yaml", text);
+  proxy.process().signal(SIGHUP);
+  ASSERT_TRUE(eventually([&] { return metric(ok) == 1; })) << proxy.log();
+  EXPECT_GT(metric(at), started);
 }
 
 }  // namespace

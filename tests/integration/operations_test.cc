@@ -1,14 +1,18 @@
-// Operations (SPEC §6, §7): /metrics checked by the real promtool, the
-// sd_notify protocol on a real notification socket, SIGHUP under load, the
-// systemd unit checked by systemd-analyze, and the `cmake --install` layout.
+// Operations (docs/operations.md): /metrics checked by a real exposition-format
+// parser (and promtool where it is installed), the sd_notify protocol on a real
+// notification socket, SIGHUP under load, the systemd unit checked by
+// systemd-analyze, and the `cmake --install` layout.
 //
-// promtool (Debian package prometheus), systemd-analyze (systemd) and cmake
-// are installed by scripts/install-deps; a missing one is a failure, not a skip.
+// python3-prometheus-client, systemd-analyze (systemd) and cmake are installed
+// by scripts/install-deps --test; a missing one is a failure, not a skip.
+// promtool (Debian's prometheus, a server that starts itself) is not
+// installed; where it is present it checks the metrics too.
 #include <gtest/gtest.h>
 
 #include <signal.h>
 #include <stdio.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <poll.h>
@@ -80,51 +84,6 @@ std::string findProgram(const std::string& name) {
     if (::access(candidate.c_str(), X_OK) == 0) return candidate;
   }
   return "";
-}
-
-// One sample of the Prometheus text format: name{labels} value.
-struct Sample {
-  std::string name;
-  std::map<std::string, std::string> labels;
-  double value = 0;
-};
-
-std::vector<Sample> parseSamples(const std::string& text) {
-  std::vector<Sample> out;
-  std::istringstream in(text);
-  std::string line;
-  static const std::regex sample_re(R"(^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)( \S+)?$)");
-  static const std::regex label_re(R"re(([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)")re");
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    std::smatch m;
-    if (!std::regex_match(line, m, sample_re)) continue;
-    Sample s;
-    s.name = m[1];
-    std::string labels = m[3];
-    for (std::sregex_iterator it(labels.begin(), labels.end(), label_re), end; it != end; ++it) {
-      s.labels[(*it)[1]] = (*it)[2];
-    }
-    s.value = std::strtod(m[4].str().c_str(), nullptr);
-    out.push_back(std::move(s));
-  }
-  return out;
-}
-
-// Sum of the samples named `name` whose labels include all of `want`.
-double sampleSum(const std::vector<Sample>& samples, const std::string& name,
-                 const std::map<std::string, std::string>& want) {
-  double sum = 0;
-  for (const auto& s : samples) {
-    if (s.name != name) continue;
-    bool match = true;
-    for (const auto& [k, v] : want) {
-      auto it = s.labels.find(k);
-      match &= it != s.labels.end() && it->second == v;
-    }
-    if (match) sum += s.value;
-  }
-  return sum;
 }
 
 uint64_t monotonicMicros() {
@@ -200,9 +159,7 @@ std::string buildDir() { return fs::path(WFP_PROXY_BIN).parent_path().string(); 
 
 // --- metrics -------------------------------------------------------------------
 
-TEST(Operations, MetricsMoveAndPassPromtool) {
-  std::string promtool = findProgram("promtool");
-  ASSERT_FALSE(promtool.empty()) << "promtool not found: install the Debian package prometheus (scripts/install-deps)";
+TEST(Operations, MetricsMoveAndParse) {
 
   Simulator sim;
   ProxyProcess proxy(baseConfig(), sim.url());
@@ -264,13 +221,37 @@ TEST(Operations, MetricsMoveAndPassPromtool) {
     EXPECT_EQ(m.body.find(sha256Hex(key)), std::string::npos) << "digest of " << key;
   }
 
-  // The real promtool, fed on stdin; only its exit code counts (it prints
-  // lint findings to stdout).
+  // The operators' families: build, reload outcome, process.
+  EXPECT_EQ(sampleSum(samples, "workflow_proxy_config_last_reload_successful", {}), 1) << m.body;
+  EXPECT_GT(sampleSum(samples, "workflow_proxy_config_last_reload_success_timestamp_seconds", {}), 1.7e9) << m.body;
+  EXPECT_GT(sampleSum(samples, "process_resident_memory_bytes", {}), 1e6) << m.body;
+  EXPECT_GT(sampleSum(samples, "process_open_fds", {}), 3) << m.body;
+  EXPECT_GT(sampleSum(samples, "process_start_time_seconds", {}), 1.7e9) << m.body;
+
+  // A real exposition-format parser (Debian's python3-prometheus-client),
+  // fed on stdin: every family must parse, with its type.
   TempDir dir;
   dir.write("metrics.txt", m.body);
-  CommandResult check =
-      runCommand(shellQuote(promtool) + " check metrics < " + shellQuote(dir.file("metrics.txt")));
-  EXPECT_EQ(check.exit_code, 0) << "promtool check metrics:\n" << check.output << "\nmetrics:\n" << m.body;
+  // Debian's python3 (a python3 earlier on PATH, pyenv's say, lacks Debian's modules).
+  const std::string python = ::access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3";
+  CommandResult parsed = runCommand(python + " " + shellQuote(std::string(WFP_SOURCE_DIR) + "/tests/tools/parse_metrics.py") +
+                                    " < " + shellQuote(dir.file("metrics.txt")));
+  ASSERT_EQ(parsed.exit_code, 0) << parsed.output << "\nmetrics:\n" << m.body;
+  for (const char* family : {"workflow_proxy_requests counter", "workflow_proxy_upstream_duration_seconds histogram",
+                             "workflow_proxy_queue_depth gauge", "workflow_proxy_redis_up gauge",
+                             "workflow_proxy_build_info gauge", "workflow_proxy_config_last_reload_successful gauge",
+                             "process_cpu_seconds counter", "process_resident_memory_bytes gauge",
+                             "process_max_fds gauge"}) {
+    EXPECT_NE(parsed.output.find(std::string(family) + " "), std::string::npos) << family << "\n" << parsed.output;
+  }
+  // promtool, where it is installed: only its exit code counts (it prints
+  // lint findings to stdout).
+  std::string promtool = findProgram("promtool");
+  if (!promtool.empty()) {
+    CommandResult check =
+        runCommand(shellQuote(promtool) + " check metrics < " + shellQuote(dir.file("metrics.txt")));
+    EXPECT_EQ(check.exit_code, 0) << "promtool check metrics:\n" << check.output << "\nmetrics:\n" << m.body;
+  }
 }
 
 // Requests the HTTP layer refuses itself (before any route or handler) are
@@ -304,8 +285,10 @@ TEST(Operations, ErrorsOfTheHttpLayerAreLoggedAndCounted) {
     return lines.size() >= 3;
   })) << lines.size();
   ASSERT_EQ(lines.size(), 3u);
-  const std::vector<std::string> fields = {"time",   "request_id", "org",      "client",      "method",   "path",
-                                           "status", "cache",      "queue_ms", "upstream_ms", "bytes_in", "bytes_out"};
+  const std::vector<std::string> fields = {"time",        "request_id", "org",          "client",
+                                           "method",      "path",       "status",       "cache",
+                                           "queue_ms",    "upstream_ms", "bytes_in",    "bytes_out",
+                                           "remote_addr", "duration_ms", "upstream_status", "trace_id"};
   for (const auto& line : lines) {
     ASSERT_TRUE(line.is_object()) << line;
     for (const auto& f : fields) EXPECT_TRUE(line.contains(f)) << f << " in " << line;
@@ -316,6 +299,9 @@ TEST(Operations, ErrorsOfTheHttpLayerAreLoggedAndCounted) {
     EXPECT_EQ(line["cache"], "-");
     EXPECT_EQ(line["queue_ms"], 0);
     EXPECT_EQ(line["upstream_ms"], 0);
+    EXPECT_TRUE(line["upstream_status"].is_null()) << line;
+    EXPECT_TRUE(line["trace_id"].is_null()) << line;
+    EXPECT_EQ(line["remote_addr"].get<std::string>().rfind("127.0.0.1:", 0), 0u) << line;
     EXPECT_GT(line["bytes_out"].get<uint64_t>(), 0u) << line;
   }
   EXPECT_EQ(lines[0]["status"], 431);
@@ -478,13 +464,68 @@ TEST(Operations, ReloadUnderLoadLosesNoRequest) {
 
 // --- systemd unit --------------------------------------------------------------
 
+// log.format: json makes every application-log line one JSON object; with
+// stderr on the journal (JOURNAL_STREAM names the file), each line starts
+// with its syslog priority for journald.
+TEST(Operations, ApplicationLogAsJsonWithJournalPriorities) {
+  Simulator sim;
+  const std::string orgs = "organisations:\n  - name: acme\n    api_key: sk_sim_acme\n"
+                           "upstream:\n  base_url: {{UPSTREAM}}\n";
+  {
+    ProxyProcess json_log("log:\n  format: json\n  access_log: off\n" + orgs, sim.url());
+    EXPECT_EQ(httpRequest(json_log.adminPort(), "GET", "/healthz").status, 200);
+    std::string text = json_log.log();
+    std::istringstream lines(text);
+    std::string line;
+    int seen = 0;
+    while (std::getline(lines, line)) {
+      if (line.empty()) continue;
+      auto j = nlohmann::json::parse(line, nullptr, false);
+      ASSERT_TRUE(j.is_object()) << line;
+      EXPECT_TRUE(j["time"].is_string() && j["level"].is_string() && j["msg"].is_string()) << line;
+      EXPECT_EQ(j.size(), 3u) << line;
+      ++seen;
+    }
+    EXPECT_GE(seen, 2) << text;  // "listening on ..." twice
+    EXPECT_NE(text.find(R"("level":"info","msg":"listening on )"), std::string::npos) << text;
+  }
+
+  // The journal: the proxy's stderr is a file made before the start, so its
+  // device and inode can be named in JOURNAL_STREAM as systemd names its
+  // stream's (the harness opens stderr for appending: the same file).
+  TempDir dir;
+  dir.write("proxy.yaml", "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nlog:\n  access_log: off\n" +
+                              std::regex_replace(orgs, std::regex("\\{\\{UPSTREAM\\}\\}"), sim.url()));
+  dir.write("stderr.log", "");
+  struct stat st {};
+  ASSERT_EQ(::stat(dir.file("stderr.log").c_str(), &st), 0);
+  std::string stream = std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino);
+  Process proxy({WFP_PROXY_BIN, "--config", dir.file("proxy.yaml")}, {"JOURNAL_STREAM=" + stream},
+                dir.file("stderr.log"), false);
+  ASSERT_TRUE(eventually([&] { return readFile(dir.file("stderr.log")).find("(admin)") != std::string::npos; }))
+      << readFile(dir.file("stderr.log"));
+  proxy.signal(SIGTERM);
+  auto code = proxy.wait(std::chrono::seconds(10));
+  ASSERT_TRUE(code.has_value());
+  EXPECT_EQ(*code, 0);
+  std::string text = readFile(dir.file("stderr.log"));
+  std::istringstream lines(text);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.empty()) continue;
+    EXPECT_EQ(line.rfind("<6>", 0), 0u) << "an info line without its journal priority: " << line;
+  }
+  EXPECT_NE(text.find("<6>"), std::string::npos) << text;
+  EXPECT_NE(text.find(" info listening on 127.0.0.1:"), std::string::npos) << text;
+}
+
 TEST(Operations, SystemdUnitPassesVerify) {
   std::string analyze = findProgram("systemd-analyze");
   ASSERT_FALSE(analyze.empty()) << "systemd-analyze not found: install the Debian package systemd (scripts/install-deps)";
 
   std::string unit = readFile(std::string(WFP_SOURCE_DIR) + "/systemd/workflow-proxy.service");
   ASSERT_FALSE(unit.empty());
-  // What SPEC §7 requires of the unit.
+  // What docs/operations.md requires of the unit.
   for (const char* line : {"Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "EnvironmentFile=-/etc/workflow-proxy/env",
                            "DynamicUser=yes", "ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes",
                            "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX", "Restart=on-failure",

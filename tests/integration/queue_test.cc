@@ -1,4 +1,4 @@
-// Rate limits and the queue (SPEC §5) against the simulator's real sliding
+// Rate limits and the queue (docs/rate-limits.md) against the simulator's real sliding
 // window: zero upstream 429s under a burst, fairness, overflow, max wait,
 // clients that leave while queued, and an upstream whose limit is lower
 // than configured.
@@ -199,7 +199,7 @@ void distinctKeys(const ProxyProcess& proxy, const std::string& tag, int n, int 
   }
 }
 
-// SPEC §10.2: each pass_through key has a budget of its own, dropped once
+// docs/security.md: each pass_through key has a budget of its own, dropped once
 // idle; 10 000 distinct keys grow the proxy's RSS by at most 4 MiB.
 TEST(Queue, TenThousandPassThroughKeysLeaveNoBudgetsBehind) {
   Simulator sim;  // answers the unknown keys 401: each still spends its key's budget

@@ -1,4 +1,4 @@
-// Streaming runs (SPEC §4.4): tokens fetched for the client, bytes relayed as
+// Streaming runs (docs/http.md): tokens fetched for the client, bytes relayed as
 // they arrive, back-pressure, identical streams shared and stored.
 #include <gtest/gtest.h>
 

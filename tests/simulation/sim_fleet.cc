@@ -377,7 +377,7 @@ void Fleet::send(int serial) {
              (r.cache_control.empty() ? "" : " [" + r.cache_control + "]"));
   connections_.push_back(nullptr);
   std::shared_ptr<void>& conn = connections_.back();
-  // The server offers the head first (SPEC §10.1), then the whole request.
+  // The server offers the head first (docs/http.md), then the whole request.
   auto head = std::make_unique<SimExchange>(rt_, trace_, r, conn, false);
   SimExchange* head_raw = head.get();
   exchanges_.push_back(std::move(head));

@@ -112,7 +112,7 @@ TEST(CacheEntry, TheClientHeadIsRebuiltFromTheCheckedHeaders) {
   EXPECT_EQ(d->headers[2].name, "x-ratelimit-remaining");
 }
 
-// --- values written by someone else (SPEC §10.2) -------------------------------
+// --- values written by someone else (docs/security.md) -------------------------------
 
 // A value as anyone with write access to Redis can make it: any field, any
 // format, and a checksum computed exactly as the encoder does.

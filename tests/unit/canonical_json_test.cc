@@ -1,4 +1,4 @@
-// Tests for canonicalizeJson() (SPEC §4.2, §3.2 invalid_json).
+// Tests for canonicalizeJson() (docs/http.md invalid_json).
 #include "proxy/canonical_json.h"
 
 #include <gtest/gtest.h>
@@ -992,6 +992,25 @@ TEST(CanonicalJsonTest, EveryTruncationIsRejected) {
       ASSERT_LE(r.error_offset, len);
     }
   }
+}
+
+// An envelope's member is the canonical form of that member alone.
+TEST(CanonicalJsonTest, MemberOfAnEnvelopeIsItsOwnCanonicalForm) {
+  const std::string inner = R"({ "z" : [1.0, {"b":"x\"}","a":null}], "n": 18446744073709551617 , "e": 1e400 })";
+  CanonicalJson whole = canonicalizeJson(R"({"workflow_id":"wf","body":)" + inner + R"(,"a":"}{,"})");
+  ASSERT_TRUE(whole.ok) << whole.error;
+  auto member = canonicalMember(whole.canonical, "body");
+  ASSERT_TRUE(member.has_value()) << whole.canonical;
+  EXPECT_EQ(*member, canonicalizeJson(inner).canonical);
+  EXPECT_EQ(canonicalMember(whole.canonical, "a").value_or("?"), R"("}{,")");
+  EXPECT_EQ(canonicalMember(whole.canonical, "workflow_id").value_or("?"), R"("wf")");
+  EXPECT_FALSE(canonicalMember(whole.canonical, "missing").has_value());
+  EXPECT_FALSE(canonicalMember(whole.canonical, "b").has_value());  // nested, not top level
+  EXPECT_FALSE(canonicalMember("{}", "body").has_value());
+  EXPECT_FALSE(canonicalMember("", "body").has_value());
+  // Duplicates were resolved (last wins) before: one member remains.
+  CanonicalJson dup = canonicalizeJson(R"({"body":{"x":1},"body":{"x":2}})");
+  EXPECT_EQ(canonicalMember(dup.canonical, "body").value_or("?"), R"({"x":2})");
 }
 
 }  // namespace

@@ -145,7 +145,7 @@ int64_t nowMs() {
       .count();
 }
 
-// SPEC §10.1: the look after taking the lock honours what the waiters'
+// docs/http.md: the look after taking the lock honours what the waiters'
 // Cache-Control accepts. An entry stored before a no-cache request came (or
 // older than its max-age) is not an answer: the flight runs.
 TEST_F(CoalescerRedis, AnEntryOlderThanAWaiterAcceptsIsRunAfresh) {

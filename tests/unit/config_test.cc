@@ -1,7 +1,8 @@
-// Tests of the configuration loader (SPEC §2): every field, its default, the
+// Tests of the configuration loader (docs/configuration.md): every field, its default, the
 // ${ENV} syntax, api_key_file, error lines and messages, and that no secret
 // ever reaches an error message.
 #include "proxy/config.h"
+#include "proxy/hash.h"
 
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -106,7 +107,7 @@ class TempDir {
 };
 
 // ---------------------------------------------------------------------------
-// The example of SPEC §2, verbatim.
+// The example of docs/configuration.md, verbatim.
 
 constexpr const char* kSpecExample =
     R"(listen: 127.0.0.1:8080          # host:port, [::1]:port, or unix:/run/workflow-proxy/sock
@@ -137,7 +138,7 @@ cache:
   backend: memory               # memory | redis (needs `redis`) | off
   ttl_s: 86400                  # lifetime of a stored response
   memory_max_bytes: 256MiB      # LRU bound of the in-process cache (also the L1 in front of Redis)
-  streams: true                 # store completed streams and replay them (§4.4)
+  streams: true                 # store completed streams and replay them (docs/http.md)
   stale_if_error_s: 0           # >0: serve an entry up to this long past its TTL when the
                                 #     upstream fails (5xx, timeout, unreachable) or the queue is full
   workflows:                    # per-workflow overrides of ttl_s and stale_if_error_s
@@ -165,7 +166,7 @@ organisations:
         key_sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
       - name: tutor-web
         key: ${TUTOR_WEB_KEY}   # plain form, for keys injected from the environment
-        weight: 2               # share of the queue (§5.3); default 1
+        weight: 2               # share of the queue (docs/rate-limits.md); default 1
 )";
 
 TEST(ConfigTest, SpecExampleParses) {
@@ -365,6 +366,56 @@ TEST(ConfigTest, MalformedReferences) {
   EXPECT_ERROR(load(withOrgs("log:\n  level: ${1X}\n")),
                "test.yaml:2: log.level: malformed ${...} reference");
   EXPECT_ERROR(load(withOrgs("log:\n  level: ${}\n")), "malformed ${...} reference");
+}
+
+// ---------------------------------------------------------------------------
+// admin.token_file and log.format
+
+TEST(ConfigTest, AdminTokenFileKeepsOnlyTheDigestOfItsTrimmedContent) {
+  TempDir dir;
+  fs::path token = dir.write("admin-token", "\n  t0ken-abc \n");
+  auto r = load(withOrgs("admin:\n  token_file: " + token.string() + "\n"));
+  EXPECT_LOADS(r);
+  EXPECT_EQ(r.config->admin.token_file, token.string());
+  ASSERT_TRUE(r.config->admin.token_sha256.has_value());
+  EXPECT_EQ(*r.config->admin.token_sha256, sha256("t0ken-abc"));
+
+  // Omitted, null, "" or an empty ${VAR:-}: no token.
+  for (const std::string& none : {std::string(""), std::string("admin:\n"), std::string("admin:\n  token_file:\n"),
+                                  std::string("admin:\n  token_file: \"\"\n"),
+                                  std::string("admin:\n  token_file: ${NO_SUCH_VAR:-}\n")}) {
+    auto n = load(withOrgs(none));
+    EXPECT_LOADS(n);
+    EXPECT_FALSE(n.config->admin.token_sha256.has_value()) << none;
+  }
+}
+
+TEST(ConfigTest, AdminTokenFileProblemsAreConfigurationErrors) {
+  TempDir dir;
+  dir.write("empty", " \n\n");
+  dir.write("spaced", "two words\n");
+  EXPECT_ERROR(load(withOrgs("admin:\n  token_file: " + (dir.path() / "missing").string() + "\n")),
+               "test.yaml:2: admin.token_file: cannot read '" + (dir.path() / "missing").string() + "'");
+  EXPECT_ERROR(load(withOrgs("admin:\n  token_file: " + (dir.path() / "empty").string() + "\n")),
+               "admin.token_file: '" + (dir.path() / "empty").string() + "' is empty");
+  EXPECT_ERROR(load(withOrgs("admin:\n  token_file: " + (dir.path() / "spaced").string() + "\n")),
+               "characters outside visible ASCII inside the token");
+  EXPECT_ERROR(load(withOrgs("admin:\n  token: abc\n")), "test.yaml:2: unknown key 'token' in admin");
+  // Relative: against the configuration's directory, as api_key_file.
+  dir.write("secrets/admin", "rel\n");
+  auto r = load(withOrgs("admin:\n  token_file: secrets/admin\n"), {}, dir.path().string());
+  EXPECT_LOADS(r);
+  EXPECT_EQ(*r.config->admin.token_sha256, sha256("rel"));
+}
+
+TEST(ConfigTest, LogFormatIsTextOrJson) {
+  auto text = load(withOrgs(""));
+  EXPECT_LOADS(text);
+  EXPECT_EQ(text.config->log.format, LogConfig::Format::Text);
+  auto json = load(withOrgs("log:\n  format: json\n"));
+  EXPECT_LOADS(json);
+  EXPECT_EQ(json.config->log.format, LogConfig::Format::Json);
+  EXPECT_ERROR(load(withOrgs("log:\n  format: logfmt\n")), "test.yaml:2: log.format: expected text or json, got 'logfmt'");
 }
 
 // ---------------------------------------------------------------------------
@@ -1117,7 +1168,7 @@ fs::path confDir() {
 }
 
 // ---------------------------------------------------------------------------
-// checkStart(): what --check-config opens besides the file (SPEC §10.1).
+// checkStart(): what --check-config opens besides the file (docs/http.md).
 
 std::vector<std::string> checkYaml(const std::string& yaml, const std::string& base_dir = ".") {
   auto r = load(yaml, {}, base_dir);
@@ -1287,9 +1338,12 @@ TEST(ConfigTest, ShippedSidecarConfig) {
   EXPECT_LOADS(r);
   EXPECT_EQ(r.config->cache.backend, CacheConfig::Backend::Memory);
   EXPECT_FALSE(r.config->redis);
-  EXPECT_EQ(r.config->listen.text, "127.0.0.1:8080");
+  // A port few applications in a pod already use; the admin routes on the
+  // pod's address for probes and Prometheus, with no token unless a file is given.
+  EXPECT_EQ(r.config->listen.text, "127.0.0.1:9460");
   ASSERT_TRUE(r.config->admin_listen);
-  EXPECT_EQ(r.config->admin_listen->text, "127.0.0.1:9464");
+  EXPECT_EQ(r.config->admin_listen->text, "0.0.0.0:9464");
+  EXPECT_FALSE(r.config->admin.token_sha256);
   ASSERT_TRUE(r.config->default_organisation);
   EXPECT_EQ(r.config->organisations.size(), 1u);
   EXPECT_EQ(r.config->organisations[0].api_key, "sk_x");

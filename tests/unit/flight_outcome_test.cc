@@ -1,6 +1,6 @@
 // The flight outcome's wire form (proxy/flight_outcome.h): what a follower
 // accepts from the flight's Redis channel, where anyone who can PUBLISH can
-// write (SPEC §10.2).
+// write (docs/security.md).
 #include "proxy/flight_outcome.h"
 
 #include <algorithm>

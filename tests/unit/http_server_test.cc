@@ -546,7 +546,7 @@ TEST_F(HttpServerTest, Expect100Continue) {
   EXPECT_EQ(body, "hello");
 }
 
-// --- the head handler (SPEC §10.1: refuse a request before reading its body) ---------
+// --- the head handler (docs/http.md: refuse a request before reading its body) ---------
 
 const std::string kUnauthorizedJson = R"({"error":"Unauthorized. Please provide a valid secret key.","success":false})";
 

@@ -610,7 +610,7 @@ TEST(RateLimiter, ConfigureAppliesAtOnceAndKeepsHistoryAndPauses) {
 }
 
 // idle(): the scheduler drops a pass_through budget on its word, so it must
-// hold while anything could still change a decision (SPEC §10.2).
+// hold while anything could still change a decision (docs/security.md).
 TEST(RateLimiter, IdleOnlyOnceNothingInItMattersAnyMore) {
   FakeClock clock;
   RateLimiter rl(budget(2), clock);

@@ -41,7 +41,7 @@ TEST(Routes, TokenOptionsAndPassThrough) {
   EXPECT_EQ(routeClient("GET", "/healthz", false).kind, RouteKind::PassThrough);
 }
 
-// SPEC §10.1: TRACE echoes the request (organisation key included) and CONNECT
+// docs/http.md: TRACE echoes the request (organisation key included) and CONNECT
 // asks for a tunnel: 405 on every path, never a route that forwards.
 bool forwards(RouteKind kind) {
   return kind == RouteKind::Run || kind == RouteKind::Stream || kind == RouteKind::Token ||

@@ -107,7 +107,7 @@ TEST(Scheduler, ASentStartCountsOnce) {
   scheduler.rejectAll(RejectReason::ShuttingDown);
 }
 
-// SPEC §10.2: a pass_through key's budget is dropped once idle, so 10 000
+// docs/security.md: a pass_through key's budget is dropped once idle, so 10 000
 // keys that each ran once leave nothing behind a window later.
 TEST(Scheduler, PassThroughBudgetsAreDroppedOnceTheirWindowHasPassed) {
   EventLoop loop;

@@ -533,7 +533,7 @@ TEST_F(SharedBudgetTest, TwoHammeringInstancesNeverExceedTheWindow) {
   }
 }
 
-// SPEC §10.2 at fleet scale: with shared budgets, a pass_through key leaves
+// docs/security.md at fleet scale: with shared budgets, a pass_through key leaves
 // nothing behind — neither its budget in the scheduler nor a key in Redis
 // (each has a time to live) — and an absurd Retry-After pauses the fleet for
 // a window, not for ever (nor, as a cast overflowing, not at all).
@@ -592,7 +592,7 @@ TEST_F(SharedBudgetTest, PassThroughKeysLeaveNothingBehindInTheSchedulerOrInRedi
   EXPECT_EQ(left, 0u) << "keys of the pass_through budgets left in Redis";
 }
 
-// --- replies from Redis are untrusted (SPEC §10.2) --------------------------
+// --- replies from Redis are untrusted (docs/security.md) --------------------------
 
 RedisReply integer(long long n) {
   RedisReply r;

@@ -116,6 +116,14 @@ TEST_F(StreamFanoutTest, IdenticalStreamsShareOneTokenFetchAndOneStreamAndALateJ
     EXPECT_EQ(s->ended, 1);
   }
   EXPECT_EQ(transport.started.size(), 2u);
+  // Both upstream requests, the token's and the stream's, counted for the
+  // organisation. (Regression: the stream's was counted for org="", its label
+  // read from the token's spec after that had been moved away.)
+  std::string metrics_text = metrics.render();
+  EXPECT_NE(metrics_text.find("workflow_proxy_upstream_requests_total{org=\"acme\",code=\"200\"} 2\n"),
+            std::string::npos)
+      << metrics_text;
+  EXPECT_EQ(metrics_text.find("org=\"\""), std::string::npos) << metrics_text;
   CachedResponsePtr stored = cache.peekLocal("k");
   ASSERT_NE(stored, nullptr) << "a complete 200 stream is stored";
   EXPECT_TRUE(stored->stream);

@@ -1,4 +1,4 @@
-// The stream-token rules (SPEC §4.4, §10.1): the query read as the upstream
+// The stream-token rules (docs/http.md): the query read as the upstream
 // reads it, the token route's answer, and where the token goes.
 #include "proxy/stream_token.h"
 

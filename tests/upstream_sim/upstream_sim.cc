@@ -46,7 +46,7 @@ using ojson = nlohmann::ordered_json;
 using Headers = std::vector<std::pair<std::string, std::string>>;
 
 // ---------------------------------------------------------------------------
-// Exact upstream bodies (upstream-api.md §6)
+// Exact upstream bodies (docs/upstream-api.md)
 
 constexpr const char* kErr401 =
     R"({"error":"Unauthorized. Please provide a valid secret key.","success":false})";
