@@ -1,6 +1,7 @@
 // RedisClient against a real redis-server: each test starts its own on a
 // free loopback port in a temp dir and kills it by PID at the end.
 #include "proxy/redis_client.h"
+#include "tests/unit/redis_server.h"
 
 #include <gtest/gtest.h>
 
@@ -28,122 +29,13 @@ extern char** environ;
 namespace wfp {
 namespace {
 
+using test_redis::canConnect;
+using test_redis::freePort;
+using test_redis::RedisServer;
+using test_redis::redisServerInstalled;
+
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
-
-bool redisServerInstalled() {
-  const char* path = std::getenv("PATH");
-  std::stringstream dirs(path ? path : "/usr/bin:/bin");
-  std::string dir;
-  while (std::getline(dirs, dir, ':')) {
-    if (!dir.empty() && ::access((dir + "/redis-server").c_str(), X_OK) == 0) return true;
-  }
-  return false;
-}
-
-int freePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  socklen_t len = sizeof addr;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
-
-bool canConnect(int port, const std::string& unix_path) {
-  int fd = -1;
-  int rc = -1;
-  if (!unix_path.empty()) {
-    fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", unix_path.c_str());
-    rc = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  } else {
-    fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    addr.sin_port = htons(static_cast<uint16_t>(port));
-    rc = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  }
-  ::close(fd);
-  return rc == 0;
-}
-
-// One redis-server process in its own temp dir.
-class RedisServer {
- public:
-  explicit RedisServer(std::vector<std::string> extra = {}) : extra_(std::move(extra)) {
-    char tmpl[] = "/tmp/wfp-redis-XXXXXX";
-    if (::mkdtemp(tmpl) != nullptr) dir_ = tmpl;
-    port_ = freePort();
-  }
-  ~RedisServer() {
-    kill9();
-    std::error_code ec;
-    if (!dir_.empty()) std::filesystem::remove_all(dir_, ec);
-  }
-
-  int port() const { return port_; }
-  const std::string& dir() const { return dir_; }
-  std::string unixPath() const { return dir_ + "/redis.sock"; }
-  pid_t pid() const { return pid_; }
-
-  bool start(bool with_unix_socket = false) {
-    if (dir_.empty() || port_ <= 0) return false;
-    std::vector<std::string> args = {"redis-server", "--port", std::to_string(port_), "--bind", "127.0.0.1",
-                                     "--save", "", "--appendonly", "no", "--dir", dir_,
-                                     "--logfile", dir_ + "/redis.log", "--daemonize", "no"};
-    if (with_unix_socket) {
-      args.insert(args.end(), {"--unixsocket", unixPath(), "--unixsocketperm", "700"});
-      unix_ = true;
-    }
-    args.insert(args.end(), extra_.begin(), extra_.end());
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    if (::posix_spawnp(&pid_, "redis-server", nullptr, nullptr, argv.data(), environ) != 0) {
-      pid_ = -1;
-      return false;
-    }
-    auto deadline = Clock::now() + 5s;
-    while (Clock::now() < deadline) {
-      if (canConnect(port_, "") && (!unix_ || canConnect(0, unixPath()))) return true;
-      int status = 0;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        return false;
-      }
-      std::this_thread::sleep_for(5ms);
-    }
-    return false;
-  }
-
-  void kill9() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGKILL);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    pid_ = -1;
-  }
-  void pause() { ::kill(pid_, SIGSTOP); }
-  void resume() { ::kill(pid_, SIGCONT); }
-
- private:
-  std::vector<std::string> extra_;
-  std::string dir_;
-  int port_ = -1;
-  pid_t pid_ = -1;
-  bool unix_ = false;
-};
 
 // Runs the loop until `done()` or `limit`; true if `done()`.
 bool runUntil(EventLoop& loop, const std::function<bool()>& done, std::chrono::milliseconds limit) {

@@ -30,6 +30,7 @@
 #include "proxy/metrics.h"
 #include "proxy/redis_client.h"
 #include "proxy/scheduler.h"
+#include "tests/unit/redis_server.h"
 
 extern char** environ;
 
@@ -41,99 +42,8 @@ using namespace std::chrono_literals;
 using std::chrono::duration_cast;
 using std::chrono::milliseconds;
 
-bool redisServerInstalled() {
-  const char* path = std::getenv("PATH");
-  std::stringstream dirs(path ? path : "/usr/bin:/bin");
-  std::string dir;
-  while (std::getline(dirs, dir, ':')) {
-    if (!dir.empty() && ::access((dir + "/redis-server").c_str(), X_OK) == 0) return true;
-  }
-  return false;
-}
-
-int freePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  socklen_t len = sizeof addr;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
-
-bool canConnect(int port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  int rc = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  ::close(fd);
-  return rc == 0;
-}
-
-// One redis-server process in its own temp dir.
-class RedisServer {
- public:
-  RedisServer() {
-    char tmpl[] = "/tmp/wfp-sb-redis-XXXXXX";
-    if (::mkdtemp(tmpl) != nullptr) dir_ = tmpl;
-    port_ = freePort();
-  }
-  ~RedisServer() {
-    kill9();
-    std::error_code ec;
-    if (!dir_.empty()) std::filesystem::remove_all(dir_, ec);
-  }
-  RedisServer(const RedisServer&) = delete;
-  RedisServer& operator=(const RedisServer&) = delete;
-
-  int port() const { return port_; }
-
-  bool start() {
-    if (dir_.empty() || port_ <= 0) return false;
-    std::vector<std::string> args = {"redis-server", "--port", std::to_string(port_), "--bind", "127.0.0.1",
-                                     "--save", "", "--appendonly", "no", "--dir", dir_,
-                                     "--logfile", dir_ + "/redis.log", "--daemonize", "no"};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    if (::posix_spawnp(&pid_, "redis-server", nullptr, nullptr, argv.data(), environ) != 0) {
-      pid_ = -1;
-      return false;
-    }
-    auto deadline = SteadyClock::now() + 5s;
-    while (SteadyClock::now() < deadline) {
-      if (canConnect(port_)) return true;
-      int status = 0;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        return false;
-      }
-      std::this_thread::sleep_for(5ms);
-    }
-    return false;
-  }
-
-  void kill9() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGKILL);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    pid_ = -1;
-  }
-
- private:
-  std::string dir_;
-  int port_ = -1;
-  pid_t pid_ = -1;
-};
+using test_redis::RedisServer;
+using test_redis::redisServerInstalled;
 
 // Runs the loop until `done()` or `limit`; true if `done()`.
 bool runUntil(EventLoop& loop, const std::function<bool()>& done, milliseconds limit) {
