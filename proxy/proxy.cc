@@ -110,6 +110,14 @@ bool checkListen(const ListenAddress& address, std::string* error) {
   return false;
 }
 
+// The admin listener: the client limits, with room for a few scrapers and
+// probes rather than a service's connections.
+HttpServerLimits adminLimits(const Config& config) {
+  HttpServerLimits limits = serverLimits(config);
+  limits.max_connections = 256;
+  return limits;
+}
+
 double unixSeconds() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
@@ -144,6 +152,7 @@ std::vector<std::string> checkStart(const Config& config) {
 Proxy::Proxy(EventLoop& loop, ConfigPtr config)
     : loop_(loop),
       config_(std::move(config)),
+      started_(config_),
       redis_(makeRedisClient(loop, *config_, metrics_)),
       cache_(std::make_unique<CacheStore>(
           loop, config_->cache.backend == CacheConfig::Backend::Redis ? redis_.get() : nullptr,
@@ -178,9 +187,7 @@ bool Proxy::start(std::string* error) {
   if (!server_->listen(config_->listen, &bound, error)) return false;
   spdlog::info("listening on {} (client)", bound.address);
   if (config_->admin_listen) {
-    HttpServerLimits admin_limits = serverLimits(*config_);
-    admin_limits.max_connections = 256;
-    admin_server_ = std::make_unique<HttpServer>(loop_, admin_limits,
+    admin_server_ = std::make_unique<HttpServer>(loop_, adminLimits(*config_),
                                                  [this](HttpExchange& ex) { handler_.handleAdmin(ex); });
     admin_server_->setErrorObserver(record_error);
     if (!admin_server_->listen(*config_->admin_listen, &bound, error)) return false;
@@ -190,11 +197,7 @@ bool Proxy::start(std::string* error) {
 }
 
 void Proxy::reload(ConfigPtr config) {
-  if (config->listen.text != config_->listen.text ||
-      (config->admin_listen ? config->admin_listen->text : "") !=
-          (config_->admin_listen ? config_->admin_listen->text : "")) {
-    spdlog::warn("reload: listen/admin_listen changed; the new addresses take effect after a restart");
-  }
+  warnRestartNeeded(*config);
   if (config->log.access_log != config_->log.access_log || config->log.access_log != "stderr") {
     std::string error;
     if (!access_log_.open(config->log.access_log, &error)) spdlog::error("reload: access log: {}", error);
@@ -204,11 +207,36 @@ void Proxy::reload(ConfigPtr config) {
   upstream_.setOptions(upstreamOptions(*config));
   cache_->setMemoryMaxBytes(config->cache.memory_max_bytes);
   if (server_) server_->setLimits(serverLimits(*config));
+  if (admin_server_) admin_server_->setLimits(adminLimits(*config));
   handler_.setConfig(config);  // and the scheduler: queued runs it starts carry the new key
   config_ = std::move(config);
   metrics_.recordReload(true, unixSeconds());
   spdlog::info("configuration reloaded from {}", config_->source);
   warnIfAdminExposed();
+}
+
+// What is built once, at the start: the listeners, the Redis client, the
+// cache backend, the shared budget. A change to it is applied by the next
+// start, and said so at each reload that asks for it (compared with what
+// runs, not with the previous file).
+void Proxy::warnRestartNeeded(const Config& next) const {
+  const Config& now = *started_;
+  auto admin = [](const Config& c) { return c.admin_listen ? c.admin_listen->text : std::string(); };
+  if (next.listen.text != now.listen.text || admin(next) != admin(now)) {
+    spdlog::warn("reload: listen/admin_listen changed; the new addresses take effect after a restart");
+  }
+  auto redis = [](const Config& c) {
+    return c.redis ? c.redis->url + "\n" + c.redis->key_prefix + "\n" + std::to_string(c.redis->timeout_ms)
+                   : std::string();
+  };
+  if (redis(next) != redis(now)) spdlog::warn("reload: redis changed; it takes effect after a restart");
+  auto cache_in_redis = [](const Config& c) { return c.cache.backend == CacheConfig::Backend::Redis; };
+  if (cache_in_redis(next) != cache_in_redis(now)) {
+    spdlog::warn("reload: cache.backend changed to or from redis; that takes effect after a restart");
+  }
+  if (next.rate_limit.shared != now.rate_limit.shared) {
+    spdlog::warn("reload: rate_limit.shared changed; it takes effect after a restart");
+  }
 }
 
 void Proxy::rejectReload(const std::vector<std::string>& errors) {

@@ -47,9 +47,12 @@ class Proxy {
   // A warning when the admin actions are reachable beyond this host with no
   // admin.token_file to guard them.
   void warnIfAdminExposed() const;
+  // A warning for each change a reload cannot apply (it needs a restart).
+  void warnRestartNeeded(const Config& next) const;
 
   EventLoop& loop_;
   ConfigPtr config_;
+  ConfigPtr started_;  // the configuration the listeners, Redis and the backend were built from
   Metrics metrics_;
   AccessLog access_log_;
   bool grace_over_ = false;  // drain: the grace ran out, stop waiting for background work

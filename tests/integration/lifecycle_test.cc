@@ -119,6 +119,29 @@ TEST(Lifecycle, ReloadAppliesNewKeysAndRejectsABadFile) {
   EXPECT_TRUE(proxy.process().running());
 }
 
+// What a reload cannot apply (Redis, the cache backend, shared budgets,
+// addresses) is said in the log; the admin listener takes the reloaded limits
+// as the client listener does. (Regression: both were silent, and the admin
+// listener kept the limits it started with.)
+TEST(Lifecycle, AReloadSaysWhatNeedsARestartAndTheAdminListenerFollowsItsLimits) {
+  Simulator sim;
+  ProxyProcess proxy(baseConfig(), sim.url());
+  const std::string big(4000, ' ');
+  const std::string purge = R"({"organisation":"acme","workflow_id":"wf_x"})";
+  EXPECT_EQ(httpRequest(proxy.adminPort(), "POST", "/admin/purge", {}, purge + big).status, 200);
+
+  std::string text = readFile(proxy.configPath());
+  proxy.dir().write("proxy.yaml", text + "redis:\n  url: redis://127.0.0.1:1/0\nlimits:\n  max_body_bytes: 1000\n");
+  proxy.process().signal(SIGHUP);
+  ASSERT_TRUE(eventually([&] { return proxy.log().find("configuration reloaded") != std::string::npos; }))
+      << proxy.log();
+  EXPECT_NE(proxy.log().find("reload: redis changed; it takes effect after a restart"), std::string::npos)
+      << proxy.log();
+  EXPECT_EQ(proxy.log().find("reload: rate_limit.shared changed"), std::string::npos) << proxy.log();
+  EXPECT_EQ(httpRequest(proxy.adminPort(), "POST", "/admin/purge", {}, purge + big).status, 413);
+  EXPECT_EQ(httpRequest(proxy.adminPort(), "POST", "/admin/purge", {}, purge).status, 200);
+}
+
 // workflow_proxy_config_last_reload_successful follows each SIGHUP; the
 // timestamp moves only with a success.
 TEST(Lifecycle, TheLastReloadIsInTheMetrics) {
