@@ -5,6 +5,7 @@
 
 #include "build_info.h"  // generated: WFP_COMMIT
 #include "proxy/process_metrics.h"
+#include "proxy/prometheus_text.h"
 
 namespace wfp {
 
@@ -14,14 +15,6 @@ const std::vector<double> kLatencyBounds = {0.00005, 0.0001, 0.00025, 0.0005, 0.
                                             0.025,   0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,
                                             10,      30,     60,      120,    300};
 
-// The shortest text that reads back as the same double: le="0.005", not
-// le="0.0050000000000000001".
-std::string number(double v) {
-  char buf[64];
-  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
-  if (ec != std::errc()) return "NaN";
-  return std::string(buf, end);
-}
 
 std::string labels(std::initializer_list<std::pair<const char*, std::string>> pairs) {
   std::string out;
@@ -37,15 +30,7 @@ std::string labels(std::initializer_list<std::pair<const char*, std::string>> pa
 
 template <typename Map>
 void family(std::string& out, const char* name, const char* type, const char* help, const Map& series) {
-  out += "# HELP ";
-  out += name;
-  out += ' ';
-  out += help;
-  out += "\n# TYPE ";
-  out += name;
-  out += ' ';
-  out += type;
-  out += '\n';
+  appendFamilyHead(out, name, type, help);
   for (const auto& [label_set, value] : series) {
     out += name;
     if (!label_set.empty()) {
@@ -97,11 +82,11 @@ void Histogram::render(std::string& out, const std::string& name) const {
   uint64_t cumulative = 0;
   for (size_t i = 0; i < bounds_.size(); ++i) {
     cumulative += counts_[i];
-    out += name + "_bucket{le=\"" + number(bounds_[i]) + "\"} " + std::to_string(cumulative) + "\n";
+    out += name + "_bucket{le=\"" + formatNumber(bounds_[i]) + "\"} " + std::to_string(cumulative) + "\n";
   }
   cumulative += counts_.back();
   out += name + "_bucket{le=\"+Inf\"} " + std::to_string(cumulative) + "\n";
-  out += name + "_sum " + number(sum_) + "\n";
+  out += name + "_sum " + formatNumber(sum_) + "\n";
   out += name + "_count " + std::to_string(count_) + "\n";
 }
 
@@ -151,19 +136,16 @@ void Metrics::setTracked(std::string_view map, int64_t entries) {
 std::string Metrics::render() const {
   std::string out;
   out.reserve(4096);
-  out += "# HELP workflow_proxy_build_info The version and the commit this binary was built from; always 1.\n";
-  out += "# TYPE workflow_proxy_build_info gauge\n";
+  appendFamilyHead(out, "workflow_proxy_build_info", "gauge", "The version and the commit this binary was built from; always 1.");
   out += "workflow_proxy_build_info{" + labels({{"version", WFP_VERSION}, {"commit", WFP_COMMIT}}) + "} 1\n";
   family(out, "workflow_proxy_requests_total", "counter", "Client requests answered, by organisation, route, status and cache state.", requests_);
   family(out, "workflow_proxy_upstream_requests_total", "counter", "Requests sent to the upstream, by organisation and status (error: no response).", upstream_requests_);
-  out += "# HELP workflow_proxy_upstream_duration_seconds Time from sending a request upstream to its complete response.\n";
-  out += "# TYPE workflow_proxy_upstream_duration_seconds histogram\n";
+  appendFamilyHead(out, "workflow_proxy_upstream_duration_seconds", "histogram", "Time from sending a request upstream to its complete response.");
   upstream_duration_.render(out, "workflow_proxy_upstream_duration_seconds");
   std::map<std::string, int64_t> depth;
   for (const auto& [org, d] : queue_depth_) depth[labels({{"org", org}})] = d;
   family(out, "workflow_proxy_queue_depth", "gauge", "Requests waiting in the organisation's queue.", depth);
-  out += "# HELP workflow_proxy_queue_wait_seconds Time requests waited in the queue before starting upstream.\n";
-  out += "# TYPE workflow_proxy_queue_wait_seconds histogram\n";
+  appendFamilyHead(out, "workflow_proxy_queue_wait_seconds", "histogram", "Time requests waited in the queue before starting upstream.");
   queue_wait_.render(out, "workflow_proxy_queue_wait_seconds");
   scalar(out, "workflow_proxy_cache_entries", "gauge", "Entries in the in-process cache.", cache_entries_);
   family(out, "workflow_proxy_coalesced_total", "counter", "Requests answered by attaching to an identical run in flight.", coalesced_);
@@ -173,14 +155,12 @@ std::string Metrics::render() const {
   } else {
     // The family is always there (docs/operations.md), with no sample: an instance
     // without Redis has nothing to be down, and raises no `== 0` alert.
-    out += "# HELP workflow_proxy_redis_up 1 when Redis is connected and answering (no sample: Redis not configured).\n";
-    out += "# TYPE workflow_proxy_redis_up gauge\n";
+    appendFamilyHead(out, "workflow_proxy_redis_up", "gauge", "1 when Redis is connected and answering (no sample: Redis not configured).");
   }
   std::map<std::string, int64_t> remaining;
   for (const auto& [org, r] : ratelimit_remaining_) remaining[labels({{"org", org}})] = r;
-  family(out, "workflow_proxy_ratelimit_remaining", "gauge", "Latest x-ratelimit-remaining seen from the upstream.", remaining);
-  out += "# HELP workflow_proxy_overhead_seconds Total time minus queue wait minus upstream time.\n";
-  out += "# TYPE workflow_proxy_overhead_seconds histogram\n";
+  family(out, "workflow_proxy_ratelimit_remaining", "gauge", "Starts the organisation may still make in the current window: the latest of the upstream's x-ratelimit-remaining and the proxy's own (or, with shared budgets, the fleet's) count.", remaining);
+  appendFamilyHead(out, "workflow_proxy_overhead_seconds", "histogram", "Total time minus queue wait minus upstream time.");
   overhead_.render(out, "workflow_proxy_overhead_seconds");
   scalar(out, "workflow_proxy_client_connections", "gauge", "Open client connections.", connections_);
   std::map<std::string, int64_t> tracked;
@@ -189,9 +169,8 @@ std::string Metrics::render() const {
          "Entries held in a per-key map (budgets, flights, ...), each bounded or evicted when idle.", tracked);
   scalar(out, "workflow_proxy_config_last_reload_successful", "gauge",
          "1 when the last configuration load (start or SIGHUP) succeeded, 0 when it was rejected.", reload_ok_);
-  out += "# HELP workflow_proxy_config_last_reload_success_timestamp_seconds Unix time of the last successful configuration load.\n";
-  out += "# TYPE workflow_proxy_config_last_reload_success_timestamp_seconds gauge\n";
-  out += "workflow_proxy_config_last_reload_success_timestamp_seconds " + number(reload_success_time_) + "\n";
+  appendFamilyHead(out, "workflow_proxy_config_last_reload_success_timestamp_seconds", "gauge", "Unix time of the last successful configuration load.");
+  out += "workflow_proxy_config_last_reload_success_timestamp_seconds " + formatNumber(reload_success_time_) + "\n";
   renderProcessMetrics(out);
   return out;
 }

@@ -1,4 +1,5 @@
 #include "proxy/process_metrics.h"
+#include "proxy/prometheus_text.h"
 
 #include <charconv>
 #include <cstdint>
@@ -17,22 +18,8 @@ namespace wfp {
 
 namespace {
 
-std::string formatNumber(double v) {
-  char buf[64];
-  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
-  return ec == std::errc() ? std::string(buf, end) : std::string("NaN");
-}
-
 void gauge(std::string& out, const char* name, const char* type, const char* help, double value) {
-  out += "# HELP ";
-  out += name;
-  out += ' ';
-  out += help;
-  out += "\n# TYPE ";
-  out += name;
-  out += ' ';
-  out += type;
-  out += '\n';
+  appendFamilyHead(out, name, type, help);
   out += name;
   out += ' ';
   out += formatNumber(value);
