@@ -8,6 +8,7 @@ ProxyError invalidJson(std::string_view parse_error) {
   return {400, "Bad Request", "invalid_json", "Request body is not a JSON object: " + std::string(parse_error)};
 }
 ProxyError notFound() { return {404, "Not Found", "not_found", "Not found"}; }
+ProxyError workflowNotFound() { return {404, "Not Found", "not_found", "Workflow not found"}; }
 ProxyError methodNotAllowed() { return {405, "Method Not Allowed", "method_not_allowed", "Method not allowed"}; }
 ProxyError payloadTooLarge() { return {413, "Payload Too Large", "payload_too_large", "Request body too large"}; }
 // Verbatim upstream sentence, so clients matching on the text keep working.

@@ -19,6 +19,8 @@ struct ProxyError {
 
 ProxyError invalidJson(std::string_view parse_error);
 ProxyError notFound();
+// The upstream's sentence for a workflow it does not know (a malformed id).
+ProxyError workflowNotFound();
 ProxyError methodNotAllowed();
 ProxyError payloadTooLarge();
 ProxyError rateLimited();

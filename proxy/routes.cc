@@ -16,6 +16,14 @@ Route nowhere(std::string_view method) {
   return isNeverForwardedMethod(method) ? notAllowed("") : make(RouteKind::NotFound);
 }
 
+// A malformed workflow id on a run or stream route: 404 as for a workflow
+// the upstream does not know (or 405 for a never-forwarded method).
+Route badWorkflow(std::string_view method) {
+  Route route = nowhere(method);
+  route.bad_workflow = route.kind == RouteKind::NotFound;
+  return route;
+}
+
 // GET-only admin routes; HEAD is answered like GET by nobody here, keep it simple.
 Route adminGet(std::string_view method, RouteKind kind) {
   if (method == "GET" || method == "HEAD") return make(kind);
@@ -44,10 +52,10 @@ Route routeClient(std::string_view method, std::string_view raw_path, bool admin
     size_t slash = rest.find('/');
     std::string_view id = rest.substr(0, slash);
     if (slash != std::string_view::npos) {
-      if (rest.substr(slash) != "/stream") return nowhere(method);
+      if (rest.substr(slash) != "/stream") return badWorkflow(method);
       stream = true;
     }
-    if (!isValidWorkflowId(id)) return nowhere(method);
+    if (!isValidWorkflowId(id)) return badWorkflow(method);
     if (method == "OPTIONS") return make(RouteKind::Options);
     if (method != "POST") return notAllowed("POST, OPTIONS");
     return Route{stream ? RouteKind::Stream : RouteKind::Run, std::string(id), {}};

@@ -33,6 +33,9 @@ struct Route {
   // ("Allow: ", RFC 9110 §10.2.1: no method) where none is: a target that is
   // not a path, a malformed workflow id, an unknown admin path.
   std::string allow;
+  // NotFound: a malformed workflow id on a run or stream route, answered with
+  // the upstream's own sentence ("Workflow not found").
+  bool bad_workflow = false;
 };
 
 // Methods never forwarded, whatever the path (docs/http.md): TRACE echoes the

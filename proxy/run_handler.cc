@@ -251,7 +251,7 @@ void RunHandler::dispatch(ClientRequest& r) {
   HttpExchange& ex = *r.exchange;
   switch (r.route.kind) {
     case RouteKind::NotFound:
-      return replyError(r, notFound());
+      return replyError(r, r.route.bad_workflow ? workflowNotFound() : notFound());
     case RouteKind::MethodNotAllowed:
       return replyError(r, methodNotAllowed(), {{"Allow", r.route.allow}});
     case RouteKind::Health:

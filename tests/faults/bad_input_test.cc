@@ -276,7 +276,7 @@ TEST_F(BadInput, TraversalAndEncodedSlashesInWorkflowIdsAre404) {
   };
   for (const auto& t : targets) {
     HttpResponse r = expectError(buildRequest("POST", t, kAcme, "{}"), 404, "not_found");
-    EXPECT_EQ(r.body, kNotFoundBody) << t;
+    EXPECT_EQ(r.body, kWorkflowNotFoundBody) << t;
     // Also for OPTIONS, which skips authentication.
     r = expectError(buildRequest("OPTIONS", t, {}, ""), 404, "not_found");
   }

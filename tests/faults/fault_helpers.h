@@ -46,6 +46,9 @@ inline const Headers kAcme{{"Authorization", "Bearer acme-client-key"}, {"Conten
 inline const Headers kGlobex{{"Authorization", "Bearer globex-client-key"}, {"Content-Type", "application/json"}};
 
 inline constexpr const char* kNotFoundBody = R"({"error":"Not found","success":false,"code":"not_found"})";
+// A malformed workflow id on a run or stream route: the upstream's sentence.
+inline constexpr const char* kWorkflowNotFoundBody =
+    R"({"error":"Workflow not found","success":false,"code":"not_found"})";
 inline constexpr const char* kUnavailableBody =
     R"({"error":"The upstream API could not be reached","success":false,"code":"upstream_unavailable"})";
 inline constexpr const char* kTimeoutBody =

@@ -153,9 +153,10 @@ TEST_F(Forwarding, EveryRequestOnAKeepAliveConnectionIsJudgedByItsOwnKey) {
 }
 
 TEST_F(Forwarding, ProxyErrorsHaveExactBodiesAndMakeNoUpstreamCall) {
+  // A malformed workflow id: the upstream's sentence for an unknown workflow.
   HttpResponse r = run("wf%2Fx", "{}", acme());
   EXPECT_EQ(r.status, 404);
-  EXPECT_EQ(r.body, R"({"error":"Not found","success":false,"code":"not_found"})");
+  EXPECT_EQ(r.body, R"({"error":"Workflow not found","success":false,"code":"not_found"})");
   EXPECT_EQ(run("wf_x/other", "{}", acme()).status, 404);
   EXPECT_EQ(run("..", "{}", acme()).status, 404);
 

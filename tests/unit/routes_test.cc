@@ -19,6 +19,10 @@ TEST(Routes, MalformedWorkflowIdsAreNotFound) {
                            "/api/v1/run/wf_x/stream/more", "/api/v1/run/wf_x/", "/api/v1/run/wf.x",
                            "/api/v1/run//stream", "/api/v1/run/wf_x/Stream"}) {
     EXPECT_EQ(routeClient("POST", path, false).kind, RouteKind::NotFound) << path;
+    // Answered with the upstream's "Workflow not found".
+    EXPECT_TRUE(routeClient("POST", path, false).bad_workflow) << path;
+    EXPECT_TRUE(routeClient("OPTIONS", path, false).bad_workflow) << path;
+    EXPECT_FALSE(routeClient("TRACE", path, false).bad_workflow) << path;  // 405
   }
   std::string long_id(129, 'a');
   EXPECT_EQ(routeClient("POST", "/api/v1/run/" + long_id, false).kind, RouteKind::NotFound);
@@ -115,6 +119,7 @@ TEST(Routes, OnlyAnOriginFormPathIsForwarded) {
   }
   EXPECT_EQ(routeClient("OPTIONS", "*", false).kind, RouteKind::NotFound);
   EXPECT_EQ(routeClient("GET", "example.com:443", false).kind, RouteKind::NotFound);
+  EXPECT_FALSE(routeClient("OPTIONS", "*", false).bad_workflow);  // not a workflow: "Not found"
 }
 
 TEST(Routes, AdminRoutes) {
@@ -126,6 +131,7 @@ TEST(Routes, AdminRoutes) {
   EXPECT_EQ(routeAdmin("POST", "/admin/purge").kind, RouteKind::Purge);
   EXPECT_EQ(routeAdmin("GET", "/admin/purge").kind, RouteKind::MethodNotAllowed);
   EXPECT_EQ(routeAdmin("GET", "/nope").kind, RouteKind::NotFound);
+  EXPECT_FALSE(routeAdmin("GET", "/nope").bad_workflow);
 }
 
 }  // namespace
