@@ -35,6 +35,23 @@ void appendServerTiming(std::string& out, double queue_ms, double upstream_ms) {
   appendMs(out, upstream_ms);
 }
 
+// X-Cache and Cache-Status on a run or stream answered without a stored or
+// fresh run to show (the proxy's own error, the token route's refusal): every
+// run response says how the cache was involved. `detail`: the proxy's error
+// code, "" for an upstream answer. Nothing before the cache was consulted
+// (cache "-": a 400, a 401).
+void appendCacheHeaders(HttpHeaders& headers, const ClientRequest& r, std::string_view detail) {
+  if ((r.route.kind != RouteKind::Run && r.route.kind != RouteKind::Stream) || r.cache == "-") return;
+  std::string status = r.cache == "BYPASS" ? "workflow-proxy; fwd=bypass" : "workflow-proxy; fwd=miss";
+  if (r.cache == "COALESCED") status += "; collapsed";
+  if (!detail.empty()) {
+    status += "; detail=";
+    status += detail;
+  }
+  headers.push_back({"X-Cache", r.cache});
+  headers.push_back({"Cache-Status", std::move(status)});
+}
+
 }  // namespace
 
 HttpHeaders responseHeaders(const ClientRequest& r, const HttpHeaders& upstream_headers) {
@@ -60,12 +77,18 @@ void replyError(ClientRequest& r, const ProxyError& error, HttpHeaders extra) {
 }
 
 void replyRejected(ClientRequest& r, RejectReason why, int retry_after_s) {
-  if (why == RejectReason::ShuttingDown) return replyError(r, shuttingDown());
-  replyError(r, rateLimited(), {{"Retry-After", std::to_string(retry_after_s)}});
+  HttpHeaders extra;
+  ProxyError error = why == RejectReason::ShuttingDown ? shuttingDown() : rateLimited();
+  if (why != RejectReason::ShuttingDown) extra.push_back({"Retry-After", std::to_string(retry_after_s)});
+  appendCacheHeaders(extra, r, error.code);
+  replyError(r, error, std::move(extra));
 }
 
 void replyFailure(ClientRequest& r, UpstreamFailure failure) {
-  replyError(r, failure == UpstreamFailure::Timeout ? upstreamTimeout() : upstreamUnavailable());
+  ProxyError error = failure == UpstreamFailure::Timeout ? upstreamTimeout() : upstreamUnavailable();
+  HttpHeaders extra;
+  appendCacheHeaders(extra, r, error.code);
+  replyError(r, error, std::move(extra));
 }
 
 void replyUnauthorized(ClientRequest& r) {
@@ -74,7 +97,9 @@ void replyUnauthorized(ClientRequest& r) {
 }
 
 void replyUpstream(ClientRequest& r, const UpstreamHead& head, std::string body) {
-  r.exchange->respond(head.status, head.reason, responseHeaders(r, head.headers), body);
+  HttpHeaders headers = responseHeaders(r, head.headers);
+  appendCacheHeaders(headers, r, "");
+  r.exchange->respond(head.status, head.reason, headers, body);
 }
 
 void RateLimitMemory::remember(const std::string& org, const HttpHeaders& headers) {

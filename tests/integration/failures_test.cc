@@ -29,9 +29,19 @@ TEST(UpstreamFailures, RefusedIs502) {
   EXPECT_EQ(r.body,
             R"({"error":"The upstream API could not be reached","success":false,"code":"upstream_unavailable"})");
   EXPECT_EQ(r.header("content-type"), "application/json");
-  // Pass-through paths too.
+  // Every run response says how the cache was involved, the proxy's own
+  // errors included (regression: these carried neither header).
+  EXPECT_EQ(r.header("X-Cache").value_or(""), "MISS") << r.raw;
+  EXPECT_EQ(r.header("Cache-Status").value_or(""), "workflow-proxy; fwd=miss; detail=upstream_unavailable") << r.raw;
+  // A stream likewise (its token fetch failed).
+  r = httpRequest(proxy.port(), "POST", "/api/v1/run/wf_x/stream", kAcme, "{}");
+  EXPECT_EQ(r.status, 502);
+  EXPECT_EQ(r.header("X-Cache").value_or(""), "MISS") << r.raw;
+  EXPECT_EQ(r.header("Cache-Status").value_or(""), "workflow-proxy; fwd=miss; detail=upstream_unavailable") << r.raw;
+  // Pass-through paths too, without cache headers: they never touch the cache.
   r = httpRequest(proxy.port(), "GET", "/api/v1/balance", kAcme);
   EXPECT_EQ(r.status, 502);
+  EXPECT_FALSE(r.header("X-Cache").has_value()) << r.raw;
 }
 
 TEST(UpstreamFailures, TimeoutIs504) {

@@ -101,6 +101,11 @@ TEST(Queue, WaitingLongerThanMaxWaitIs429) {
   for (auto& r : responses) {
     ok += r.status == 200;
     limited += r.status == 429;
+    if (r.status == 429) {
+      EXPECT_EQ(r.header("X-Cache").value_or(""), "MISS") << r.raw;
+      EXPECT_EQ(r.header("Cache-Status").value_or(""), "workflow-proxy; fwd=miss; detail=rate_limited") << r.raw;
+      EXPECT_TRUE(r.header("Retry-After").has_value()) << r.raw;
+    }
   }
   EXPECT_EQ(ok, 1);
   EXPECT_EQ(limited, 2);
