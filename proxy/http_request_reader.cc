@@ -35,6 +35,7 @@ HttpRequestReader::Step HttpRequestReader::read() {
       case HttpParser::Event::Complete:
         evbuffer_drain(in_, r.consumed);
         ex_.bytes_in_ = parser_.messageBytes();
+        ex_.body_at_ = std::chrono::steady_clock::now();
         in_body_ = false;
         return Step::Complete;
       case HttpParser::Event::Error:
@@ -76,6 +77,8 @@ void HttpRequestReader::takeHead(size_t consumed) {
   ex_.target_.assign(head.target);
   ex_.version_minor_ = head.version_minor;
   ex_.head_request_ = ex_.method_ == "HEAD";
+  ex_.head_at_ = std::chrono::steady_clock::now();
+  ex_.body_at_ = ex_.head_at_;
   // The fields are assigned into the elements the previous request left,
   // reusing their capacity; a connection's first request allocates once.
   HttpHeaders& headers = ex_.headers_;

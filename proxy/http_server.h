@@ -31,6 +31,8 @@
 // in those callbacks. Every callback runs on the loop thread.
 #pragma once
 
+#include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -85,6 +87,11 @@ class HttpExchange {
   // that waits in a queue with everything it needs copied out holds less.
   void releaseHeaders() { HttpHeaders().swap(headers_); }
   size_t bytesIn() const { return bytes_in_; }  // head + body as received
+  // Milliseconds from the complete head to the complete body (the upload),
+  // for the access log's duration_ms; 0 before the body or without one.
+  double receiveMs() const {
+    return std::max(0.0, std::chrono::duration<double, std::milli>(body_at_ - head_at_).count());
+  }
   const std::string& peer() const { return peer_; }
 
   // --- the response: exactly one of respond(), or begin() write()* end() ---
@@ -144,6 +151,8 @@ class HttpExchange {
   HttpHeaders headers_;
   std::string body_;
   size_t bytes_in_ = 0;
+  std::chrono::steady_clock::time_point head_at_{};
+  std::chrono::steady_clock::time_point body_at_{};
   std::string peer_;
   bool head_request_ = false;
   bool response_started_ = false;

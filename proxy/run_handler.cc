@@ -473,7 +473,8 @@ void RunHandler::finish(uint64_t id, bool aborted) {
     rec.bytes_in = ex ? ex->bytesIn() : 0;
     rec.bytes_out = ex ? ex->bytesOut() : 0;
     rec.remote_addr = ex ? ex->peer() : std::string();
-    rec.duration_ms = total_ms;
+    // From the complete head: the upload, then the request's own time.
+    rec.duration_ms = total_ms + (ex ? ex->receiveMs() : 0);
     rec.upstream_status = r->upstream_status;
     rec.trace_id = r->trace_id.hex();
     access_log_.write(rec);

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <iterator>
 #include <regex>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -351,6 +352,24 @@ TEST_F(Forwarding, AccessLogHasOneJsonLinePerRequest) {
   EXPECT_EQ(lines[2]["cache"], "HIT") << lines[2].dump();
   EXPECT_TRUE(lines[2]["upstream_status"].is_null()) << lines[2].dump();
   EXPECT_TRUE(lines[2]["trace_id"].is_null()) << lines[2].dump();
+}
+
+// duration_ms runs from the complete head: a slow upload is in it (the
+// proxy's overhead metric, which starts with the complete body, is not).
+TEST_F(Forwarding, AccessLogDurationIncludesTheUpload) {
+  const std::string body = R"({"slow":"upload"})";
+  Connection c(proxy_->port());
+  c.send("POST /api/v1/run/wf_slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer acme-client-key\r\n"
+         "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  c.send(body);
+  HttpResponse r = c.readResponse();
+  ASSERT_TRUE(r.ok);
+  EXPECT_EQ(r.status, 200);
+  ASSERT_TRUE(eventually([&] { return !proxy_->accessLog().empty(); }));
+  auto line = proxy_->accessLog().back();
+  EXPECT_GE(line["duration_ms"].get<double>(), 290.0) << line.dump();
+  EXPECT_LT(line["duration_ms"].get<double>(), 10000.0) << line.dump();
 }
 
 TEST(ForwardingDefaults, DefaultOrganisationAndPassThrough) {
