@@ -299,17 +299,9 @@ void Flights::deliver(ClientRequest& r, const FlightOutcome& o) {
     return replyRejected(r, RejectReason::QueueFull, o.retry_after_s);
   }
   if (!o.response) return replyFailure(r, o.failure);
-  std::string status;
-  if (r.cache == "COALESCED") {
-    status = "workflow-proxy; fwd=miss; collapsed";
-  } else if (r.bypass) {
-    status = "workflow-proxy; fwd=bypass";
-  } else {
-    status = std::string("workflow-proxy; fwd=") + (r.cc.no_cache ? "request" : "miss") + (o.stored ? "; stored" : "");
-  }
   HttpHeaders headers = responseHeaders(r, o.response->headers);
   headers.push_back({"X-Cache", r.cache});
-  headers.push_back({"Cache-Status", status});
+  headers.push_back({"Cache-Status", forwardCacheStatus(r, o.stored, "")});
   // By reference: a thousand coalesced clients of a large body share one copy.
   r.exchange->respond(o.response->status, o.response->reason, {}, headers, o.response->body, o.response);
 }

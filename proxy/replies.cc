@@ -42,17 +42,28 @@ void appendServerTiming(std::string& out, double queue_ms, double upstream_ms) {
 // (cache "-": a 400, a 401).
 void appendCacheHeaders(HttpHeaders& headers, const ClientRequest& r, std::string_view detail) {
   if ((r.route.kind != RouteKind::Run && r.route.kind != RouteKind::Stream) || r.cache == "-") return;
-  std::string status = r.cache == "BYPASS" ? "workflow-proxy; fwd=bypass" : "workflow-proxy; fwd=miss";
-  if (r.cache == "COALESCED") status += "; collapsed";
+  headers.push_back({"X-Cache", r.cache});
+  headers.push_back({"Cache-Status", forwardCacheStatus(r, false, detail)});
+}
+
+}  // namespace
+
+std::string forwardCacheStatus(const ClientRequest& r, bool stored, std::string_view detail) {
+  std::string status = "workflow-proxy; fwd=";
+  if (r.cache == "COALESCED") {
+    status += "miss; collapsed";
+  } else if (r.bypass || r.cache == "BYPASS") {
+    status += "bypass";
+  } else {
+    status += r.cc.no_cache ? "request" : "miss";
+    if (stored) status += "; stored";
+  }
   if (!detail.empty()) {
     status += "; detail=";
     status += detail;
   }
-  headers.push_back({"X-Cache", r.cache});
-  headers.push_back({"Cache-Status", std::move(status)});
+  return status;
 }
-
-}  // namespace
 
 HttpHeaders responseHeaders(const ClientRequest& r, const HttpHeaders& upstream_headers) {
   HttpHeaders headers = clientResponseHeaders(upstream_headers);
