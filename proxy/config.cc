@@ -106,6 +106,13 @@ std::string ipv6Hint(std::string_view yaml, int line) {
   return "";
 }
 
+bool hasControlCharacter(std::string_view s) {
+  for (unsigned char c : s) {
+    if (c < 0x20 || c == 0x7f) return true;
+  }
+  return false;
+}
+
 // ---------------------------------------------------------------------------
 // The loader: what each section and key means.
 
@@ -120,6 +127,9 @@ class Loader : public ConfigReader {
 
   void loadLog(const Section& top, LogConfig& log);
   void loadAdmin(const Section& top, AdminConfig& admin);
+  void loadTls(const Section& top, Config& config);
+  void loadKeyRules(const Section& entry, const std::string& path, KeyRules& rules);
+  void loadQuota(const Section& client, const std::string& path, std::optional<ClientQuota>& quota);
   // Reads a secret from a file (api_key_file, admin.token_file): the content
   // without surrounding whitespace, visible ASCII only; nullopt after an error.
   // `written` is the path as written (after ${VAR} expansion), non-empty.
@@ -141,6 +151,7 @@ class Loader : public ConfigReader {
     int line;
   };
   std::map<Sha256, DigestOwner> digests_;
+  std::map<std::string, DigestOwner> subjects_;  // tls_subject → first client
   int cache_backend_line_ = 0;
   int shared_line_ = 0;
 };
@@ -280,7 +291,7 @@ ConfigResult Loader::run(std::string_view yaml) {
   config.admin_listen = parseListenAddress("127.0.0.1:9464");
 
   auto top = section(root, "", root_line,
-                     {"listen", "admin_listen", "admin", "shutdown_grace_s", "log", "upstream", "limits", "redis",
+                     {"listen", "admin_listen", "tls", "admin", "shutdown_grace_s", "log", "upstream", "limits", "redis",
                       "cache", "rate_limit", "default_organisation", "unknown_keys", "organisations"});
   if (!top) return finish(nullptr);
 
@@ -310,6 +321,7 @@ ConfigResult Loader::run(std::string_view yaml) {
   }
   getSeconds(*top, "shutdown_grace_s", config.shutdown_grace_s, true);
 
+  loadTls(*top, config);
   loadLog(*top, config.log);
   loadAdmin(*top, config.admin);
   loadUpstream(*top, config.upstream);
@@ -402,6 +414,47 @@ void Loader::loadAdmin(const Section& top, AdminConfig& admin) {
     admin.token_file = resolvePath(*t);
     admin.token_sha256 = sha256(*token);
   }
+}
+
+// The files are only named here; checkStart() (proxy.h) loads them, as the
+// start does, and reports what does not load or match with these lines.
+void Loader::loadTls(const Section& top, Config& config) {
+  const Field* f = top.find("tls");
+  if (f == nullptr || f->value.IsNull()) return;
+  auto s = subsection(top, "tls", {"cert_file", "key_file", "client_ca_file"});
+  if (!s) return;
+  TlsConfig tls;
+  bool ok = true;
+  auto file = [&](const char* key, std::string& out, bool required) {
+    const std::string field = std::string("tls.") + key;
+    const Field* ff = s->find(key);
+    if (ff == nullptr || ff->value.IsNull()) {
+      if (required) {
+        error(s->line, field + " is required");
+        ok = false;
+      }
+      return;
+    }
+    auto t = text(*ff, field, "a file path");
+    if (!t) {
+      ok = false;
+    } else if (t->empty()) {
+      if (required) {
+        error(ff->line, field + ": empty path");
+        ok = false;
+      }
+    } else {
+      out = resolvePath(*t);
+      lines_[field] = ff->line;
+    }
+  };
+  file("cert_file", tls.cert_file, true);
+  file("key_file", tls.key_file, true);
+  file("client_ca_file", tls.client_ca_file, false);
+  if (config.listen.kind == ListenAddress::Kind::Unix && ok) {
+    // Allowed: TLS over a unix socket is unusual but well defined.
+  }
+  if (ok) config.tls = std::move(tls);
 }
 
 std::optional<std::string> Loader::readSecretFile(int line, const std::string& field, const std::string& written,
@@ -510,7 +563,9 @@ void Loader::loadCache(const Section& top, CacheConfig& cache) {
   const Field* wf = s->find("workflows");
   if (wf == nullptr || wf->value.IsNull()) return;
   if (!wf->value.IsMap()) {
-    error(wf->line, "cache.workflows: expected a mapping of workflow id to {ttl_s, stale_if_error_s}, got " +
+    error(wf->line,
+          "cache.workflows: expected a mapping of workflow id to {ttl_s, stale_if_error_s, key_ignore, key_normalize}, "
+          "got " +
                         describe(wf->value));
     return;
   }
@@ -530,14 +585,69 @@ void Loader::loadCache(const Section& top, CacheConfig& cache) {
       continue;
     }
     int value_line = value.IsNull() ? key_line : lineOf(value, key_line);
-    auto entry = section(value, "cache.workflows." + id, value_line, {"ttl_s", "stale_if_error_s"});
+    auto entry = section(value, "cache.workflows." + id, value_line,
+                         {"ttl_s", "stale_if_error_s", "key_ignore", "key_normalize"});
     if (!entry) continue;
     WorkflowCacheOverride o;
     double v = 0;
     if (getSeconds(*entry, "ttl_s", v, true)) o.ttl_s = v;
     if (getSeconds(*entry, "stale_if_error_s", v, true)) o.stale_if_error_s = v;
-    cache.workflows.emplace(id, o);
+    loadKeyRules(*entry, "cache.workflows." + id, o.key);
+    cache.workflows.emplace(id, std::move(o));
   }
+}
+
+// key_ignore: [member, a.b.c] — member paths, names separated by '.';
+// key_normalize: [trim, collapse_whitespace, lowercase].
+void Loader::loadKeyRules(const Section& entry, const std::string& path, KeyRules& rules) {
+  auto list = [&](const char* key, auto each) {
+    const Field* f = entry.find(key);
+    if (f == nullptr || f->value.IsNull()) return;
+    const std::string field = path + "." + key;
+    if (!f->value.IsSequence()) {
+      error(f->line, field + ": expected a list, got " + shapeOf(f->value));
+      return;
+    }
+    for (auto it = f->value.begin(); it != f->value.end(); ++it) {
+      int line = lineOf(*it, f->line);
+      if (!it->IsScalar()) {
+        error(line, field + ": expected a string, got " + shapeOf(*it));
+        continue;
+      }
+      each(it->Scalar(), line, field);
+    }
+  };
+  list("key_ignore", [&](const std::string& text, int line, const std::string& field) {
+    std::vector<std::string> names;
+    size_t start = 0;
+    bool ok = !text.empty();
+    while (ok) {
+      size_t dot = text.find('.', start);
+      std::string name = text.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+      if (name.empty()) ok = false;
+      for (unsigned char c : name) ok &= c >= 0x20 && c != 0x7f;
+      names.push_back(std::move(name));
+      if (dot == std::string::npos) break;
+      start = dot + 1;
+    }
+    if (!ok || names.size() > 32) {
+      error(line, field + ": " + quote(text) +
+                      " is not a member path (member names separated by '.', none empty, at most 32)");
+      return;
+    }
+    rules.ignore.push_back(std::move(names));
+  });
+  list("key_normalize", [&](const std::string& text, int line, const std::string& field) {
+    if (text == "trim") {
+      rules.normalize |= KeyRules::Trim;
+    } else if (text == "collapse_whitespace") {
+      rules.normalize |= KeyRules::CollapseWhitespace;
+    } else if (text == "lowercase") {
+      rules.normalize |= KeyRules::Lowercase;
+    } else {
+      error(line, field + ": unknown normaliser " + quote(text) + " (expected trim, collapse_whitespace or lowercase)");
+    }
+  });
 }
 
 void Loader::loadRateLimit(const Section& top, RateLimitConfig& rl) {
@@ -673,7 +783,7 @@ void Loader::loadClients(const Section& s, const std::string& path, Organisation
       error(line, cpath + ": expected a mapping with name and key_sha256 (or key), got an empty value");
       continue;
     }
-    auto c = section(*it, cpath, line, {"name", "key", "key_sha256", "weight"});
+    auto c = section(*it, cpath, line, {"name", "key", "key_sha256", "tls_subject", "weight", "quota"});
     if (!c) continue;
     ClientConfig client;
     bool ok = true;
@@ -700,6 +810,25 @@ void Loader::loadClients(const Section& s, const std::string& path, Organisation
       ok = false;
     }
 
+    if (const Field* sf = c->find("tls_subject")) {
+      if (auto t = text(*sf, cpath + ".tls_subject", "a certificate subject CN")) {
+        if (t->empty() || t->size() > 256 || hasControlCharacter(*t)) {
+          error(sf->line, cpath + ".tls_subject: expected a certificate subject CN (1 to 256 printable characters)");
+          ok = false;
+        } else if (auto prev = subjects_.find(*t); prev != subjects_.end()) {
+          error(sf->line, cpath + ".tls_subject: same subject as " + prev->second.path + " (line " +
+                              std::to_string(prev->second.line) + ")");
+          ok = false;
+        } else {
+          subjects_.emplace(*t, DigestOwner{cpath, sf->line});
+          client.tls_subject = std::move(*t);
+        }
+      } else {
+        ok = false;
+      }
+    }
+    loadQuota(*c, cpath, client.quota);
+
     const Field* key = c->find("key");
     const Field* digest = c->find("key_sha256");
     int key_line = c->line;
@@ -707,8 +836,10 @@ void Loader::loadClients(const Section& s, const std::string& path, Organisation
       error(digest->key_line, cpath + ": set either key or key_sha256, not both");
       ok = false;
     } else if (key == nullptr && digest == nullptr) {
-      error(c->line, cpath + ": key_sha256 (or key) is required");
-      ok = false;
+      if (client.tls_subject.empty()) {
+        error(c->line, cpath + ": key_sha256 (or key, or tls_subject) is required");
+        ok = false;
+      }
     } else if (key != nullptr) {
       key_line = key->line;
       const std::string field = cpath + ".key";
@@ -741,8 +872,8 @@ void Loader::loadClients(const Section& s, const std::string& path, Organisation
     }
     getInt(*c, "weight", client.weight, 1);
 
-    if (ok) {
-      auto [prev, inserted] = digests_.emplace(client.key_sha256, DigestOwner{cpath, key_line});
+    if (ok && client.key_sha256) {
+      auto [prev, inserted] = digests_.emplace(*client.key_sha256, DigestOwner{cpath, key_line});
       if (!inserted) {
         error(key_line, cpath + ": same client key as " + prev->second.path + " (line " +
                             std::to_string(prev->second.line) + ")");
@@ -752,10 +883,36 @@ void Loader::loadClients(const Section& s, const std::string& path, Organisation
   }
 }
 
+// quota: {runs: N, window_s: S}
+void Loader::loadQuota(const Section& client, const std::string& path, std::optional<ClientQuota>& quota) {
+  const Field* f = client.find("quota");
+  if (f == nullptr || f->value.IsNull()) return;
+  auto q = subsection(client, "quota", {"runs", "window_s"});
+  if (!q) return;
+  ClientQuota out;
+  bool ok = true;
+  if (const Field* rf = q->find("runs")) {
+    int runs = 0;
+    ok &= getInt(*rf, path + ".quota.runs", runs, 1);
+    out.runs = runs;
+  } else {
+    error(q->line, path + ".quota.runs is required");
+    ok = false;
+  }
+  ok &= getSeconds(*q, "window_s", out.window_s, false) || q->find("window_s") == nullptr;
+  if (ok) quota = out;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------
 // Public API.
+
+const KeyRules* CacheConfig::keyRulesFor(std::string_view workflow_id) const {
+  auto it = workflows.find(std::string(workflow_id));
+  if (it == workflows.end() || it->second.key.empty()) return nullptr;
+  return &it->second.key;
+}
 
 double CacheConfig::ttlFor(const std::string& workflow_id) const {
   auto it = workflows.find(workflow_id);

@@ -59,9 +59,22 @@ struct RedisConfig {
   int timeout_ms = 250;
 };
 
+// How a run's input becomes its cache key, per workflow (docs/http.md,
+// "Cache keys that ignore noise"): the key only, never the body sent upstream.
+struct KeyRules {
+  // Object members left out of the key: each path is one or more member
+  // names, top level first ("request_id", "meta.trace_id").
+  std::vector<std::vector<std::string>> ignore;
+  enum Normalizer : unsigned { Trim = 1, CollapseWhitespace = 2, Lowercase = 4 };
+  unsigned normalize = 0;  // Normalizer bits, applied to string values
+
+  bool empty() const { return ignore.empty() && normalize == 0; }
+};
+
 struct WorkflowCacheOverride {
   std::optional<double> ttl_s;
   std::optional<double> stale_if_error_s;
+  KeyRules key;
 };
 
 struct CacheConfig {
@@ -75,6 +88,8 @@ struct CacheConfig {
 
   double ttlFor(const std::string& workflow_id) const;
   double staleIfErrorFor(const std::string& workflow_id) const;
+  // The workflow's key rules, or null when it has none.
+  const KeyRules* keyRulesFor(std::string_view workflow_id) const;
 };
 
 struct RateLimitConfig {
@@ -84,10 +99,21 @@ struct RateLimitConfig {
   int retry_429 = 3;
 };
 
+// `clients[].quota`: at most `runs` upstream runs led by the client in any
+// sliding window of `window_s` seconds (docs/rate-limits.md).
+struct ClientQuota {
+  int64_t runs = 0;
+  double window_s = 86400;
+};
+
 struct ClientConfig {
   std::string name;
-  Sha256 key_sha256{};  // plain `key:` entries are hashed at load time
+  // Plain `key:` entries are hashed at load time; nullopt: the client is
+  // named only by its certificate (tls_subject).
+  std::optional<Sha256> key_sha256;
   int weight = 1;
+  std::string tls_subject;  // the client certificate's subject CN; "": none
+  std::optional<ClientQuota> quota;
 };
 
 struct OrgRateLimit {
@@ -104,12 +130,20 @@ struct Organisation {
   std::vector<ClientConfig> clients;
 };
 
+// `tls:` — the client listener speaks TLS 1.2+ (docs/security.md).
+struct TlsConfig {
+  std::string cert_file;       // resolved paths
+  std::string key_file;
+  std::string client_ca_file;  // "": no client certificate asked for
+};
+
 struct Config {
   std::string source;  // file the config came from
   ListenAddress listen{ListenAddress::Kind::Tcp, "127.0.0.1", 8080, "", "127.0.0.1:8080"};
   // nullopt: `admin_listen: ""` (admin routes on `listen`)
   std::optional<ListenAddress> admin_listen =
       ListenAddress{ListenAddress::Kind::Tcp, "127.0.0.1", 9464, "", "127.0.0.1:9464"};
+  std::optional<TlsConfig> tls;  // nullopt: `listen` speaks plain HTTP
   double shutdown_grace_s = 30;
   AdminConfig admin;
   LogConfig log;

@@ -31,7 +31,7 @@ std::optional<std::string_view> bearerToken(std::string_view authorization) {
 KeyStore::KeyStore(ConfigPtr config) : config_(std::move(config)) {
   for (const auto& org : config_->organisations) {
     for (const auto& client : org.clients) {
-      entries_.emplace(bucketOf(client.key_sha256), Entry{client.key_sha256, &org, &client});
+      if (client.key_sha256) entries_.emplace(bucketOf(*client.key_sha256), Entry{*client.key_sha256, &org, &client});
     }
   }
 }

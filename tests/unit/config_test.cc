@@ -222,11 +222,11 @@ TEST(ConfigTest, SpecExampleParses) {
   EXPECT_EQ(acme.rate_limit.max_concurrent, 16);
   ASSERT_EQ(acme.clients.size(), 2u);
   EXPECT_EQ(acme.clients[0].name, "billing-service");
-  EXPECT_EQ(hex(acme.clients[0].key_sha256), kTestSha256);
+  EXPECT_EQ(hex(*acme.clients[0].key_sha256), kTestSha256);
   EXPECT_EQ(acme.clients[0].weight, 1);
   EXPECT_EQ(acme.clients[1].name, "tutor-web");
   // sha256("tutor-web-key")
-  EXPECT_EQ(hex(acme.clients[1].key_sha256),
+  EXPECT_EQ(hex(*acme.clients[1].key_sha256),
             "4bf58859a27c016c6d966e22270fb48d2fdc70a0dfd3c7f69544448a358293ff");
   EXPECT_EQ(acme.clients[1].weight, 2);
   EXPECT_EQ(c.findOrganisation("acme"), &acme);
@@ -1045,7 +1045,7 @@ TEST(ConfigTest, ClientChecks) {
   EXPECT_ERROR(r, "test.yaml:7: organisations.acme.clients[1].name: duplicate client 'one'");
   EXPECT_ERROR(r, "test.yaml:9: organisations.acme.clients[2]: name is required");
   EXPECT_ERROR(r, "test.yaml:12: organisations.acme.clients.both: set either key or key_sha256, not both");
-  EXPECT_ERROR(r, "test.yaml:13: organisations.acme.clients.neither: key_sha256 (or key) is required");
+  EXPECT_ERROR(r, "test.yaml:13: organisations.acme.clients.neither: key_sha256 (or key, or tls_subject) is required");
   EXPECT_ERROR(
       r, "test.yaml:15: organisations.acme.clients.short.key_sha256: expected 64 hexadecimal characters");
   EXPECT_ERROR(r, "test.yaml:18: organisations.acme.clients.w.weight: expected an integer, got 'heavy'");
@@ -1069,7 +1069,7 @@ TEST(ConfigTest, PlainKeyAndDigestGiveTheSameSha256) {
       "      - {name: c, key_sha256: 9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08}\n");
   EXPECT_LOADS(plain);
   EXPECT_LOADS(upper);
-  EXPECT_EQ(hex(plain.config->organisations[0].clients[0].key_sha256), kTestSha256);
+  EXPECT_EQ(hex(*plain.config->organisations[0].clients[0].key_sha256), kTestSha256);
   EXPECT_EQ(plain.config->organisations[0].clients[0].key_sha256,
             upper.config->organisations[0].clients[0].key_sha256);
 }
@@ -1387,7 +1387,7 @@ TEST(ConfigTest, ShippedDemoConfig) {
   EXPECT_LOADS(moved);
   EXPECT_EQ(moved.config->upstream.base_url, "http://127.0.0.1:40001");
   EXPECT_EQ(moved.config->listen.port, 0);
-  EXPECT_EQ(hex(moved.config->findOrganisation("acme")->clients[0].key_sha256), kTestSha256);
+  EXPECT_EQ(hex(*moved.config->findOrganisation("acme")->clients[0].key_sha256), kTestSha256);
 }
 
 }  // namespace

@@ -12,12 +12,12 @@ ConfigPtr makeConfig(bool pass_through, bool with_default) {
   Organisation acme;
   acme.name = "acme";
   acme.api_key = "sk_acme_secret";
-  acme.clients.push_back(ClientConfig{"billing", sha256("key-one"), 1});
-  acme.clients.push_back(ClientConfig{"web", sha256("key-two"), 3});
+  acme.clients.push_back(ClientConfig{"billing", sha256("key-one"), 1, "", std::nullopt});
+  acme.clients.push_back(ClientConfig{"web", sha256("key-two"), 3, "", std::nullopt});
   Organisation globex;
   globex.name = "globex";
   globex.api_key = "sk_globex_secret";
-  globex.clients.push_back(ClientConfig{"app", sha256("key-three"), 1});
+  globex.clients.push_back(ClientConfig{"app", sha256("key-three"), 1, "", std::nullopt});
   cfg->organisations = {acme, globex};
   if (with_default) cfg->default_organisation = "globex";
   cfg->unknown_keys = pass_through ? Config::UnknownKeys::PassThrough : Config::UnknownKeys::Reject;
