@@ -15,6 +15,7 @@
 
 #include "proxy/cache.h"
 #include "proxy/cache_control.h"
+#include "proxy/client_quotas.h"
 #include "proxy/clock.h"
 #include "proxy/coalescer.h"
 #include "proxy/config.h"
@@ -66,6 +67,7 @@ struct ClientRequest : std::enable_shared_from_this<ClientRequest> {
   bool fetching_token = false; // a stream's own token, before the stream
 
   // What it started (declared last: destroyed first, while the rest is intact).
+  QuotaTicket quota;  // a run granted, until its flight holds it
   std::unique_ptr<UpstreamAttempt> attempt;
   CoalescerWaiter waiter;
   StreamSubscription subscription;

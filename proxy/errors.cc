@@ -13,6 +13,7 @@ ProxyError methodNotAllowed() { return {405, "Method Not Allowed", "method_not_a
 ProxyError payloadTooLarge() { return {413, "Payload Too Large", "payload_too_large", "Request body too large"}; }
 // Verbatim upstream sentence, so clients matching on the text keep working.
 ProxyError rateLimited() { return {429, "Too Many Requests", "rate_limited", "Rate limit exceeded"}; }
+ProxyError quotaExceeded() { return {429, "Too Many Requests", "quota_exceeded", "Quota exceeded"}; }
 ProxyError upstreamUnavailable() {
   return {502, "Bad Gateway", "upstream_unavailable", "The upstream API could not be reached"};
 }

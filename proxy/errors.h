@@ -24,6 +24,7 @@ ProxyError workflowNotFound();
 ProxyError methodNotAllowed();
 ProxyError payloadTooLarge();
 ProxyError rateLimited();
+ProxyError quotaExceeded();  // a client over its clients[].quota (docs/rate-limits.md)
 ProxyError upstreamUnavailable();
 ProxyError upstreamTimeout();
 ProxyError shuttingDown();

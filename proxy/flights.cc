@@ -34,11 +34,22 @@ struct Flights::RunFlight {
   // is the attempt's).
   std::unique_ptr<UpstreamAttempt> attempt;
   std::string body;
+  // Whose run it is (the request that created the flight): counted once,
+  // when first sent, and its quota's place kept from then on.
+  std::string org_label;
+  std::string client;
+  bool counted = false;
+  QuotaTicket quota;
 };
 
 Flights::Flights(const UpstreamPorts& ports, CacheStore& cache, RedisLink* redis, Forwarder& forwarder,
-                 RequestTable requests)
-    : ports_(ports), cache_(cache), forwarder_(forwarder), requests_(std::move(requests)), ratelimits_(ports.metrics) {
+                 ClientQuotas& quotas, RequestTable requests)
+    : ports_(ports),
+      cache_(cache),
+      forwarder_(forwarder),
+      quotas_(quotas),
+      requests_(std::move(requests)),
+      ratelimits_(ports.metrics) {
   FlightHooks hooks;
   hooks.on_lead = [this](uint64_t flight, std::string) { leadRun(flight); };
   // However the flight ended (abandoned while queued, answered by another
@@ -90,7 +101,8 @@ void Flights::serve(const RequestPtr& rp) {
     // only-if-cached is a miss, answered without an upstream call (docs/http.md).
     if (r.cc.only_if_cached) return replyError(r, notCached());
     // Otherwise this client's own stream, relayed with back-pressure.
-    return forwarder_.streamWithOwnToken(rp);
+    if (r.principal.quota) return withQuota(rp, &Flights::ownStream);
+    return ownStream(rp);
   }
   uint64_t id = r.id;
   cache_.generation(r.principal.namespace_id, wf, [this, id](uint64_t generation) {
@@ -140,8 +152,23 @@ void Flights::onLookup(const RequestPtr& rp, CachedResponsePtr entry) {
   }
   bool in_flight = stream ? fanout_->joinable(r.cache_key) : coalescer_->inFlight(r.cache_key);
   if (r.cc.only_if_cached && !in_flight) return replyError(r, notCached());
-  if (stream) return joinStream(rp);
-  joinRun(rp);
+  auto next = stream ? &Flights::joinStream : &Flights::joinRun;
+  // Joining a run in flight costs no quota; starting one does.
+  if (r.principal.quota && !in_flight) return withQuota(rp, next);
+  (this->*next)(rp);
+}
+
+void Flights::withQuota(const RequestPtr& rp, void (Flights::*next)(const RequestPtr&)) {
+  const ClientRequest& r = *rp;
+  uint64_t id = r.id;
+  quotas_.acquire(r.principal.org_label, r.principal.client, *r.principal.quota,
+                  [this, id, next](QuotaDecision d) {
+                    ClientRequest* q = requests_.find(id);
+                    if (!q || !q->live()) return;  // the place goes back with d.ticket
+                    if (!d.allowed) return replyQuotaExceeded(*q, d.retry_after_s);
+                    q->quota = std::move(d.ticket);
+                    (this->*next)(q->shared_from_this());
+                  });
 }
 
 // --- runs -----------------------------------------------------------------------
@@ -158,6 +185,8 @@ void Flights::joinRun(const RequestPtr& rp) {
         if (q->live()) deliver(*q, outcome);
       },
       needsOf(r, ports_.runtime.unixMillis()), [this, &r](uint64_t flight) { prepareRun(r, flight); }, id);
+  // Its quota's place went to the flight it created; otherwise it goes back.
+  QuotaTicket unused = std::move(r.quota);
   r.waiter = CoalescerWaiter(*coalescer_, joined.waiter);
   if (!joined.created && r.may_store) {
     // Stored if any waiter may store it.
@@ -178,9 +207,12 @@ void Flights::joinRun(const RequestPtr& rp) {
   }
 }
 
-void Flights::prepareRun(const ClientRequest& r, uint64_t flight) {
+void Flights::prepareRun(ClientRequest& r, uint64_t flight) {
   auto owned = std::make_unique<RunFlight>();
   RunFlight& w = *owned;
+  w.org_label = r.principal.org_label;
+  w.client = r.principal.client;
+  w.quota = std::move(r.quota);
   UpstreamHeaderOptions opts;
   opts.request_id = r.request_id;
   opts.identity_encoding = true;
@@ -211,6 +243,11 @@ void Flights::prepareRun(const ClientRequest& r, uint64_t flight) {
     }
     w.body.clear();
     coalescer_->markStarted(w.flight);  // from now on it completes even if every waiter leaves
+    w.quota.use();
+    if (!w.counted) {
+      w.counted = true;  // a 429 retry is the same run
+      ports_.metrics.clientUsage().countRun(w.org_label, w.client);
+    }
   };
   cb.on_head = [&w](const UpstreamHead& head) {
     // One allocation of the announced size, not a doubling string (whose
@@ -334,8 +371,24 @@ void Flights::joinStream(const RequestPtr& rp) {
   }
   bool created = false;
   uint64_t sub = fanout_->join(work, subscriber(rp), &created);
+  if (created) {
+    // A stream started is a run (its token asked for at once): counted,
+    // its quota's place kept.
+    r.quota.use();
+    ports_.metrics.clientUsage().countRun(r.principal.org_label, r.principal.client);
+  }
+  QuotaTicket unused = std::move(r.quota);
   // join() may have answered already (a late joiner of a stream that ended).
   if (r.exchange) r.subscription = StreamSubscription(*fanout_, sub);
+}
+
+// A stream that is neither shared nor stored: the client's own, relayed with
+// back-pressure.
+void Flights::ownStream(const RequestPtr& rp) {
+  ClientRequest& r = *rp;
+  r.quota.use();
+  ports_.metrics.clientUsage().countRun(r.principal.org_label, r.principal.client);
+  forwarder_.streamWithOwnToken(rp);
 }
 
 StreamSubscriber Flights::subscriber(const RequestPtr& rp) {

@@ -48,7 +48,8 @@ struct RequestTable {
 
 class Flights {
  public:
-  Flights(const UpstreamPorts& ports, CacheStore& cache, RedisLink* redis, Forwarder& forwarder, RequestTable requests);
+  Flights(const UpstreamPorts& ports, CacheStore& cache, RedisLink* redis, Forwarder& forwarder, ClientQuotas& quotas,
+          RequestTable requests);
   ~Flights();
   Flights(const Flights&) = delete;
   Flights& operator=(const Flights&) = delete;
@@ -69,7 +70,11 @@ class Flights {
   void onLookup(const RequestPtr& r, CachedResponsePtr entry);
   void joinRun(const RequestPtr& r);
   void joinStream(const RequestPtr& r);
-  void prepareRun(const ClientRequest& r, uint64_t flight);
+  void ownStream(const RequestPtr& r);
+  // A request that would start a run asks its client's quota first, then
+  // goes on to `next`; over quota it is answered 429 quota_exceeded.
+  void withQuota(const RequestPtr& r, void (Flights::*next)(const RequestPtr&));
+  void prepareRun(ClientRequest& r, uint64_t flight);
   void leadRun(uint64_t flight);
   void onRunDone(uint64_t flight, const AttemptEnd& end);
   void deliver(ClientRequest& r, const FlightOutcome& outcome);
@@ -78,6 +83,7 @@ class Flights {
   UpstreamPorts ports_;
   CacheStore& cache_;
   Forwarder& forwarder_;
+  ClientQuotas& quotas_;
   RequestTable requests_;
   RateLimitMemory ratelimits_;
   std::unique_ptr<Coalescer> coalescer_;

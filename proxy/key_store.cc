@@ -64,6 +64,7 @@ AuthResult KeyStore::authenticate(const std::string* authorization) const {
     result.principal.client = match->client->name;
     result.principal.namespace_id = match->org->name;
     result.principal.weight = match->client->weight;
+    if (match->client->quota) result.principal.quota = &*match->client->quota;
     return result;
   }
   if (config_->unknown_keys == Config::UnknownKeys::PassThrough) {

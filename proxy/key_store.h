@@ -24,6 +24,8 @@ struct Principal {
   std::string namespace_id;
   int weight = 1;
   bool pass_through = false;
+  // The client's quota (a pointer into the KeyStore's config), or null.
+  const ClientQuota* quota = nullptr;
 };
 
 enum class AuthOutcome { Authenticated, Unauthorized };

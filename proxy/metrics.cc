@@ -139,6 +139,7 @@ std::string Metrics::render() const {
   appendFamilyHead(out, "workflow_proxy_build_info", "gauge", "The version and the commit this binary was built from; always 1.");
   out += "workflow_proxy_build_info{" + labels({{"version", WFP_VERSION}, {"commit", WFP_COMMIT}}) + "} 1\n";
   family(out, "workflow_proxy_requests_total", "counter", "Client requests answered, by organisation, route, status and cache state.", requests_);
+  client_usage_.render(out);
   family(out, "workflow_proxy_upstream_requests_total", "counter", "Requests sent to the upstream, by organisation and status (error: no response).", upstream_requests_);
   appendFamilyHead(out, "workflow_proxy_upstream_duration_seconds", "histogram", "Time from sending a request upstream to its complete response.");
   upstream_duration_.render(out, "workflow_proxy_upstream_duration_seconds");

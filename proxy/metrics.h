@@ -10,6 +10,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "proxy/client_usage.h"
+
 namespace wfp {
 
 class Histogram {
@@ -56,6 +58,10 @@ class Metrics {
   // lookup, no allocation.
   void setTracked(std::string_view map, int64_t entries);
 
+  // Per client: GET /admin/usage and workflow_proxy_client_requests_total.
+  ClientUsage& clientUsage() { return client_usage_; }
+  const ClientUsage& clientUsage() const { return client_usage_; }
+
   std::string render() const;
 
  private:
@@ -75,6 +81,7 @@ class Metrics {
   Histogram upstream_duration_;
   Histogram queue_wait_;
   Histogram overhead_;
+  ClientUsage client_usage_;
   int64_t cache_entries_ = 0;
   int redis_up_ = 0;
   bool redis_configured_ = false;

@@ -162,7 +162,9 @@ Proxy::Proxy(EventLoop& loop, ConfigPtr config)
                          : nullptr),
       scheduler_(loop, loop, metrics_, shared_budget_.get()),
       upstream_(loop, upstreamOptions(*config_)),
-      handler_(loop, upstream_, scheduler_, access_log_, metrics_, *cache_, redis_.get()) {
+      handler_(loop, upstream_, scheduler_, access_log_, metrics_, *cache_, redis_.get(),
+               shared_budget_ ? redis_.get() : nullptr,  // quotas are shared as the budgets are
+               config_->redis ? config_->redis->key_prefix : std::string("wfp:")) {
   handler_.setConfig(config_);  // and the scheduler
 }
 

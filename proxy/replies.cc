@@ -95,6 +95,13 @@ void replyRejected(ClientRequest& r, RejectReason why, int retry_after_s) {
   replyError(r, error, std::move(extra));
 }
 
+void replyQuotaExceeded(ClientRequest& r, int retry_after_s) {
+  ProxyError error = quotaExceeded();
+  HttpHeaders extra{{"Retry-After", std::to_string(retry_after_s)}};
+  appendCacheHeaders(extra, r, error.code);
+  replyError(r, error, std::move(extra));
+}
+
 void replyFailure(ClientRequest& r, UpstreamFailure failure) {
   ProxyError error = failure == UpstreamFailure::Timeout ? upstreamTimeout() : upstreamUnavailable();
   HttpHeaders extra;

@@ -28,6 +28,8 @@ void replyJson(ClientRequest& r, int status, std::string_view reason, std::strin
 void replyError(ClientRequest& r, const ProxyError& error, HttpHeaders extra = {});
 // The queue refused it: 503 shutting_down, or 429 with Retry-After.
 void replyRejected(ClientRequest& r, RejectReason why, int retry_after_s);
+// 429 quota_exceeded with Retry-After: the client's quota is spent.
+void replyQuotaExceeded(ClientRequest& r, int retry_after_s);
 // The upstream failed before an answer: 504 on a timeout, else 502.
 void replyFailure(ClientRequest& r, UpstreamFailure failure);
 // The upstream's 401 body, as it answers a key it does not know (docs/http.md).

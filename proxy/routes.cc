@@ -77,6 +77,7 @@ Route routeAdmin(std::string_view method, std::string_view raw_path) {
     if (method != "POST") return notAllowed("POST");
     return make(RouteKind::Purge);
   }
+  if (raw_path == "/admin/usage") return adminGet(method, RouteKind::Usage);
   return nowhere(method);
 }
 

@@ -18,13 +18,14 @@ enum class RouteKind {
   Ready,            // GET /readyz        (admin)
   Metrics,          // GET /metrics       (admin)
   Purge,            // POST /admin/purge  (admin listener only)
+  Usage,            // GET /admin/usage   (admin listener only)
   NotFound,         // 404 not_found
   MethodNotAllowed, // 405 method_not_allowed, with `allow`
 };
 
-// Routes of the admin listener that act (purge; usage reports later), as
-// against probes and the scrape: these need admin.token_file's token.
-inline bool isAdminAction(RouteKind kind) { return kind == RouteKind::Purge; }
+// Routes of the admin listener that act or report on clients (purge, usage),
+// as against probes and the scrape: these need admin.token_file's token.
+inline bool isAdminAction(RouteKind kind) { return kind == RouteKind::Purge || kind == RouteKind::Usage; }
 
 struct Route {
   RouteKind kind = RouteKind::NotFound;

@@ -26,6 +26,7 @@
 #include "proxy/run_handler.h"
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 
 #include <nlohmann/json.hpp>
@@ -62,7 +63,8 @@ const char* routeLabel(RouteKind kind) {
     case RouteKind::Health:
     case RouteKind::Ready:
     case RouteKind::Metrics:
-    case RouteKind::Purge: return "admin";
+    case RouteKind::Purge:
+    case RouteKind::Usage: return "admin";
     case RouteKind::NotFound:
     case RouteKind::MethodNotAllowed: return "invalid";
   }
@@ -83,7 +85,8 @@ std::string requestIdFor(const HttpHeaders& headers) {
 }  // namespace
 
 RunHandler::RunHandler(Runtime& runtime, UpstreamTransport& upstream, Scheduler& scheduler, AccessLog& access_log,
-                       Metrics& metrics, CacheStore& cache, RedisLink* redis)
+                       Metrics& metrics, CacheStore& cache, RedisLink* redis, RedisLink* shared_quotas,
+                       std::string key_prefix)
     : scheduler_(scheduler),
       access_log_(access_log),
       metrics_(metrics),
@@ -91,8 +94,9 @@ RunHandler::RunHandler(Runtime& runtime, UpstreamTransport& upstream, Scheduler&
       redis_(redis),
       runtime_(runtime),
       ports_{runtime, upstream, scheduler, metrics, keys_in_force_},
+      quotas_(runtime, shared_quotas, std::move(key_prefix)),
       forwarder_(ports_, [this](uint64_t id) { finish(id, false); }),
-      flights_(ports_, cache, redis, forwarder_,
+      flights_(ports_, cache, redis, forwarder_, quotas_,
                RequestTable{[this](uint64_t id) { return find(id); }, [this](uint64_t id) { finish(id, false); }}) {}
 
 RunHandler::~RunHandler() {
@@ -110,6 +114,7 @@ void RunHandler::setConfig(ConfigPtr config) {
   keys_in_force_.setConfig(config);
   // Remembered per configured organisation: one removed by a reload goes.
   flights_.rateLimits().forgetRemoved(*config);
+  quotas_.forgetRemoved(*config);  // the rest keep what they used
   config_ = std::move(config);
   // Then the budgets: configure() may start queued requests at once (a
   // limit went up), and they must carry the keys in force from now on
@@ -240,6 +245,8 @@ void RunHandler::dispatchAdmin(ClientRequest& r) {
     }
     case RouteKind::Purge:
       return handlePurge(r);
+    case RouteKind::Usage:
+      return handleUsage(r);
     case RouteKind::MethodNotAllowed:
       return replyError(r, methodNotAllowed(), {{"Allow", r.route.allow}});
     default:
@@ -258,6 +265,7 @@ void RunHandler::dispatch(ClientRequest& r) {
     case RouteKind::Ready:
     case RouteKind::Metrics:
     case RouteKind::Purge:
+    case RouteKind::Usage:
       return dispatchAdmin(r);
     default:
       break;
@@ -394,6 +402,69 @@ void RunHandler::handlePurge(ClientRequest& r) {
   cache_.purgeWorkflow(org, wf, done);
 }
 
+// GET /admin/usage (docs/operations.md, "Usage"): every configured client of
+// every organisation, and whoever else was counted (an organisation's
+// "default" client, pass_through's "-"). A quota's `used` may need Redis:
+// the answer waits for every count, each of which falls back to this
+// instance's own.
+void RunHandler::handleUsage(ClientRequest& r) {
+  struct Report {
+    nlohmann::ordered_json organisations = nlohmann::ordered_json::object();
+    size_t waiting = 1;  // the counts asked for, and this function
+  };
+  auto report = std::make_shared<Report>();
+  auto counts = [](const UsageCounts* c) {
+    nlohmann::ordered_json j;
+    j["runs"] = c ? c->runs : 0;
+    j["hits"] = c ? c->hits : 0;
+    j["coalesced"] = c ? c->coalesced : 0;
+    j["stale"] = c ? c->stale : 0;
+    j["errors"] = c ? c->errors : 0;
+    j["quota"] = nullptr;
+    return j;
+  };
+  uint64_t id = r.id;
+  auto reply = [this, id, report] {
+    if (--report->waiting != 0) return;
+    ClientRequest* rq = find(id);
+    if (!rq || !rq->live()) return;
+    nlohmann::ordered_json body;
+    body["organisations"] = std::move(report->organisations);
+    replyJson(*rq, 200, "OK", body.dump());
+  };
+  const ClientUsage& usage = metrics_.clientUsage();
+  for (const auto& org : r.config->organisations) {
+    nlohmann::ordered_json& clients = report->organisations[org.name]["clients"];
+    clients = nlohmann::ordered_json::object();
+    for (const auto& c : org.clients) clients[c.name] = counts(usage.find(org.name, c.name));
+  }
+  for (const auto& [key, c] : usage.table()) {
+    nlohmann::ordered_json& clients = report->organisations[key.first]["clients"];
+    if (!clients.is_object()) clients = nlohmann::ordered_json::object();
+    if (!clients.contains(key.second)) clients[key.second] = counts(&c);
+  }
+  for (const auto& org : r.config->organisations) {
+    for (const auto& c : org.clients) {
+      if (!c.quota) continue;
+      ++report->waiting;
+      ClientQuota quota = *c.quota;
+      quotas_.used(org.name, c.name, quota, [report, reply, org = org.name, client = c.name, quota](int64_t used) {
+        nlohmann::ordered_json q;
+        q["runs"] = quota.runs;
+        if (quota.window_s == std::floor(quota.window_s) && quota.window_s < 1e15) {
+          q["window_s"] = static_cast<int64_t>(quota.window_s);
+        } else {
+          q["window_s"] = quota.window_s;
+        }
+        q["used"] = used;
+        report->organisations[org]["clients"][client]["quota"] = std::move(q);
+        reply();
+      });
+    }
+  }
+  reply();
+}
+
 std::string RunHandler::readyBody() const {
   nlohmann::ordered_json j;
   j["status"] = draining_ ? "draining" : "ready";
@@ -480,6 +551,9 @@ void RunHandler::finish(uint64_t id, bool aborted) {
     access_log_.write(rec);
   }
   metrics_.countRequest(org, routeLabel(r->route.kind), status, r->cache);
+  if (!r->principal.org_label.empty() && !r->principal.client.empty()) {
+    metrics_.clientUsage().countAnswer(r->principal.org_label, r->principal.client, r->cache, status);
+  }
   metrics_.setCacheEntries(static_cast<int64_t>(cache_.entries()));
   double overhead_ms = total_ms - r->queue_ms - r->upstream_ms;
   if (overhead_ms < 0) overhead_ms = 0;

@@ -36,8 +36,11 @@ class RedisLink;
 class RunHandler {
  public:
   // `redis` (may be null) carries cross-instance coalescing.
+  // `shared_quotas`: Redis when rate_limit.shared makes client quotas
+  // fleet-wide (null: each instance counts its own); `key_prefix` its keys'.
   RunHandler(Runtime& runtime, UpstreamTransport& upstream, Scheduler& scheduler, AccessLog& access_log,
-             Metrics& metrics, CacheStore& cache, RedisLink* redis);
+             Metrics& metrics, CacheStore& cache, RedisLink* redis, RedisLink* shared_quotas = nullptr,
+             std::string key_prefix = "wfp:");
   ~RunHandler();
   RunHandler(const RunHandler&) = delete;
   RunHandler& operator=(const RunHandler&) = delete;
@@ -75,6 +78,7 @@ class RunHandler {
   void dispatch(ClientRequest& r);
   void dispatchAdmin(ClientRequest& r);
   void handlePurge(ClientRequest& r);
+  void handleUsage(ClientRequest& r);
   bool adminAuthorized(const ClientRequest& r) const;
   // Authorization → principal, remembered per connection (see AuthMemo).
   static AuthResult authenticate(HttpExchange& ex, const std::shared_ptr<const KeyStore>& keys,
@@ -97,6 +101,7 @@ class RunHandler {
   std::shared_ptr<const KeyStore> keys_;
   KeysInForce keys_in_force_;
   UpstreamPorts ports_;
+  ClientQuotas quotas_;  // before the flights: their runs hold its tickets
   Forwarder forwarder_;
   Flights flights_;
   bool draining_ = false;

@@ -50,6 +50,7 @@
 
 #include "proxy/rate_limiter.h"
 #include "proxy/redis_client.h"
+#include "proxy/redis_script.h"
 
 namespace wfp {
 namespace {
@@ -198,48 +199,24 @@ std::optional<int64_t> integerAt(const RedisReply& reply, size_t i) {
   return reply.elements[i].integer;
 }
 
-bool isNoScript(const std::optional<RedisReply>& reply) {
-  return reply && reply->isError() && reply->str.starts_with("NOSCRIPT");
-}
-
 }  // namespace
 
 struct SharedBudget::Impl {
   using Callback = RedisLink::Callback;
-
-  // A script run with EVALSHA once SCRIPT LOAD told us its digest; EVAL until
-  // then and again after a NOSCRIPT (Redis restarted or SCRIPT FLUSH).
-  struct Script {
-    std::string_view body;
-    std::string sha;
-    bool loading = false;
-  };
-
-  // A command we wait for. `member`: the start a tryStart may have recorded,
-  // released in the destructor if its answer never came.
-  struct Pending {
-    uint64_t redis_id = 0;
-    std::string inflight_key;
-    std::string member;
-  };
+  using Script = RedisScriptRunner::Script;
 
   Impl(SharedBudget& owner, Runtime& loop, RedisLink& redis, std::string prefix)
       : owner(owner),
         redis(redis),
         prefix(std::move(prefix)),
         instance_id(randomInstanceId()),
+        scripts(redis, "shared budget"),
         heartbeat_timer(loop, [this] { heartbeat(); }) {
     heartbeat_timer.start(0us);
   }
 
   ~Impl() {
     heartbeat_timer.cancel();
-    auto pending_now = std::move(pending);
-    pending.clear();
-    for (auto& [token, p] : pending_now) {
-      redis.cancel(p.redis_id);
-      if (!p.member.empty()) redis.command({"ZREM", p.inflight_key, p.member}, nullptr);
-    }
     // Best effort: requests still counted as ours no longer run through us.
     for (auto& [budget, members] : leases) {
       std::vector<std::string> argv{"ZREM", inflightKey(budget)};
@@ -260,63 +237,9 @@ struct SharedBudget::Impl {
   std::string inflightKey(const std::string& budget) const { return budgetKey(budget, "inflight"); }
   std::string pauseKey(const std::string& budget) const { return budgetKey(budget, "pause"); }
 
-  // Sends a command whose reply we wait for; `cb` runs unless the
-  // SharedBudget is destroyed first. RedisClient never calls back inside
-  // command(), so the entry exists by the time the reply comes.
-  void send(std::vector<std::string> argv, Callback cb, std::string inflight_key = {}, std::string member = {}) {
-    uint64_t token = next_token++;
-    uint64_t id = redis.command(std::move(argv), [this, token, cb = std::move(cb)](std::optional<RedisReply> reply) {
-      pending.erase(token);
-      try {
-        cb(std::move(reply));  // may destroy us: nothing after this
-      } catch (const std::exception& e) {
-        spdlog::error("shared budget: uncaught exception in a reply callback: {}", e.what());
-      } catch (...) {
-        spdlog::error("shared budget: uncaught exception in a reply callback");
-      }
-    });
-    pending.emplace(token, Pending{id, std::move(inflight_key), std::move(member)});
-  }
-
-  // EVALSHA (or EVAL) `script` with `keys` and `args`; one NOSCRIPT retry with EVAL.
   void runScript(Script& script, std::vector<std::string> keys, std::vector<std::string> args, Callback cb,
-                 std::string inflight_key = {}, std::string member = {}) {
-    if (script.sha.empty() && !script.loading) load(script);
-    const bool by_sha = !script.sha.empty();
-    std::vector<std::string> argv;
-    argv.reserve(3 + keys.size() + args.size());
-    argv.emplace_back(by_sha ? "EVALSHA" : "EVAL");
-    argv.emplace_back(by_sha ? script.sha : std::string(script.body));
-    argv.push_back(std::to_string(keys.size()));
-    argv.insert(argv.end(), keys.begin(), keys.end());
-    argv.insert(argv.end(), args.begin(), args.end());
-    if (!by_sha) {
-      send(std::move(argv), std::move(cb), std::move(inflight_key), std::move(member));
-      return;
-    }
-    auto retry = [this, &script, keys = std::move(keys), args = std::move(args), cb = std::move(cb), inflight_key,
-                  member](std::optional<RedisReply> reply) mutable {
-      if (!isNoScript(reply)) {
-        cb(std::move(reply));
-        return;
-      }
-      script.sha.clear();  // EVAL caches it again; the next call reloads the digest
-      std::vector<std::string> again{"EVAL", std::string(script.body), std::to_string(keys.size())};
-      again.insert(again.end(), keys.begin(), keys.end());
-      again.insert(again.end(), args.begin(), args.end());
-      send(std::move(again), std::move(cb), std::move(inflight_key), std::move(member));
-    };
-    send(std::move(argv), std::move(retry), std::move(inflight_key), std::move(member));
-  }
-
-  void load(Script& script) {
-    script.loading = true;
-    send({"SCRIPT", "LOAD", std::string(script.body)}, [&script](std::optional<RedisReply> reply) {
-      script.loading = false;
-      if (reply && !reply->isError()) {
-        if (auto sha = decodeDigest(*reply)) script.sha = std::move(*sha);
-      }
-    });
+                 std::function<void()> on_drop = {}) {
+    scripts.run(script, std::move(keys), std::move(args), std::move(cb), std::move(on_drop));
   }
 
   // A reply no script of ours could have sent (rate-limited like errors).
@@ -367,7 +290,8 @@ struct SharedBudget::Impl {
           }
           if (done) done(d);  // may destroy us: nothing after this
         },
-        inflight, member);
+        // Destroyed before the answer: give back the lease it may have taken.
+        [&redis = redis, inflight, member] { redis.command({"ZREM", inflight, member}, nullptr); });
   }
 
   void sent(const std::string& budget, const std::string& member, int64_t window_ms) {
@@ -428,16 +352,17 @@ struct SharedBudget::Impl {
   const std::string prefix;
   const std::string instance_id;
   uint64_t next_member = 0;
-  uint64_t next_token = 0;
   uint64_t ticks = 0;
   bool heard_once = false;
   std::optional<std::chrono::steady_clock::time_point> last_error_log;
-  Script try_start_script{kTryStartScript, {}, false};
-  Script pause_script{kPauseScript, {}, false};
-  Script sent_script{kSentScript, {}, false};
-  Script heartbeat_script{kHeartbeatScript, {}, false};
-  Script renew_script{kRenewScript, {}, false};
-  std::unordered_map<uint64_t, Pending> pending;  // token → command
+  Script try_start_script{kTryStartScript};
+  Script pause_script{kPauseScript};
+  Script sent_script{kSentScript};
+  Script heartbeat_script{kHeartbeatScript};
+  Script renew_script{kRenewScript};
+  // The commands we wait for: cancelled (a pending tryStart's lease given
+  // back) when we go, before the leases below are released.
+  RedisScriptRunner scripts;
   // Our admitted starts not yet finished, per budget (interchangeable).
   std::unordered_map<std::string, std::vector<std::string>> leases;
   Timer heartbeat_timer;  // last: cancelled first
@@ -491,11 +416,7 @@ std::optional<int> SharedBudget::decodeInstances(const RedisReply& reply) {
 }
 
 std::optional<std::string> SharedBudget::decodeDigest(const RedisReply& reply) {
-  if (reply.type != RedisReply::Type::String || reply.str.size() != 40) return std::nullopt;
-  for (char c : reply.str) {
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) return std::nullopt;
-  }
-  return reply.str;
+  return RedisScriptRunner::decodeDigest(reply);
 }
 
 void SharedBudget::finish(const std::string& budget) { impl_->finish(budget); }

@@ -1495,3 +1495,92 @@ TEST(ConfigRegression, OneDocumentWithOptionalEmptyOnesAfterIt) {
 
 }  // namespace
 }  // namespace wfp
+
+namespace wfp {
+namespace {
+
+TEST(ConfigQuotas, QuotaTlsSubjectAndTheirErrors) {
+  ConfigResult ok = load(
+      "organisations:\n"
+      "  - name: acme\n"
+      "    api_key: a\n"
+      "    clients:\n"
+      "      - name: billing\n"
+      "        key: k1\n"
+      "        quota: {runs: 500}\n"
+      "      - name: batch\n"
+      "        tls_subject: \"batch worker 1\"\n"
+      "        quota: {runs: 20, window_s: 3600}\n");
+  ASSERT_TRUE(ok.config) << joined(ok.errors);
+  const auto& clients = ok.config->organisations[0].clients;
+  ASSERT_TRUE(clients[0].quota);
+  EXPECT_EQ(clients[0].quota->runs, 500);
+  EXPECT_EQ(clients[0].quota->window_s, 86400) << "a day unless said";
+  EXPECT_FALSE(clients[1].key_sha256) << "a certificate alone names the client";
+  EXPECT_EQ(clients[1].tls_subject, "batch worker 1");
+  EXPECT_EQ(clients[1].quota->window_s, 3600);
+
+  ConfigResult r = load(
+      "organisations:\n"
+      "  - name: acme\n"
+      "    api_key: a\n"
+      "    clients:\n"
+      "      - name: a\n"  // 5
+      "        key: k1\n"
+      "        quota: {runs: 0}\n"  // 7
+      "      - name: b\n"
+      "        key: k2\n"
+      "        quota: {window_s: 60}\n"  // 10
+      "      - name: c\n"
+      "        key: k3\n"
+      "        quota: {runs: 5, window_s: -1, burst: 2}\n"  // 13
+      "      - name: d\n"
+      "        tls_subject: same\n"  // 15
+      "      - name: e\n"
+      "        tls_subject: same\n"  // 17
+      "      - name: f\n"
+      "        tls_subject: \"\"\n"  // 19
+      "      - name: g\n"
+      "        quota: 5\n");  // 21
+  ASSERT_FALSE(r.config);
+  EXPECT_ERROR(r, "test.yaml:7: organisations.acme.clients.a.quota.runs: ");
+  EXPECT_ERROR(r, "test.yaml:10: organisations.acme.clients.b.quota.runs is required");
+  EXPECT_ERROR(r, "test.yaml:13: organisations.acme.clients.c.quota.window_s: ");
+  EXPECT_ERROR(r, "test.yaml:13: unknown key 'burst' in organisations.acme.clients.c.quota");
+  EXPECT_ERROR(r, "test.yaml:17: organisations.acme.clients.e.tls_subject: same subject as organisations.acme.clients.d (line 15)");
+  EXPECT_ERROR(r, "test.yaml:19: organisations.acme.clients.f.tls_subject: expected a certificate subject CN");
+  EXPECT_ERROR(r, "test.yaml:21: organisations.acme.clients.g.quota: expected a mapping");
+  EXPECT_ERROR(r, "test.yaml:20: organisations.acme.clients.g: key_sha256 (or key, or tls_subject) is required");
+  EXPECT_EQ(r.errors.size(), 8u) << joined(r.errors);
+}
+
+TEST(ConfigTls, FilesAreNamedWithTheirLines) {
+  ConfigResult ok = load(
+      "tls:\n"
+      "  cert_file: certs/proxy.pem\n"
+      "  key_file: /etc/wfp/proxy.key\n"
+      "organisations:\n"
+      "  - name: acme\n"
+      "    api_key: a\n",
+      {}, "/srv/wfp");
+  ASSERT_TRUE(ok.config) << joined(ok.errors);
+  ASSERT_TRUE(ok.config->tls);
+  EXPECT_EQ(ok.config->tls->cert_file, "/srv/wfp/certs/proxy.pem");
+  EXPECT_EQ(ok.config->tls->key_file, "/etc/wfp/proxy.key");
+  EXPECT_EQ(ok.config->tls->client_ca_file, "");
+  EXPECT_EQ(ok.config->lineOf("tls.key_file"), 3);
+
+  ConfigResult r = load(
+      "tls:\n"
+      "  cert_file: a.pem\n"
+      "  client_ca_file: [x]\n"  // 3
+      "organisations:\n"
+      "  - name: acme\n"
+      "    api_key: a\n");
+  ASSERT_FALSE(r.config);
+  EXPECT_ERROR(r, "test.yaml:1: tls.key_file is required");
+  EXPECT_ERROR(r, "test.yaml:3: tls.client_ca_file: ");
+}
+
+}  // namespace
+}  // namespace wfp
