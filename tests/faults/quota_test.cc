@@ -121,17 +121,23 @@ TEST(Quota, AReloadKeepsWhatWasUsed) {
   EXPECT_EQ(upstreamRunsOf(sim, "billing"), 3);
 }
 
-std::string sharedConfig(const OwnRedis& redis, const std::string& quota) {
-  return quotaConfig(quota, "redis:\n  url: " + redis.url() +
-                                "\n  key_prefix: \"q:\"\n  timeout_ms: 200\nrate_limit:\n  shared: true\n");
-}
+// Two instances on one Redis with rate_limit.shared, billing's quota 4 a day.
+struct SharedFleet {
+  static std::string config(const OwnRedis& redis) {
+    return quotaConfig("{runs: 4, window_s: 86400}", "redis:\n  url: " + redis.url() +
+                                                         "\n  key_prefix: \"q:\"\n  timeout_ms: 200\n"
+                                                         "rate_limit:\n  shared: true\n");
+  }
+  OwnRedis redis;
+  Simulator sim;
+  ProxyProcess a{config(redis), sim.url()};
+  ProxyProcess b{config(redis), sim.url()};
+};
 
 TEST(Quota, TwoInstancesSharingRedisHoldOneQuota) {
   if (!haveRedisServer()) GTEST_SKIP() << "no redis-server";
-  OwnRedis redis;
-  Simulator sim;
-  ProxyProcess a(sharedConfig(redis, "{runs: 4, window_s: 3600}"), sim.url());
-  ProxyProcess b(sharedConfig(redis, "{runs: 4, window_s: 3600}"), sim.url());
+  SharedFleet fleet;
+  auto& [redis, sim, a, b] = fleet;
   ASSERT_TRUE(eventually([&] { return redisUpOn(a) && redisUpOn(b); }, 5s));
   std::vector<std::string> on_a, on_b;
   for (int i = 0; i < 5; ++i) {
@@ -161,10 +167,8 @@ TEST(Quota, TwoInstancesSharingRedisHoldOneQuota) {
 
 TEST(Quota, WithRedisAwayTheLocalCountDecidesThenTheFleetsAgain) {
   if (!haveRedisServer()) GTEST_SKIP() << "no redis-server";
-  OwnRedis redis;
-  Simulator sim;
-  ProxyProcess a(sharedConfig(redis, "{runs: 4, window_s: 3600}"), sim.url());
-  ProxyProcess b(sharedConfig(redis, "{runs: 4, window_s: 3600}"), sim.url());
+  SharedFleet fleet;
+  auto& [redis, sim, a, b] = fleet;
   ASSERT_TRUE(eventually([&] { return redisUpOn(a) && redisUpOn(b); }, 5s));
   EXPECT_EQ(runOn(a.port(), "wf_q", input("billing", 1), kBilling).status, 200);
 
