@@ -909,7 +909,8 @@ void Loader::loadQuota(const Section& client, const std::string& path, std::opti
 // Public API.
 
 const KeyRules* CacheConfig::keyRulesFor(std::string_view workflow_id) const {
-  auto it = workflows.find(std::string(workflow_id));
+  if (workflows.empty()) return nullptr;  // the common case: no lookup at all
+  auto it = workflows.find(workflow_id);
   if (it == workflows.end() || it->second.key.empty()) return nullptr;
   return &it->second.key;
 }
