@@ -151,6 +151,36 @@ TEST_F(CacheKeyRules, CoalescingUsesTheShapedKey) {
   EXPECT_EQ(runs(), 2);
 }
 
+// The body sent is the leader's: when the request that created a flight
+// leaves while queued, the waiter that leads the run now sends its own bytes
+// (with its own request_id), not those of a client that is gone.
+TEST(CacheKeyRulesLeader, AWaiterThatTakesTheLeadSendsItsOwnBody) {
+  Simulator sim;
+  std::string cfg = baseConfig(kRules);
+  const std::string anchor = "    api_key: sk_sim_acme\n";
+  cfg.insert(cfg.find(anchor) + anchor.size(), "    rate_limit:\n      requests: 1\n      window_s: 1.5\n");
+  ProxyProcess proxy(cfg, sim.url());
+  ASSERT_EQ(httpRequest(proxy.port(), "POST", "/api/v1/run/wf_other", kAcme, "{}").status, 200);  // the budget is spent
+  const std::string second = R"({"request_id":"second", "q":"queued"})";
+  Connection b(proxy.port());
+  {
+    Connection a(proxy.port());
+    a.send(buildRequest("POST", "/api/v1/run/wf_slow", kAcme, R"({"q":"queued","request_id":"creator"})"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(150));
+    b.send(buildRequest("POST", "/api/v1/run/wf_slow", kAcme, second));
+    std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  }  // the creator hangs up while queued
+  HttpResponse rb = b.readResponse();
+  ASSERT_EQ(rb.status, 200) << rb.raw;
+  EXPECT_NE(rb.body.find("second"), std::string::npos) << rb.body;
+  EXPECT_EQ(rb.body.find("creator"), std::string::npos) << rb.body;
+  std::vector<std::string> sent;
+  for (auto& r : sim.requests()) {
+    if (r["path"] == "/api/v1/run/wf_slow") sent.push_back(r["body"].get<std::string>());
+  }
+  EXPECT_EQ(sent, std::vector<std::string>{second});
+}
+
 TEST_F(CacheKeyRules, PurgeByBodyUsesTheSameRules) {
   ASSERT_EQ(run("wf_ignore", R"({"q":"p","request_id":"1","meta":{"trace_id":"a"}})").status, 200);
   ASSERT_EQ(run("wf_norm", R"({"q":"Purge Me"})").status, 200);
