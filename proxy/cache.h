@@ -91,7 +91,9 @@ std::string encodeCachedResponse(const CachedResponse& entry);
 std::optional<CachedResponse> decodeCachedResponse(std::string_view bytes, int64_t now_ms);
 std::optional<CachedResponse> decodeCachedResponse(std::string_view bytes);
 
-// <prefix>v1:{<namespace>}:<route>:<workflow_id>:<generation>:<hex sha256 of canonical body>
+// <prefix>v1:{<namespace>}:<route>:<workflow_id>:<generation>:<input digest>
+// (the input digest: key_rules.h inputDigest, the hex SHA-256 of the canonical
+// body as the workflow's key rules shape it)
 std::string cacheKey(std::string_view prefix, std::string_view ns, std::string_view route,
                      std::string_view workflow_id, uint64_t generation, std::string_view body_sha256_hex);
 

@@ -117,6 +117,81 @@ int utf8Length(const unsigned char* s, size_t avail) {
   return len;
 }
 
+// The canonical content for one code point, written to `buf` (at most 6
+// bytes); returns how many. The one escaping rule: '"', '\\' and C0
+// controls escaped (short forms where JSON has them, else \u00xx), lone
+// surrogates as \udxxx, everything else as raw UTF-8.
+size_t encodeCodePoint(uint32_t cp, char* buf) {
+  if (cp < 0x80) {
+    const char c = static_cast<char>(cp);
+    if (cp >= 0x20 && c != '"' && c != '\\') {
+      buf[0] = c;
+      return 1;
+    }
+    buf[0] = '\\';
+    switch (c) {
+      case '"': buf[1] = '"'; return 2;
+      case '\\': buf[1] = '\\'; return 2;
+      case '\b': buf[1] = 'b'; return 2;
+      case '\f': buf[1] = 'f'; return 2;
+      case '\n': buf[1] = 'n'; return 2;
+      case '\r': buf[1] = 'r'; return 2;
+      case '\t': buf[1] = 't'; return 2;
+      default:
+        buf[1] = 'u';
+        buf[2] = '0';
+        buf[3] = '0';
+        buf[4] = kHex[cp >> 4];
+        buf[5] = kHex[cp & 0xF];
+        return 6;
+    }
+  }
+  if (cp < 0x800) {
+    buf[0] = static_cast<char>(0xC0 | (cp >> 6));
+    buf[1] = static_cast<char>(0x80 | (cp & 0x3F));
+    return 2;
+  }
+  if (cp >= 0xD800 && cp <= 0xDFFF) {  // lone surrogate: stays an escape
+    buf[0] = '\\';
+    buf[1] = 'u';
+    buf[2] = 'd';
+    buf[3] = kHex[(cp >> 8) & 0xF];
+    buf[4] = kHex[(cp >> 4) & 0xF];
+    buf[5] = kHex[cp & 0xF];
+    return 6;
+  }
+  if (cp < 0x10000) {
+    buf[0] = static_cast<char>(0xE0 | (cp >> 12));
+    buf[1] = static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    buf[2] = static_cast<char>(0x80 | (cp & 0x3F));
+    return 3;
+  }
+  buf[0] = static_cast<char>(0xF0 | (cp >> 18));
+  buf[1] = static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+  buf[2] = static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+  buf[3] = static_cast<char>(0x80 | (cp & 0x3F));
+  return 4;
+}
+
+// Generalized UTF-8 (WTF-8): UTF-8 that also encodes surrogates, as 3 bytes.
+void appendWtf8(std::string& to, uint32_t cp) {
+  if (cp < 0x80) {
+    to.push_back(static_cast<char>(cp));
+  } else if (cp < 0x800) {
+    to.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+    to.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else if (cp < 0x10000) {
+    to.push_back(static_cast<char>(0xE0 | (cp >> 12)));
+    to.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    to.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else {
+    to.push_back(static_cast<char>(0xF0 | (cp >> 18)));
+    to.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
+    to.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    to.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Working memory
 
@@ -165,33 +240,12 @@ struct Scratch {
 // generalized UTF-8 (WTF-8) form, which places it between U+D7FF and U+E000;
 // the mapping is injective, so equal decoded bytes mean equal keys.
 void decodeCanonicalKey(std::string_view key, std::string& to) {
-  for (size_t i = 0; i < key.size(); ++i) {
-    const char c = key[i];
-    if (c != '\\') {
-      to.push_back(c);
-      continue;
-    }
-    const char e = key[++i];
-    switch (e) {
-      case 'b': to.push_back('\b'); break;
-      case 'f': to.push_back('\f'); break;
-      case 'n': to.push_back('\n'); break;
-      case 'r': to.push_back('\r'); break;
-      case 't': to.push_back('\t'); break;
-      case 'u': {
-        unsigned cp = 0;
-        for (int k = 1; k <= 4; ++k) cp = cp * 16 + static_cast<unsigned>(hexValue(static_cast<unsigned char>(key[i + k])));
-        i += 4;
-        if (cp < 0x80) {
-          to.push_back(static_cast<char>(cp));
-        } else {  // a lone surrogate, U+D800..U+DFFF
-          to.push_back(static_cast<char>(0xE0 | (cp >> 12)));
-          to.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-          to.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-        }
-        break;
-      }
-      default: to.push_back(e); break;  // '"' and '\\'
+  size_t i = 0;
+  while (i < key.size()) {
+    if (key[i] != '\\') {
+      to.push_back(key[i++]);  // raw bytes are their own UTF-8
+    } else {
+      appendWtf8(to, nextCanonicalCodePoint(key, i));
     }
   }
 }
@@ -517,25 +571,21 @@ bool Canonicalizer::parseString(bool* escaped) {
 bool Canonicalizer::parseEscape(size_t quote, bool* escaped) {
   if (pos_ + 1 >= n_) return fail(quote, "unterminated string");
   const unsigned char e = s_[pos_ + 1];
-  const char* replacement = nullptr;  // a two-byte canonical escape
+  uint32_t simple;  // the character a two-byte escape stands for
   switch (e) {
-    case '"': replacement = "\\\""; break;
-    case '\\': replacement = "\\\\"; break;
-    case 'b': replacement = "\\b"; break;
-    case 'f': replacement = "\\f"; break;
-    case 'n': replacement = "\\n"; break;
-    case 'r': replacement = "\\r"; break;
-    case 't': replacement = "\\t"; break;
-    case '/':
-      put('/');
-      pos_ += 2;
-      return true;
-    case 'u': break;
+    case '"': simple = '"'; break;
+    case '\\': simple = '\\'; break;
+    case '/': simple = '/'; break;
+    case 'b': simple = '\b'; break;
+    case 'f': simple = '\f'; break;
+    case 'n': simple = '\n'; break;
+    case 'r': simple = '\r'; break;
+    case 't': simple = '\t'; break;
+    case 'u': simple = 0; break;
     default: return fail(pos_ + 1, "invalid escape " + describeByte(e));
   }
-  if (replacement != nullptr) {
-    put(replacement, 2);
-    if (escaped != nullptr) *escaped = true;
+  if (e != 'u') {
+    appendCodePoint(simple, escaped);  // re-encoded by the one rule ("\/" is "/")
     pos_ += 2;
     return true;
   }
@@ -572,45 +622,10 @@ bool Canonicalizer::parseEscape(size_t quote, bool* escaped) {
 }
 
 void Canonicalizer::appendCodePoint(uint32_t cp, bool* escaped) {
-  if (cp < 0x80) {
-    const char c = static_cast<char>(cp);
-    if (cp >= 0x20 && c != '"' && c != '\\') {
-      put(c);
-      return;
-    }
-    if (escaped != nullptr) *escaped = true;
-    put('\\');
-    switch (c) {
-      case '"': put('"'); return;
-      case '\\': put('\\'); return;
-      case '\b': put('b'); return;
-      case '\f': put('f'); return;
-      case '\n': put('n'); return;
-      case '\r': put('r'); return;
-      case '\t': put('t'); return;
-      default: {
-        const char u[] = {'u', '0', '0', kHex[cp >> 4], kHex[cp & 0xF]};
-        put(u, sizeof u);
-        return;
-      }
-    }
-  }
-  if (cp < 0x800) {
-    const char b[] = {static_cast<char>(0xC0 | (cp >> 6)), static_cast<char>(0x80 | (cp & 0x3F))};
-    put(b, sizeof b);
-  } else if (cp >= 0xD800 && cp <= 0xDFFF) {  // lone surrogate: stays an escape
-    if (escaped != nullptr) *escaped = true;
-    const char u[] = {'\\', 'u', 'd', kHex[(cp >> 8) & 0xF], kHex[(cp >> 4) & 0xF], kHex[cp & 0xF]};
-    put(u, sizeof u);
-  } else if (cp < 0x10000) {
-    const char b[] = {static_cast<char>(0xE0 | (cp >> 12)), static_cast<char>(0x80 | ((cp >> 6) & 0x3F)),
-                      static_cast<char>(0x80 | (cp & 0x3F))};
-    put(b, sizeof b);
-  } else {
-    const char b[] = {static_cast<char>(0xF0 | (cp >> 18)), static_cast<char>(0x80 | ((cp >> 12) & 0x3F)),
-                      static_cast<char>(0x80 | ((cp >> 6) & 0x3F)), static_cast<char>(0x80 | (cp & 0x3F))};
-    put(b, sizeof b);
-  }
+  char buf[6];
+  const size_t k = encodeCodePoint(cp, buf);
+  if (buf[0] == '\\' && escaped != nullptr) *escaped = true;
+  put(buf, k);
 }
 
 bool Canonicalizer::parseLiteral(const char* word, size_t len) {
@@ -740,11 +755,8 @@ CanonicalJson canonicalizeJson(std::string_view body, size_t max_depth) {
   return result;
 }
 
-namespace {
-
-// The end of the string starting at `i` (its opening quote), past the closing quote.
-size_t skipString(std::string_view s, size_t i) {
-  for (++i; i < s.size(); ++i) {
+size_t canonicalStringEnd(std::string_view s, size_t quote) {
+  for (size_t i = quote + 1; i < s.size(); ++i) {
     if (s[i] == '\\') {
       ++i;
     } else if (s[i] == '"') {
@@ -754,14 +766,12 @@ size_t skipString(std::string_view s, size_t i) {
   return std::string_view::npos;
 }
 
-// The end of the value starting at `i`: at the ',' or '}' that closes it at
-// depth 0.
-size_t skipValue(std::string_view s, size_t i) {
-  int depth = 0;
+size_t canonicalValueEnd(std::string_view s, size_t i) {
+  size_t depth = 0;
   while (i < s.size()) {
-    char c = s[i];
+    const char c = s[i];
     if (c == '"') {
-      i = skipString(s, i);
+      i = canonicalStringEnd(s, i);
       if (i == std::string_view::npos) return i;
       continue;
     }
@@ -775,26 +785,90 @@ size_t skipValue(std::string_view s, size_t i) {
     }
     ++i;
   }
-  return std::string_view::npos;
+  return depth == 0 ? s.size() : std::string_view::npos;
 }
-
-}  // namespace
 
 std::optional<std::string_view> canonicalMember(std::string_view canonical, std::string_view name) {
   if (canonical.size() < 2 || canonical.front() != '{') return std::nullopt;
   size_t i = 1;
   while (i < canonical.size() && canonical[i] == '"') {
-    size_t key_end = skipString(canonical, i);
+    size_t key_end = canonicalStringEnd(canonical, i);
     if (key_end == std::string_view::npos || key_end >= canonical.size() || canonical[key_end] != ':') break;
     std::string_view key = canonical.substr(i + 1, key_end - i - 2);
     size_t value = key_end + 1;
-    size_t end = skipValue(canonical, value);
-    if (end == std::string_view::npos) break;
+    size_t end = canonicalValueEnd(canonical, value);
+    if (end == std::string_view::npos || end >= canonical.size()) break;
     if (key == name) return canonical.substr(value, end - value);
     if (canonical[end] != ',') break;
     i = end + 1;
   }
   return std::nullopt;
+}
+
+void appendCanonicalCodePoint(std::string& out, uint32_t cp) {
+  char buf[6];
+  out.append(buf, encodeCodePoint(cp, buf));
+}
+
+bool appendCanonicalString(std::string& out, std::string_view utf8) {
+  const auto* s = reinterpret_cast<const unsigned char*>(utf8.data());
+  size_t i = 0;
+  while (i < utf8.size()) {
+    const unsigned char c = s[i];
+    if (c < 0x80) {
+      appendCanonicalCodePoint(out, c);
+      ++i;
+      continue;
+    }
+    const int len = utf8Length(s + i, utf8.size() - i);
+    if (len <= 0) return false;
+    out.append(utf8.data() + i, static_cast<size_t>(len));  // well-formed UTF-8 is its own canonical form
+    i += static_cast<size_t>(len);
+  }
+  return true;
+}
+
+uint32_t nextCanonicalCodePoint(std::string_view content, size_t& i) {
+  const auto* s = reinterpret_cast<const unsigned char*>(content.data());
+  const unsigned char c = s[i];
+  if (c == '\\') {
+    const char e = static_cast<char>(s[i + 1]);
+    i += 2;
+    switch (e) {
+      case 'b': return '\b';
+      case 'f': return '\f';
+      case 'n': return '\n';
+      case 'r': return '\r';
+      case 't': return '\t';
+      case 'u': {
+        uint32_t cp = 0;
+        for (int k = 0; k < 4; ++k) cp = cp * 16 + static_cast<uint32_t>(hexValue(s[i + k]));
+        i += 4;
+        return cp;
+      }
+      default: return static_cast<unsigned char>(e);  // '"' and '\\'
+    }
+  }
+  // Raw bytes: ASCII or well-formed UTF-8 (canonical text holds nothing else).
+  if (c < 0x80) {
+    ++i;
+    return c;
+  }
+  if (c < 0xE0) {
+    const uint32_t cp = (static_cast<uint32_t>(c & 0x1F) << 6) | (s[i + 1] & 0x3F);
+    i += 2;
+    return cp;
+  }
+  if (c < 0xF0) {
+    const uint32_t cp = (static_cast<uint32_t>(c & 0x0F) << 12) | (static_cast<uint32_t>(s[i + 1] & 0x3F) << 6) |
+                        (s[i + 2] & 0x3F);
+    i += 3;
+    return cp;
+  }
+  const uint32_t cp = (static_cast<uint32_t>(c & 0x07) << 18) | (static_cast<uint32_t>(s[i + 1] & 0x3F) << 12) |
+                      (static_cast<uint32_t>(s[i + 2] & 0x3F) << 6) | (s[i + 3] & 0x3F);
+  i += 4;
+  return cp;
 }
 
 }  // namespace wfp

@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -43,5 +44,31 @@ CanonicalJson canonicalizeJson(std::string_view body, size_t max_depth = kDefaul
 // the client's bytes and the key, which would round numbers (1e400,
 // 2^64 + 1) the canonical form keeps exactly.
 std::optional<std::string_view> canonicalMember(std::string_view canonical, std::string_view name);
+
+// The canonical string form both ways, for code that rewrites canonical text
+// (proxy/key_rules.cc) without a second copy of the escaping rule. "Content"
+// is what stands between a canonical string's quotes.
+
+// Appends the canonical content for code point `cp` (up to U+10FFFF; a
+// surrogate U+D800..U+DFFF becomes its \udxxx escape): the bytes
+// canonicalizeJson writes for that character.
+void appendCanonicalCodePoint(std::string& out, uint32_t cp);
+
+// Appends the canonical content of `utf8`, a raw (unescaped) UTF-8 string
+// such as a member name from the configuration. False, with `out` partly
+// written, when `utf8` is not well-formed UTF-8.
+bool appendCanonicalString(std::string& out, std::string_view utf8);
+
+// The code point at content[i] of a canonical string's content, advancing i
+// past it. `content` must be canonical (it is not validated); a lone
+// surrogate comes back as its value in 0xD800..0xDFFF.
+uint32_t nextCanonicalCodePoint(std::string_view content, size_t& i);
+
+// In a canonical text: the offset just past the string whose opening quote
+// is at `quote`, and the offset where the value starting at `begin` ends (the
+// ',', '}' or ']' after it, or the text's end after a complete value). npos
+// if the text ends inside the string or value.
+size_t canonicalStringEnd(std::string_view canonical, size_t quote);
+size_t canonicalValueEnd(std::string_view canonical, size_t begin);
 
 }  // namespace wfp

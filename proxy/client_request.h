@@ -49,7 +49,7 @@ struct ClientRequest : std::enable_shared_from_this<ClientRequest> {
   std::string cache = "-";  // X-Cache, as logged
 
   // The run path.
-  std::string body_sha;  // hex SHA-256 of the canonical body, until it is in the key
+  std::string body_sha;  // the input digest (key_rules.h inputDigest), until it is in the key
   std::string cache_key;
   CacheControl cc;
   double ttl_s = 0;

@@ -46,6 +46,7 @@
 #include <utility>
 
 #include "proxy/access_log.h"
+#include "proxy/canonical_json.h"
 #include "proxy/config_reader.h"
 #include "proxy/hash.h"
 #include "proxy/logging.h"
@@ -626,13 +627,16 @@ void Loader::loadKeyRules(const Section& entry, const std::string& path, KeyRule
       std::string name = text.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
       if (name.empty()) ok = false;
       for (unsigned char c : name) ok &= c >= 0x20 && c != 0x7f;
+      std::string canonical;  // a JSON member name is Unicode text: UTF-8 here
+      ok &= appendCanonicalString(canonical, name);
       names.push_back(std::move(name));
       if (dot == std::string::npos) break;
       start = dot + 1;
     }
     if (!ok || names.size() > 32) {
       error(line, field + ": " + quote(text) +
-                      " is not a member path (member names separated by '.', none empty, at most 32)");
+                      " is not a member path (member names separated by '.': none empty, at most 32, "
+                      "printable UTF-8)");
       return;
     }
     rules.ignore.push_back(std::move(names));
@@ -909,7 +913,8 @@ void Loader::loadQuota(const Section& client, const std::string& path, std::opti
 // Public API.
 
 const KeyRules* CacheConfig::keyRulesFor(std::string_view workflow_id) const {
-  auto it = workflows.find(std::string(workflow_id));
+  if (workflows.empty()) return nullptr;  // the common case: no lookup at all
+  auto it = workflows.find(workflow_id);
   if (it == workflows.end() || it->second.key.empty()) return nullptr;
   return &it->second.key;
 }

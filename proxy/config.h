@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "proxy/config_values.h"  // ListenAddress, RedisUrl, Sha256 and the value parsers
+#include "proxy/key_rules.h"      // KeyRules
 
 namespace wfp {
 
@@ -59,22 +60,10 @@ struct RedisConfig {
   int timeout_ms = 250;
 };
 
-// How a run's input becomes its cache key, per workflow (docs/http.md,
-// "Cache keys that ignore noise"): the key only, never the body sent upstream.
-struct KeyRules {
-  // Object members left out of the key: each path is one or more member
-  // names, top level first ("request_id", "meta.trace_id").
-  std::vector<std::vector<std::string>> ignore;
-  enum Normalizer : unsigned { Trim = 1, CollapseWhitespace = 2, Lowercase = 4 };
-  unsigned normalize = 0;  // Normalizer bits, applied to string values
-
-  bool empty() const { return ignore.empty() && normalize == 0; }
-};
-
 struct WorkflowCacheOverride {
   std::optional<double> ttl_s;
   std::optional<double> stale_if_error_s;
-  KeyRules key;
+  KeyRules key;  // key_ignore, key_normalize
 };
 
 struct CacheConfig {
@@ -84,7 +73,7 @@ struct CacheConfig {
   size_t memory_max_bytes = 256u * 1024 * 1024;
   bool streams = true;
   double stale_if_error_s = 0;
-  std::map<std::string, WorkflowCacheOverride> workflows;
+  std::map<std::string, WorkflowCacheOverride, std::less<>> workflows;
 
   double ttlFor(const std::string& workflow_id) const;
   double staleIfErrorFor(const std::string& workflow_id) const;

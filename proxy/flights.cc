@@ -27,6 +27,7 @@ bool isStorable(int status, const std::string& body) { return status == 200 && i
 // answers it.
 struct Flights::RunFlight {
   uint64_t flight = 0;  // the coalescer's, which knows its cache key
+  uint64_t creator = 0;  // the request whose body the run took
   std::string org;  // whose key it carries ("" in pass_through: the client's own)
   bool may_store = false;
   int64_t keep_ms = 0;
@@ -221,6 +222,7 @@ void Flights::prepareRun(ClientRequest& r, uint64_t flight) {
     opts.authorization = std::string();  // its place; the key in force is set at the start
   }
   w.flight = flight;
+  w.creator = r.id;
   w.may_store = r.may_store;
   w.keep_ms = toMillis(r.ttl_s + r.stale_s);
   AttemptSpec spec;
@@ -230,7 +232,7 @@ void Flights::prepareRun(ClientRequest& r, uint64_t flight) {
   spec.request.method = "POST";
   spec.request.url = r.config->upstream.base_url + r.exchange->target();
   spec.request.headers = upstreamRequestHeaders(r.exchange->headers(), opts);
-  spec.request.body = r.exchange->takeBody();  // canonicalised already; the run owns the bytes now
+  spec.request.body = r.exchange->takeBody();  // the client's bytes, not the canonical text; the run owns them now
   // (The callbacks hold &w: they run only while the run holds its attempt;
   // two words each, held in std::function without an allocation.)
   AttemptCallbacks cb;
@@ -240,6 +242,11 @@ void Flights::prepareRun(ClientRequest& r, uint64_t flight) {
     // another instance's run while this one waited to run again.
     if (ClientRequest* leader = requests_.find(coalescer_->leader(w.flight)); leader && leader->exchange) {
       setHeader(request.headers, "X-Request-Id", leader->request_id);
+      // Its body too, byte for byte: requests of one flight may differ in
+      // what the workflow's key rules ignore (docs/http.md, "Cache keys that
+      // ignore noise"). The creator's bytes are the run's already; a later
+      // leader, one that waited, still holds its own.
+      if (leader->id != w.creator) request.body = leader->exchange->body();
     }
     w.body.clear();
     coalescer_->markStarted(w.flight);  // from now on it completes even if every waiter leaves

@@ -9,6 +9,7 @@
 //        │                 │ OPTIONS, client-token stream ─► Forwarder
 //        │                 │ authenticate ────── 401 (upstream's exact body)
 //        │                 │ run/stream: body → canonical JSON ── 400 invalid_json
+//        │                 │   → input digest (the workflow's key rules, key_rules.h)
 //        │                 ▼
 //        │   run, stream ─► Flights (flights.cc): generation → key → look-up
 //        │                 under Cache-Control → hit | join the input's flight
@@ -37,6 +38,7 @@
 #include "proxy/errors.h"
 #include "proxy/hash.h"
 #include "proxy/headers.h"
+#include "proxy/key_rules.h"
 #include "proxy/redis_client.h"
 #include "proxy/replies.h"
 #include "proxy/stream_token.h"
@@ -300,7 +302,9 @@ void RunHandler::dispatch(ClientRequest& r) {
     case RouteKind::Stream: {
       CanonicalJson canonical = canonicalizeJson(ex.body());
       if (!canonical.ok) return replyError(r, invalidJson(canonical.error));
-      r.body_sha = sha256Hex(canonical.canonical);
+      // The workflow's key rules (docs/http.md, "Cache keys that ignore
+      // noise") shape the key only; the body sent upstream is the client's.
+      r.body_sha = inputDigest(canonical.canonical, r.config->cache.keyRulesFor(r.route.workflow_id));
       return flights_.serve(r.shared_from_this());
     }
     case RouteKind::Token:
@@ -397,7 +401,8 @@ void RunHandler::handlePurge(ClientRequest& r) {
       return replyError(r, ProxyError{400, "Bad Request", "invalid_json", "\"body\" must be a JSON object"});
     }
     auto keep_ms = static_cast<int64_t>((r.config->cache.ttlFor(wf) + r.config->cache.staleIfErrorFor(wf)) * 1000.0);
-    return cache_.purgeInput(org, wf, sha256Hex(*body), keep_ms, done);
+    // Keyed as a run of this body is, under the same rules.
+    return cache_.purgeInput(org, wf, inputDigest(*body, r.config->cache.keyRulesFor(wf)), keep_ms, done);
   }
   cache_.purgeWorkflow(org, wf, done);
 }

@@ -58,6 +58,52 @@ TEST(Cli, CheckConfigReportsEveryProblemWithFileAndLine) {
   EXPECT_EQ(r.err.find("sk_very_secret_value"), std::string::npos);
 }
 
+// cache.workflows.<id>.key_ignore / key_normalize (docs/configuration.md):
+// every bad path and normaliser is reported with its line; nothing starts.
+TEST(Cli, CheckConfigReportsBadKeyRules) {
+  TempDir dir;
+  dir.write("keys.yaml",
+            "organisations:\n"                        // 1
+            "  - name: acme\n"                        // 2
+            "    api_key: sk_x\n"                     // 3
+            "cache:\n"                                // 4
+            "  workflows:\n"                          // 5
+            "    wf_a:\n"                             // 6
+            "      key_ignore: [request_id, a..b]\n"  // 7
+            "      key_normalize:\n"                  // 8
+            "        - trim\n"                        // 9
+            "        - uppercase\n"                   // 10
+            "    wf_b:\n"                             // 11
+            "      key_ignore:\n"                     // 12
+            "        - .a\n"                          // 13
+            "        - a.\n"                          // 14
+            "        - ''\n");                        // 15
+  CliRun r = runProxy({"--check-config", "--config", dir.file("keys.yaml")});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(r.out, "");
+  const std::string f = dir.file("keys.yaml");
+  const std::string path =
+      " is not a member path (member names separated by '.': none empty, at most 32, printable UTF-8)";
+  for (const std::string& line : {
+           f + ":7: cache.workflows.wf_a.key_ignore: 'a..b'" + path,
+           f + ":10: cache.workflows.wf_a.key_normalize: unknown normaliser 'uppercase' (expected trim, "
+               "collapse_whitespace or lowercase)",
+           f + ":13: cache.workflows.wf_b.key_ignore: '.a'" + path,
+           f + ":14: cache.workflows.wf_b.key_ignore: 'a.'" + path,
+           f + ":15: cache.workflows.wf_b.key_ignore: ''" + path,
+       }) {
+    EXPECT_NE(r.err.find(line + "\n"), std::string::npos) << "missing: " << line << "\nin:\n" << r.err;
+  }
+  // The good entries alone pass.
+  dir.write("good.yaml",
+            "organisations:\n  - name: acme\n    api_key: sk_x\n"
+            "cache:\n  workflows:\n    wf_a:\n      key_ignore: [request_id, meta.trace_id]\n"
+            "      key_normalize: [trim, collapse_whitespace, lowercase]\n");
+  CliRun good = runProxy({"--check-config", "--config", dir.file("good.yaml")});
+  EXPECT_EQ(good.code, 0) << good.err;
+  EXPECT_EQ(good.out, "config OK\n");
+}
+
 TEST(Cli, BadArgumentsAndMissingFileExit2) {
   EXPECT_EQ(runProxy({"--no-such-flag"}).code, 2);
   EXPECT_EQ(runProxy({"--log-level", "loud", "--check-config"}).code, 2);

@@ -944,6 +944,87 @@ TEST(ConfigTest, CacheBackendsAndWorkflowOverrides) {
                "test.yaml:2: cache.memory_max_bytes: 0 with backend memory");
 }
 
+TEST(ConfigTest, CacheWorkflowKeyRules) {
+  auto r = load(withOrgs(
+      "cache:\n"
+      "  workflows:\n"
+      "    wf_a:\n"
+      "      key_ignore: [request_id, meta.trace_id, \"caf\u00e9\", 'we\"ird']\n"
+      "      key_normalize: [trim, lowercase, trim]\n"
+      "    wf_b: { ttl_s: 5 }\n"
+      "    wf_c: { key_ignore: [], key_normalize: [] }\n"
+      "    wf_d: { key_normalize: [collapse_whitespace] }\n"));
+  EXPECT_LOADS(r);
+  const CacheConfig& c = r.config->cache;
+  const KeyRules* a = c.keyRulesFor("wf_a");
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(a->ignore,
+            (std::vector<std::vector<std::string>>{{"request_id"}, {"meta", "trace_id"}, {"caf\u00e9"}, {"we\"ird"}}));
+  EXPECT_EQ(a->normalize, KeyRules::Trim | KeyRules::Lowercase);
+  EXPECT_EQ(c.ttlFor("wf_a"), c.ttl_s);
+  EXPECT_EQ(c.keyRulesFor("wf_b"), nullptr);  // an override without rules
+  EXPECT_EQ(c.keyRulesFor("wf_c"), nullptr);  // empty lists are no rules
+  EXPECT_EQ(c.keyRulesFor("unknown"), nullptr);
+  ASSERT_NE(c.keyRulesFor("wf_d"), nullptr);
+  EXPECT_TRUE(c.keyRulesFor("wf_d")->ignore.empty());
+  EXPECT_EQ(c.keyRulesFor("wf_d")->normalize, unsigned{KeyRules::CollapseWhitespace});
+  EXPECT_EQ(load(kMinimalOrgs).config->cache.keyRulesFor("wf_a"), nullptr);
+}
+
+TEST(ConfigTest, KeyRuleErrorsNameTheLine) {
+  std::string path33 = "a";
+  for (int i = 0; i < 32; ++i) path33 += ".a";
+  std::string path32 = "a";
+  for (int i = 0; i < 31; ++i) path32 += ".a";
+  auto r = load(withOrgs(
+      "cache:\n"                                             // 1
+      "  workflows:\n"                                       // 2
+      "    wf_a:\n"                                          // 3
+      "      key_ignore:\n"                                  // 4
+      "        - a..b\n"                                     // 5
+      "        - .a\n"                                       // 6
+      "        - a.\n"                                       // 7
+      "        - \"\"\n"                                     // 8
+      "        - fine.path\n"                                // 9
+      "        - [nested]\n"                                 // 10
+      "        - \"a\\tb\"\n"                                // 11
+      "        - " + path33 + "\n"                           // 12
+      "        - " + path32 + "\n"                           // 13
+      "        - \"\\xff\"\n"                                // 14: U+00FF, fine
+      "      key_normalize: [trim, uppercase, ~]\n"          // 15
+      "    wf_b: { key_ignore: request_id, key_normalize: lowercase }\n"  // 16
+      "    wf_c:\n"                                          // 17
+      "      key_normalize:\n"                               // 18
+      "        - Trim\n"));                                  // 19
+  EXPECT_FALSE(r.config);
+  const std::string kPath =
+      " is not a member path (member names separated by '.': none empty, at most 32, printable UTF-8)";
+  const std::vector<std::string> expected = {
+      "test.yaml:5: cache.workflows.wf_a.key_ignore: 'a..b'" + kPath,
+      "test.yaml:6: cache.workflows.wf_a.key_ignore: '.a'" + kPath,
+      "test.yaml:7: cache.workflows.wf_a.key_ignore: 'a.'" + kPath,
+      "test.yaml:8: cache.workflows.wf_a.key_ignore: ''" + kPath,
+      "test.yaml:10: cache.workflows.wf_a.key_ignore: expected a string, got a list",
+      "test.yaml:11: cache.workflows.wf_a.key_ignore: 'a\\x09b'" + kPath,
+      // (A long value is shortened in messages.)
+      "test.yaml:12: cache.workflows.wf_a.key_ignore: "
+      "'a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a....'" + kPath,
+      "test.yaml:15: cache.workflows.wf_a.key_normalize: unknown normaliser 'uppercase' (expected trim, "
+      "collapse_whitespace or lowercase)",
+      "test.yaml:15: cache.workflows.wf_a.key_normalize: expected a string, got an empty value",
+      "test.yaml:16: cache.workflows.wf_b.key_ignore: expected a list, got a single value",
+      "test.yaml:16: cache.workflows.wf_b.key_normalize: expected a list, got a single value",
+      "test.yaml:19: cache.workflows.wf_c.key_normalize: unknown normaliser 'Trim' (expected trim, "
+      "collapse_whitespace or lowercase)",
+  };
+  EXPECT_EQ(r.errors, expected) << joined(r.errors);
+
+  // Raw bytes that are not UTF-8 cannot name a JSON member.
+  auto bytes = load(withOrgs("cache:\n  workflows:\n    wf_a:\n      key_ignore: [\"ok\", \"a\xff\"]\n"));
+  EXPECT_FALSE(bytes.config);
+  EXPECT_ERROR(bytes, "test.yaml:4: cache.workflows.wf_a.key_ignore: 'a\xff'" + kPath);
+}
+
 TEST(ConfigTest, RateLimitAndOrganisationOptions) {
   auto r = load(
       "rate_limit:\n  shared: true\n  queue_max: 5\n  max_wait_s: 0.5\n  retry_429: 0\n"
