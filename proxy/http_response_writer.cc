@@ -275,14 +275,14 @@ void HttpResponseWriter::reset() {
 
 size_t HttpResponseWriter::pending() const { return closed_ ? 0 : evbuffer_get_length(out_); }
 
-// Appends bytes in order: straight to the socket while nothing is queued,
-// the rest to the bufferevent's output.
+// Appends bytes in order: straight to the socket while nothing is queued
+// (never over TLS: no socket, fd_ is -1), the rest to the bufferevent's output.
 // What the socket does not take at once is queued: copied, or for a large
 // last piece whose memory `owner` keeps alive (a cached body), referenced.
 void HttpResponseWriter::output(iovec* iov, int n, const std::shared_ptr<const void>& owner) {
   if (closed_ || failed_) return;
   int i = 0;
-  if (evbuffer_get_length(out_) == 0) {
+  if (fd_ >= 0 && evbuffer_get_length(out_) == 0) {
     msghdr msg{};
     msg.msg_iov = iov;
     msg.msg_iovlen = static_cast<size_t>(n);

@@ -5,7 +5,9 @@
 // Hot path: bytes go with one sendmsg() straight to the socket while nothing
 // is queued (the common case), so a cache hit costs no evbuffer copy of the
 // body and no epoll_ctl for the write event; whatever the kernel does not
-// take goes to the bufferevent's output and libevent flushes it.
+// take goes to the bufferevent's output and libevent flushes it. Over TLS
+// there is no socket to write to (fd -1): everything goes to the output of
+// the bufferevent_openssl, which encrypts it.
 //
 // It keeps the exchange's response record (responseStarted(), status(),
 // bytesOut()); when to respond, and what follows a response, is the
