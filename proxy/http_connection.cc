@@ -31,9 +31,11 @@
 // Over TLS (bufferevent_openssl) the connection starts with the handshake:
 // BEV_EVENT_CONNECTED ends it, an error or EOF before it closes the
 // connection (a plain-HTTP request among them), and the Header timer, armed
-// at accept, bounds it. Responses always go through the bufferevent's
-// output (never straight to the socket), and the write callback completes
-// them. A close after a whole response sends close_notify first.
+// at accept, bounds it. Responses never go straight to the socket: a small
+// one goes with one SSL_write() while nothing is queued (then completed
+// through the deferred event, as a direct write over TCP), anything else
+// through the bufferevent's output (then the write callback completes it).
+// A close after a whole response sends close_notify first.
 #include "proxy/http_connection.h"
 
 #include <event2/buffer.h>
@@ -575,7 +577,10 @@ void HttpConnection::sendCloseNotify() noexcept {
 
 void HttpConnection::handshakeDone() {
   handshake_done_ = true;
-  if (SSL* ssl = bufferevent_openssl_get_ssl(bev_)) ex_.peer_subject_ = verifiedPeerCommonName(ssl);
+  SSL* ssl = bufferevent_openssl_get_ssl(bev_);
+  if (!ssl) return;
+  ex_.peer_subject_ = verifiedPeerCommonName(ssl);
+  writer_.setTls(ssl);  // small answers may now be written with one SSL_write()
 }
 
 // Not a request, so no access log line and no 4xx: the client gets no HTTP
