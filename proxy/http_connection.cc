@@ -66,7 +66,7 @@ HttpConnection::HttpConnection(HttpServerShared& server, bufferevent* bev, evuti
       fd_(fd),
       timer_(server.loop.base(), &HttpConnection::onTimer, this),
       reader_(ex_, in_, server.parserLimits()),
-      writer_(ex_, bufferevent_get_output(bev), tls ? -1 : fd),  // -1: always through the bufferevent (TLS)
+      writer_(ex_, bufferevent_get_output(bev), tls ? -1 : fd),  // -1: never straight to the socket (TLS)
       tls_(tls) {
   reader_generation_ = server.limits_generation;
   ex_.conn_ = this;

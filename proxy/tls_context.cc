@@ -124,6 +124,12 @@ std::shared_ptr<const TlsContext> TlsContext::load(const TlsConfig& config, std:
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
   SSL_CTX_set_session_id_context(ctx, kSessionIdContext, sizeof kSessionIdContext - 1);
   SSL_CTX_set_alpn_select_cb(ctx, &selectAlpn, nullptr);
+  // OpenSSL's record buffers are freed while unused: measured with 1 000
+  // kept-alive mTLS connections after one request each, ~27 KiB a connection
+  // instead of ~36 KiB (plain HTTP: ~3 KiB). A busy connection reallocates
+  // them per request, a small cost next to the record's crypto and syscalls
+  // (nginx makes the same choice).
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
 
   bool cert_ok = false;
   std::string why;
