@@ -223,6 +223,40 @@ TEST(Tls, PipelinedRequestsAreAnsweredInOrder) {
   EXPECT_EQ(c.readResponse(10s).status, 200) << c.error();
 }
 
+// Hundreds of pipelined hits of ~15 KiB each (one TLS record each, written
+// at once) to a client that reads nothing for a second: the socket fills, a
+// write is cut short, OpenSSL's retry goes through the bufferevent, and every
+// answer still arrives whole and in order.
+TEST(Tls, PipelinedAnswersToAClientThatWaitsArriveWholeAndInOrder) {
+  TestCertificates certs;
+  Simulator sim;
+  sim.configureWorkflows({{"wf_15k", {{"result", std::string(15000, 'x')}}}});
+  ProxyProcess proxy(tlsConfig(certs.file("server.pem"), certs.file("server.key")), sim.url());
+  TlsConnection c(proxy.port(), trusting(certs));
+  ASSERT_TRUE(c.handshakeOk()) << c.error();
+  const Headers auth{{"Authorization", "Bearer acme-client-key"}};
+  ASSERT_TRUE(c.send(runRequest("wf_15k", "{}", auth)));
+  HttpResponse first = c.readResponse(10s);
+  ASSERT_EQ(first.status, 200) << c.error();
+  ASSERT_GT(first.body.size(), 15000u);
+  constexpr int kCount = 600;  // ~9 MiB of answers: more than the socket buffers hold
+  std::string burst;
+  for (int i = 0; i < kCount; ++i) {
+    burst += runRequest("wf_15k", "{}", {{"Authorization", "Bearer acme-client-key"},
+                                         {"X-Request-Id", "p" + std::to_string(i)}});
+  }
+  ASSERT_TRUE(c.send(burst));
+  std::this_thread::sleep_for(1s);
+  for (int i = 0; i < kCount; ++i) {
+    HttpResponse r = c.readResponse(20s);
+    ASSERT_TRUE(r.ok) << "answer " << i << ": " << c.error();
+    ASSERT_EQ(r.header("x-request-id"), "p" + std::to_string(i));
+    ASSERT_EQ(r.header("x-cache"), "HIT");
+    ASSERT_EQ(r.body, first.body) << "answer " << i;
+  }
+  EXPECT_EQ(sim.stats()["runs"], 1);
+}
+
 // Back-pressure holds over TLS as over TCP: a client that reads nothing
 // pauses the upstream instead of growing the proxy; then every byte arrives.
 TEST(Tls, ASlowReaderKeepsTheProxysMemoryBounded) {
