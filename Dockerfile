@@ -51,8 +51,8 @@ LABEL org.opencontainers.image.title="workflow-proxy" \
 # client (a shell's /dev/tcp would need bash, and hand-written HTTP).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      libevent-core-2.1-7 libevent-extra-2.1-7 libcurl4 libhiredis0.14 libyaml-cpp0.7 \
-      libxxhash0 libspdlog1.10 libfmt9 libssl3 libsystemd0 ca-certificates curl \
+      libevent-core-2.1-7 libevent-extra-2.1-7 libevent-openssl-2.1-7 libcurl4 libhiredis0.14 \
+      libyaml-cpp0.7 libxxhash0 libspdlog1.10 libfmt9 libssl3 libsystemd0 ca-certificates curl \
  && rm -rf /var/lib/apt/lists/*
 # A fixed numeric user, so Kubernetes' runAsNonRoot can verify it and mounted
 # secrets can be made readable to it (fsGroup / file owner 10001).

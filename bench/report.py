@@ -116,6 +116,38 @@ if pm:
     if errs:
         notes.append(f"wrk saw {errs} non-2xx answers or socket errors in the hit runs (see hit.*.full).")
 
+# ---------------------------------------------------------------- cache-hit throughput over TLS
+pt, nt = reps(f"{res}/hit.proxy-tls"), reps(f"{res}/hit.nginx-tls")
+
+
+def negotiated(side):
+    """'TLSv1.3 TLS_AES_256_GCM_SHA384' from openssl s_client -brief, or None."""
+    got = {}
+    try:
+        for line in open(f"{res}/tls.{side}.handshake"):
+            k, sep, v = line.partition(":")
+            if sep and k.strip() in ("Protocol version", "Ciphersuite"):
+                got[k.strip()] = v.strip()
+    except OSError:
+        return None
+    return " ".join(got.get(k, "?") for k in ("Protocol version", "Ciphersuite")) if got else None
+
+
+if pt:
+    pt_rps, nt_rps = med_key(pt, "rps"), med_key(nt, "rps")
+    row("cache-hit throughput over TLS, memory backend (req/s)", fmt(pt_rps), fmt(nt_rps) + " (proxy_cache, ssl)",
+        ratio(pt_rps, nt_rps), "≥ nginx with ssl, same certificate", pt_rps is not None and nt_rps and pt_rps >= nt_rps)
+    for q in ("p50", "p99"):
+        a, b = med_key(pt, f"{q}_us"), med_key(nt, f"{q}_us")
+        row(f"cache-hit latency {q} over TLS (µs, {env.get('wrk_conns')} conns)", fmt(a), fmt(b), ratio(a, b), "—",
+            None)
+    errs = sum(int(r.get("non2xx", 0) + r.get("errors", 0)) for r in pt + nt)
+    if errs:
+        notes.append(f"wrk saw {errs} non-2xx answers or socket errors in the TLS hit runs (see hit.*-tls.*.full).")
+    p_neg, n_neg = negotiated("proxy"), negotiated("nginx")
+    if p_neg or n_neg:
+        notes.append(f"TLS negotiated with an OpenSSL client: proxy {p_neg or '?'}, nginx {n_neg or '?'}.")
+
 # ---------------------------------------------------------------- miss latency
 md, mp, mn = reps(f"{res}/miss.direct"), reps(f"{res}/miss.proxy"), reps(f"{res}/miss.nginx")
 

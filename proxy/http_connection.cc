@@ -27,11 +27,23 @@
 // A response written straight to the socket (HttpResponseWriter) never
 // calls the write callback: its completion is signalled through a
 // per-connection "deferred" event, activated without a syscall.
+//
+// Over TLS (bufferevent_openssl) the connection starts with the handshake:
+// BEV_EVENT_CONNECTED ends it, an error or EOF before it closes the
+// connection (a plain-HTTP request among them), and the Header timer, armed
+// at accept, bounds it. Responses never go straight to the socket: a small
+// one goes with one SSL_write() while nothing is queued (then completed
+// through the deferred event, as a direct write over TCP), anything else
+// through the bufferevent's output (then the write callback completes it).
+// A close after a whole response sends close_notify first.
 #include "proxy/http_connection.h"
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <sys/socket.h>
 
 #include <new>
@@ -46,14 +58,16 @@ constexpr size_t kPipelineSlack = 4096;
 
 }  // namespace
 
-HttpConnection::HttpConnection(HttpServerShared& server, bufferevent* bev, evutil_socket_t fd, std::string peer)
+HttpConnection::HttpConnection(HttpServerShared& server, bufferevent* bev, evutil_socket_t fd, std::string peer,
+                               bool tls)
     : server_(server),
       bev_(bev),
       in_(bufferevent_get_input(bev)),
       fd_(fd),
       timer_(server.loop.base(), &HttpConnection::onTimer, this),
       reader_(ex_, in_, server.parserLimits()),
-      writer_(ex_, bufferevent_get_output(bev), fd) {
+      writer_(ex_, bufferevent_get_output(bev), tls ? -1 : fd),  // -1: never straight to the socket (TLS)
+      tls_(tls) {
   reader_generation_ = server.limits_generation;
   ex_.conn_ = this;
   ex_.peer_ = std::move(peer);
@@ -68,7 +82,8 @@ void HttpConnection::start() {
   bufferevent_setcb(bev_, &HttpConnection::onRead, &HttpConnection::onWrite, &HttpConnection::onEvent, this);
   applyWriteTimeout();
   bufferevent_enable(bev_, EV_READ);
-  arm(TimerKind::Header);  // from accept: the first request's head must come in time
+  // From accept: the TLS handshake and the first request's head must come in time.
+  arm(TimerKind::Header);
 }
 
 // --- libevent trampolines: an exception fails the connection ----------------------
@@ -423,6 +438,14 @@ void HttpConnection::handleDeferred() {
 
 void HttpConnection::handleEvent(short what) {
   if (closed_) return;
+  if (tls_ && !handshake_done_) {
+    if (what & BEV_EVENT_CONNECTED) return handshakeDone();
+    // An error, EOF or write timeout before the handshake finished.
+    std::string detail;
+    TlsFailure failure = (what & BEV_EVENT_TIMEOUT) ? TlsFailure::Timeout : classifyHandshakeFailure(bev_, &detail);
+    return handshakeFailed(failure, detail);
+  }
+  if (what & BEV_EVENT_CONNECTED) return;
   if (what & BEV_EVENT_TIMEOUT) {
     // write_timeout_s: output pending, no progress.
     spdlog::debug("http: {}: write timeout", ex_.peer_);
@@ -434,8 +457,12 @@ void HttpConnection::handleEvent(short what) {
     peer_eof_ = true;
     // A response that is fully produced still gets flushed to a client
     // that only half-closed; anything less is an abort (nginx's 499).
-    if (state_ == State::Closing) return;  // flushing our last response
-    if (state_ == State::Exchange && exchange_active_ && ex_.response_done_) return;
+    const bool flushing = state_ == State::Closing || (state_ == State::Exchange && exchange_active_ && ex_.response_done_);
+    if (flushing) {
+      // bufferevent_openssl stops writing too when it reports EOF: resume.
+      if (tls_ && writer_.pending() > 0) bufferevent_enable(bev_, EV_WRITE);
+      return;
+    }
   }
   abortExchange();
   close();
@@ -444,13 +471,14 @@ void HttpConnection::handleEvent(short what) {
 void HttpConnection::handleTimer() {
   if (closed_) return;
   TimerKind kind = timer_.fired();
+  if (tls_ && !handshake_done_) return handshakeFailed(TlsFailure::Timeout, "handshake timeout");
   if (kind == TimerKind::Header && (state_ == State::Head || state_ == State::Body) && reader_.inMessage()) {
     sendError(408, "Request timeout");
     return;
   }
   // Idle keep-alive, a connection that never sent a byte, or the linger
   // period ended: close without a word.
-  close();
+  closeGracefully();
 }
 
 void HttpConnection::arm(TimerKind kind) {
@@ -494,9 +522,10 @@ void HttpConnection::startClose(bool linger) {
 
 void HttpConnection::flushed() {
   if (!linger_ || peer_eof_) {
-    close();
+    closeGracefully();
     return;
   }
+  sendCloseNotify();
   ::shutdown(fd_, SHUT_WR);
   state_ = State::Lingering;
   if (read_suspended_) {
@@ -528,6 +557,45 @@ void HttpConnection::close() noexcept {
     spdlog::critical("http: out of memory while closing a connection");
     std::abort();
   }
+}
+
+void HttpConnection::closeGracefully() noexcept {
+  sendCloseNotify();
+  close();
+}
+
+// TLS: the close_notify alert, once, when nothing of ours is still queued
+// (it would come after it). Written to the socket at once; if the socket
+// will not take it, the client sees a close without it, as after a cut.
+void HttpConnection::sendCloseNotify() noexcept {
+  if (!tls_ || !handshake_done_ || closed_ || writer_.pending() != 0) return;
+  SSL* ssl = bufferevent_openssl_get_ssl(bev_);
+  if (!ssl || (SSL_get_shutdown(ssl) & SSL_SENT_SHUTDOWN)) return;
+  SSL_shutdown(ssl);
+  ERR_clear_error();
+}
+
+void HttpConnection::handshakeDone() {
+  handshake_done_ = true;
+  SSL* ssl = bufferevent_openssl_get_ssl(bev_);
+  if (!ssl) return;
+  ex_.peer_subject_ = verifiedPeerCommonName(ssl);
+  writer_.setTls(ssl);  // small answers may now be written with one SSL_write()
+}
+
+// Not a request, so no access log line and no 4xx: the client gets no HTTP
+// answer it could read. Counted by reason (the observer) and closed.
+void HttpConnection::handshakeFailed(TlsFailure failure, std::string_view detail) {
+  server_.reportTlsFailure(failure, ex_.peer_, detail);
+  if (failure == TlsFailure::PlainHttp) {
+    // OpenSSL read the request's first bytes only: take in what else of it
+    // is here, so the close reaches the client as an orderly end (FIN), not
+    // a reset for unread data.
+    char discard[4096];
+    for (int i = 0; i < 16 && ::recv(fd_, discard, sizeof discard, MSG_DONTWAIT) > 0; ++i) {
+    }
+  }
+  close();
 }
 
 void HttpConnection::teardown() {

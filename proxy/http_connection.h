@@ -58,6 +58,9 @@ struct HttpServerShared {
   // what was parsed of the request (`buffered`: the bytes read of it while
   // its head is not parsed yet).
   void reportError(int status, std::string_view code, const HttpExchange& ex, size_t buffered, size_t bytes_out);
+  // Tells the TLS failure observer (and the debug log) of a handshake that
+  // did not complete.
+  void reportTlsFailure(TlsFailure failure, std::string_view peer, std::string_view detail);
 
   HttpParserLimits parserLimits() const { return {limits.max_header_bytes, limits.max_headers, limits.max_body_bytes}; }
 
@@ -67,6 +70,8 @@ struct HttpServerShared {
   HttpServer::Handler handler;
   HttpServer::HeadHandler head_handler;
   HttpServer::ErrorObserver on_error;
+  HttpServer::TlsFailureObserver on_tls_failure;
+  std::shared_ptr<const TlsContext> tls;  // for connections accepted from now on; null: plain HTTP
   size_t exchange_count = 0;
 
   // Timeouts as libevent "common timeouts" (O(1) add/remove, every connection
@@ -77,7 +82,9 @@ struct HttpServerShared {
 
 class HttpConnection {
  public:
-  HttpConnection(HttpServerShared& server, bufferevent* bev, evutil_socket_t fd, std::string peer);
+  // `tls`: `bev` is a bufferevent_openssl, accepting (its handshake not yet
+  // done); the response never goes straight to `fd`, which would bypass TLS.
+  HttpConnection(HttpServerShared& server, bufferevent* bev, evutil_socket_t fd, std::string peer, bool tls);
   ~HttpConnection();
   HttpConnection(const HttpConnection&) = delete;
   HttpConnection& operator=(const HttpConnection&) = delete;
@@ -92,6 +99,11 @@ class HttpConnection {
   // Releases the socket now; the memory goes on the next loop pass, since a
   // callback of this connection may be on the stack.
   void close() noexcept;
+  // close() after the last response went out whole (or none was started):
+  // over TLS the client is told with a close_notify alert first, so it can
+  // tell this close from a cut. close() alone sends none (an aborted or
+  // failed connection must not look complete).
+  void closeGracefully() noexcept;
   // The server is going away: abort and close.
   void teardown();
   size_t requestBytesHeld() const;
@@ -148,6 +160,10 @@ class HttpConnection {
   void sendError(int status, std::string_view message);
   void startClose(bool linger);
   void flushed();
+  // TLS
+  void handshakeDone();
+  void handshakeFailed(TlsFailure failure, std::string_view detail);
+  void sendCloseNotify() noexcept;
 
   HttpServerShared& server_;
   bufferevent* bev_;
@@ -169,6 +185,8 @@ class HttpConnection {
   bool read_suspended_ = false;
   bool linger_ = false;
   bool body_unread_ = false;  // the head handler answered: the request's body is never read
+  const bool tls_;                // bev_ is a bufferevent_openssl
+  bool handshake_done_ = false;   // TLS: BEV_EVENT_CONNECTED came
   uint64_t applied_generation_ = 0;  // of the limits, for the write timeout
   uint64_t reader_generation_ = 0;   // of the limits, in the parser
 };

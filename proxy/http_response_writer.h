@@ -5,7 +5,11 @@
 // Hot path: bytes go with one sendmsg() straight to the socket while nothing
 // is queued (the common case), so a cache hit costs no evbuffer copy of the
 // body and no epoll_ctl for the write event; whatever the kernel does not
-// take goes to the bufferevent's output and libevent flushes it.
+// take goes to the bufferevent's output and libevent flushes it. Over TLS
+// there is no socket to write to (fd -1); once the handshake is done
+// (setTls) a small piece (one TLS record) goes with one SSL_write() while
+// nothing is queued, and anything else to the output of the
+// bufferevent_openssl, which encrypts it.
 //
 // It keeps the exchange's response record (responseStarted(), status(),
 // bytesOut()); when to respond, and what follows a response, is the
@@ -24,6 +28,7 @@
 #include "proxy/http_types.h"
 
 struct evbuffer;
+struct ssl_st;
 
 namespace wfp {
 
@@ -66,6 +71,8 @@ class HttpResponseWriter {
   void reset();
   // The connection is closing its socket: write nothing more.
   void close() { closed_ = true; }
+  // TLS: the connection's session, handshake done; null before.
+  void setTls(ssl_st* ssl) { ssl_ = ssl; }
 
   bool failed() const { return failed_; }  // a write failed: the client is gone
   size_t pending() const;                  // bytes queued, not yet on the socket
@@ -74,11 +81,17 @@ class HttpResponseWriter {
   enum class Framing : uint8_t { None, Length, Chunked, Close };
 
   void output(iovec* iov, int n, const std::shared_ptr<const void>& owner = nullptr);
+  // One SSL_write() of the pieces, while nothing is queued: true when it
+  // took them (all written, or, the socket being full, queued whole as
+  // OpenSSL's retry needs them) or the connection failed; false when not
+  // tried (too large, or a TLS operation is waiting to write).
+  bool outputTls(const iovec* iov, int n);
   static void releaseOwner(const void*, size_t, void* hold) noexcept;
 
   HttpExchange& ex_;
   evbuffer* out_;
   evutil_socket_t fd_;
+  ssl_st* ssl_ = nullptr;
   Framing framing_ = Framing::None;
   int64_t declared_length_ = -1;  // begin() with a Content-Length
   uint64_t body_sent_ = 0;

@@ -7,6 +7,7 @@
 
 #include <arpa/inet.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <netdb.h>
@@ -23,6 +24,7 @@
 #include <cstring>
 #include <new>
 
+#include <openssl/ssl.h>
 #include <spdlog/spdlog.h>
 
 #include "proxy/http_connection.h"
@@ -123,6 +125,12 @@ void HttpServerShared::reportError(int status, std::string_view code, const Http
   guarded("error observer", [&] { on_error(e); });
 }
 
+void HttpServerShared::reportTlsFailure(TlsFailure failure, std::string_view peer, std::string_view detail) {
+  spdlog::debug("tls: {}: handshake failed ({}): {}", peer, tlsFailureLabel(failure), detail);
+  if (!on_tls_failure) return;
+  guarded("TLS failure observer", [&] { on_tls_failure(failure, peer, detail); });
+}
+
 // What its connections share (HttpServerShared), its listeners and the list
 // of its open connections.
 struct HttpServer::Impl final : HttpServerShared {
@@ -219,12 +227,28 @@ void HttpServer::Impl::accept(evutil_socket_t fd, const sockaddr* sa) {
     int one = 1;
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
-  bufferevent* bev = bufferevent_socket_new(loop.base(), fd, BEV_OPT_CLOSE_ON_FREE);
+  bufferevent* bev = nullptr;
+  if (tls) {
+    SSL* ssl = tls->newSession();
+    if (!ssl) {
+      spdlog::error("http: out of memory accepting a TLS connection");
+      ::close(fd);
+      return;
+    }
+    // With BEV_OPT_CLOSE_ON_FREE the bufferevent owns the SSL (freed with
+    // it, or by this call when it fails) and closes the socket when freed.
+    bev = bufferevent_openssl_socket_new(loop.base(), fd, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+    // A client that closes without close_notify (most HTTP clients) is an
+    // EOF, not an error: the half-close rules below then hold for TLS too.
+    if (bev) bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+  } else {
+    bev = bufferevent_socket_new(loop.base(), fd, BEV_OPT_CLOSE_ON_FREE);
+  }
   if (!bev) {
     ::close(fd);
     return;
   }
-  auto conn = std::make_unique<HttpConnection>(*this, bev, fd, formatPeer(sa));
+  auto conn = std::make_unique<HttpConnection>(*this, bev, fd, formatPeer(sa), tls != nullptr);
   if (!conn->valid()) {
     spdlog::error("http: out of memory accepting a connection");
     return;  // the destructor frees the bufferevent and closes the socket
@@ -379,7 +403,7 @@ void HttpServer::closeIdleConnections() {
   while (c) {
     HttpConnection* next = c->next_;
     if (c->idle()) {
-      c->close();
+      c->closeGracefully();
     } else {
       c->closeAfterResponse();
     }
@@ -397,6 +421,12 @@ void HttpServer::setLimits(const HttpServerLimits& limits) {
 void HttpServer::setErrorObserver(ErrorObserver observer) { impl_->on_error = std::move(observer); }
 
 void HttpServer::setHeadHandler(HeadHandler handler) { impl_->head_handler = std::move(handler); }
+
+void HttpServer::setTlsFailureObserver(TlsFailureObserver observer) { impl_->on_tls_failure = std::move(observer); }
+
+void HttpServer::setTls(std::shared_ptr<const TlsContext> tls) { impl_->tls = std::move(tls); }
+
+bool HttpServer::tls() const { return impl_->tls != nullptr; }
 
 size_t HttpServer::connectionCount() const { return impl_->connection_count; }
 size_t HttpServer::exchangeCount() const { return impl_->exchange_count; }

@@ -7,6 +7,10 @@
 // those in our hands; it speaks HTTP/1.0 and 1.1 with keep-alive and
 // pipelining (requests on one connection are answered in order, one at a
 // time), Content-Length and chunked request bodies, Expect: 100-continue.
+// With setTls() its listener speaks TLS (libevent's bufferevent_openssl):
+// the handshake comes first, on the clock of the first request's head; a
+// connection whose handshake fails is closed without a word and reported to
+// the TLS failure observer; after it, the same exchanges run over TLS.
 //
 // Life of an exchange:
 //   bytes → parse head ─(a body follows)─► headHandler(exchange)?
@@ -42,6 +46,7 @@
 #include "proxy/config.h"
 #include "proxy/event_loop.h"
 #include "proxy/http_types.h"
+#include "proxy/tls_context.h"
 
 namespace wfp {
 
@@ -93,6 +98,10 @@ class HttpExchange {
     return std::max(0.0, std::chrono::duration<double, std::milli>(body_at_ - head_at_).count());
   }
   const std::string& peer() const { return peer_; }
+  // On a TLS listener with tls.client_ca_file: the subject CN of the client
+  // certificate the connection's handshake verified (docs/security.md);
+  // "" otherwise (plain HTTP, no client CA, a simulated exchange).
+  const std::string& peerSubject() const { return peer_subject_; }
 
   // --- the response: exactly one of respond(), or begin() write()* end() ---
   // `headers` must not contain Content-Length, Transfer-Encoding or Connection:
@@ -154,6 +163,7 @@ class HttpExchange {
   std::chrono::steady_clock::time_point head_at_{};
   std::chrono::steady_clock::time_point body_at_{};
   std::string peer_;
+  std::string peer_subject_;
   bool head_request_ = false;
   bool response_started_ = false;
   bool response_done_ = false;
@@ -213,6 +223,9 @@ class HttpServer {
   // True without a response is a bug: the server answers 500. A request
   // without a body never reaches the hook: the Handler runs on its head.
   using HeadHandler = std::function<bool(HttpExchange&)>;
+  // Runs on the loop thread when a TLS handshake did not complete (the
+  // connection is closed); `peer` and `detail` live for the call only.
+  using TlsFailureObserver = std::function<void(TlsFailure failure, std::string_view peer, std::string_view detail)>;
 
   HttpServer(EventLoop& loop, HttpServerLimits limits, Handler handler);
   ~HttpServer();
@@ -221,6 +234,11 @@ class HttpServer {
 
   // Binds and starts accepting. On failure returns false and sets `error`.
   bool listen(const ListenAddress& address, BoundListener* bound, std::string* error);
+  // TLS for the connections accepted from now on (null: plain HTTP); open
+  // connections keep what they were accepted with. The handshake runs under
+  // header_timeout_s, as the first request's head does (it starts at accept).
+  void setTls(std::shared_ptr<const TlsContext> tls);
+  bool tls() const;
   // Closes every listening socket (new connections are refused).
   void stopAccepting();
   // Closes idle keep-alive connections now, and makes busy ones close after
@@ -229,6 +247,7 @@ class HttpServer {
   void setLimits(const HttpServerLimits& limits);  // reload: applies to new requests
   void setErrorObserver(ErrorObserver observer);
   void setHeadHandler(HeadHandler handler);
+  void setTlsFailureObserver(TlsFailureObserver observer);
 
   size_t connectionCount() const;
   size_t exchangeCount() const;  // requests handed to the handler, not yet complete

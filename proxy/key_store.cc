@@ -32,8 +32,31 @@ KeyStore::KeyStore(ConfigPtr config) : config_(std::move(config)) {
   for (const auto& org : config_->organisations) {
     for (const auto& client : org.clients) {
       if (client.key_sha256) entries_.emplace(bucketOf(*client.key_sha256), Entry{*client.key_sha256, &org, &client});
+      // Unique across the configuration (the loader refuses a second one).
+      if (!client.tls_subject.empty()) subjects_.emplace(client.tls_subject, SubjectEntry{&org, &client});
     }
   }
+}
+
+namespace {
+void setClient(Principal& p, const Organisation& org, const ClientConfig& client) {
+  p.org = &org;
+  p.org_label = org.name;
+  p.client = client.name;
+  p.namespace_id = org.name;
+  p.weight = client.weight;
+  p.quota = client.quota ? &*client.quota : nullptr;
+}
+}  // namespace
+
+AuthResult KeyStore::authenticateSubject(std::string_view cn) const {
+  AuthResult result;
+  if (cn.empty()) return result;
+  auto it = subjects_.find(cn);
+  if (it == subjects_.end()) return result;
+  result.outcome = AuthOutcome::Authenticated;
+  setClient(result.principal, *it->second.org, *it->second.client);
+  return result;
 }
 
 AuthResult KeyStore::authenticate(const std::string* authorization) const {
@@ -59,12 +82,7 @@ AuthResult KeyStore::authenticate(const std::string* authorization) const {
   }
   if (match) {
     result.outcome = AuthOutcome::Authenticated;
-    result.principal.org = match->org;
-    result.principal.org_label = match->org->name;
-    result.principal.client = match->client->name;
-    result.principal.namespace_id = match->org->name;
-    result.principal.weight = match->client->weight;
-    if (match->client->quota) result.principal.quota = &*match->client->quota;
+    setClient(result.principal, *match->org, *match->client);
     return result;
   }
   if (config_->unknown_keys == Config::UnknownKeys::PassThrough) {

@@ -1,7 +1,9 @@
 // Client key → organisation (docs/http.md). Pure; rebuilt and swapped on reload.
 //
 // Only SHA-256 digests of client keys are kept. A presented key is hashed and
-// compared to the candidates with CRYPTO_memcmp (constant time).
+// compared to the candidates with CRYPTO_memcmp (constant time). A verified
+// client certificate's subject CN may stand for a key (clients[].tls_subject,
+// docs/security.md): the CN is no secret, so it is looked up plainly.
 #pragma once
 
 #include <memory>
@@ -41,6 +43,11 @@ class KeyStore {
 
   // `authorization`: the request's Authorization header value, or nullptr.
   AuthResult authenticate(const std::string* authorization) const;
+  // `cn`: the subject CN of the connection's verified client certificate.
+  // Authenticated as the client whose tls_subject it is; Unauthorized when
+  // no client names it (the caller then treats the request as one without
+  // a key: default_organisation or 401, never pass_through).
+  AuthResult authenticateSubject(std::string_view cn) const;
 
   const Config& config() const { return *config_; }
 
@@ -53,6 +60,11 @@ class KeyStore {
   ConfigPtr config_;  // keeps the Organisation pointers alive
   // Bucketed by the digest's first 8 bytes; full compare in constant time.
   std::unordered_multimap<uint64_t, Entry> entries_;
+  struct SubjectEntry {
+    const Organisation* org;
+    const ClientConfig* client;
+  };
+  std::unordered_map<std::string_view, SubjectEntry> subjects_;  // views into config_
 };
 
 // The key from "Bearer <key>" (scheme case-insensitive, one or more spaces),

@@ -125,6 +125,14 @@ void Metrics::recordReload(bool ok, double unix_seconds) {
   if (ok) reload_success_time_ = unix_seconds;
 }
 
+void Metrics::countTlsHandshakeFailure(std::string_view reason) {
+  if (auto it = tls_failures_.find(reason); it != tls_failures_.end()) {
+    ++it->second;
+    return;
+  }
+  tls_failures_.emplace(std::string(reason), 1);
+}
+
 void Metrics::setTracked(std::string_view map, int64_t entries) {
   if (auto it = tracked_.find(map); it != tracked_.end()) {
     it->second = entries;
@@ -164,6 +172,12 @@ std::string Metrics::render() const {
   appendFamilyHead(out, "workflow_proxy_overhead_seconds", "histogram", "Total time minus queue wait minus upstream time.");
   overhead_.render(out, "workflow_proxy_overhead_seconds");
   scalar(out, "workflow_proxy_client_connections", "gauge", "Open client connections.", connections_);
+  std::map<std::string, uint64_t> tls_failures;
+  for (const auto& [reason, n] : tls_failures_) tls_failures[labels({{"reason", reason}})] = n;
+  family(out, "workflow_proxy_tls_handshake_failures_total", "counter",
+         "TLS handshakes on the client listener that did not complete, by reason (plain_http, client_certificate, "
+         "protocol, closed, timeout).",
+         tls_failures);
   std::map<std::string, int64_t> tracked;
   for (const auto& [map, n] : tracked_) tracked[labels({{"map", map}})] = n;
   family(out, "workflow_proxy_tracked_entries", "gauge",

@@ -47,6 +47,9 @@ class Metrics {
   // instance without Redis has nothing to be down (and no alert to raise).
   void setRedisConfigured(bool configured) { redis_configured_ = configured; }
   void setConnections(int64_t open) { connections_ = open; }
+  // A TLS handshake on the client listener that did not complete, by
+  // reason (tlsFailureLabel(): a fixed set, never from input).
+  void countTlsHandshakeFailure(std::string_view reason);
   // The outcome of the last configuration load (the start, or a SIGHUP):
   // workflow_proxy_config_last_reload_successful, and the unix time of the
   // last one that succeeded.
@@ -78,6 +81,7 @@ class Metrics {
   std::map<std::string, int64_t> queue_depth_;
   std::map<std::string, int64_t> ratelimit_remaining_;
   std::map<std::string, int64_t, std::less<>> tracked_;  // map name → entries
+  std::map<std::string, uint64_t, std::less<>> tls_failures_;  // reason → count
   Histogram upstream_duration_;
   Histogram queue_wait_;
   Histogram overhead_;

@@ -129,8 +129,28 @@ bool isLoopbackHost(const std::string& host) {
 
 }  // namespace
 
-std::vector<std::string> checkStart(const Config& config) {
+namespace {
+std::vector<std::pair<int, std::string>> tlsProblems(const Config& config, std::shared_ptr<const TlsContext>* loaded) {
   std::vector<std::pair<int, std::string>> problems;
+  if (!config.tls) return problems;
+  std::vector<TlsContext::Problem> found;
+  std::shared_ptr<const TlsContext> tls = TlsContext::load(*config.tls, &found);
+  for (const auto& p : found) problems.emplace_back(config.lineOf(p.key), p.key + ": " + p.message);
+  if (loaded) *loaded = std::move(tls);
+  return problems;
+}
+}  // namespace
+
+std::shared_ptr<const TlsContext> loadTlsContext(const Config& config, std::vector<std::string>* errors) {
+  std::shared_ptr<const TlsContext> tls;
+  for (const auto& [line, message] : tlsProblems(config, &tls)) {
+    if (errors) errors->push_back(config.source + ":" + std::to_string(line) + ": " + message);
+  }
+  return tls;
+}
+
+std::vector<std::string> checkStart(const Config& config) {
+  std::vector<std::pair<int, std::string>> problems = tlsProblems(config, nullptr);
   auto check = [&](const char* key, const std::function<bool(std::string*)>& opens) {
     std::string error;
     if (!opens(&error)) problems.emplace_back(config.lineOf(key), std::string(key) + ": " + error);
@@ -176,13 +196,26 @@ Proxy::~Proxy() {
 }
 
 bool Proxy::start(std::string* error) {
+  std::vector<std::string> tls_errors;
+  std::shared_ptr<const TlsContext> tls = loadTlsContext(*config_, &tls_errors);
+  if (!tls_errors.empty()) {
+    std::string joined;
+    for (const auto& e : tls_errors) joined += (joined.empty() ? "" : "; ") + e;
+    if (error) *error = joined;
+    return false;
+  }
   if (!access_log_.open(config_->log.access_log, error)) return false;
   metrics_.recordReload(true, unixSeconds());
   warnIfAdminExposed();
+  warnIfSubjectsUnused();
   server_ = std::make_unique<HttpServer>(loop_, serverLimits(*config_),
                                          [this](HttpExchange& ex) { handler_.handleClient(ex); });
   auto record_error = [this](const HttpServerError& e) { handler_.recordServerError(e); };
   server_->setErrorObserver(record_error);
+  server_->setTlsFailureObserver([this](TlsFailure failure, std::string_view, std::string_view) {
+    metrics_.countTlsHandshakeFailure(tlsFailureLabel(failure));
+  });
+  applyTls(std::move(tls), false);
   server_->setHeadHandler([this](HttpExchange& ex) { return handler_.handleHead(ex); });
   handler_.setConnectionCounter([this] { return static_cast<int64_t>(server_ ? server_->connectionCount() : 0); });
   BoundListener bound;
@@ -199,6 +232,15 @@ bool Proxy::start(std::string* error) {
 }
 
 void Proxy::reload(ConfigPtr config) {
+  // The certificate files are read again at every reload (a renewed
+  // certificate under the same name is the common case). First, so that a
+  // reload whose files do not load changes nothing at all.
+  std::vector<std::string> tls_errors;
+  std::shared_ptr<const TlsContext> tls = loadTlsContext(*config, &tls_errors);
+  if (!tls_errors.empty()) {
+    rejectReload(tls_errors);
+    return;
+  }
   warnRestartNeeded(*config);
   if (config->log.access_log != config_->log.access_log || config->log.access_log != "stderr") {
     std::string error;
@@ -212,9 +254,44 @@ void Proxy::reload(ConfigPtr config) {
   if (admin_server_) admin_server_->setLimits(adminLimits(*config));
   handler_.setConfig(config);  // and the scheduler: queued runs it starts carry the new key
   config_ = std::move(config);
+  applyTls(std::move(tls), true);
   metrics_.recordReload(true, unixSeconds());
   spdlog::info("configuration reloaded from {}", config_->source);
   warnIfAdminExposed();
+  warnIfSubjectsUnused();
+}
+
+// `tls` may be added, changed or removed by a reload: the listening socket
+// stays, only what new connections speak on it changes (docs/security.md).
+// Open connections keep the TLS (or plain HTTP) they were accepted with.
+void Proxy::applyTls(std::shared_ptr<const TlsContext> tls, bool reloading) {
+  if (!server_) return;
+  const bool had = server_->tls();
+  if (tls) {
+    const char* what = !reloading ? "client listener" : had ? "reloaded for new connections" : "added for new connections";
+    spdlog::info("tls: {}: certificate {}{}", what, tls->description(),
+                 tls->verifiesClients() ? "; client certificates required" : "");
+    if (tls->outsideValidity()) {
+      spdlog::warn("tls: the certificate in {} is outside its validity period ({})", config_->tls->cert_file,
+                   tls->description());
+    }
+  } else if (had) {
+    spdlog::warn("reload: tls removed: new connections on the client listener speak plain HTTP");
+  }
+  server_->setTls(std::move(tls));
+}
+
+void Proxy::warnIfSubjectsUnused() const {
+  if (config_->tls && !config_->tls->client_ca_file.empty()) return;
+  for (const auto& org : config_->organisations) {
+    for (const auto& client : org.clients) {
+      if (client.tls_subject.empty()) continue;
+      spdlog::warn("{}.clients.{}.tls_subject is set but tls.client_ca_file is not: no client certificate is asked "
+                   "for, so no client is named by one",
+                   org.name, client.name);
+      return;
+    }
+  }
 }
 
 // What is built once, at the start: the listeners, the Redis client, the

@@ -17,6 +17,7 @@
 #include "proxy/run_handler.h"
 #include "proxy/scheduler.h"
 #include "proxy/shared_budget.h"
+#include "proxy/tls_context.h"
 #include "proxy/upstream_client.h"
 
 namespace wfp {
@@ -32,6 +33,8 @@ class Proxy {
   // failure (exit code 1).
   bool start(std::string* error);
   // Applies a new configuration atomically; listener changes need a restart.
+  // The TLS files are read again first: when they do not load, the reload is
+  // rejected as a whole (rejectReload) and nothing changes.
   void reload(ConfigPtr config);
   // A SIGHUP whose file was rejected: logs `errors`, keeps the running
   // configuration, and says so in workflow_proxy_config_last_reload_successful.
@@ -49,6 +52,10 @@ class Proxy {
   void warnIfAdminExposed() const;
   // A warning for each change a reload cannot apply (it needs a restart).
   void warnRestartNeeded(const Config& next) const;
+  // A warning when clients are named by certificate but none is asked for.
+  void warnIfSubjectsUnused() const;
+  // Puts `tls` on the client listener for new connections, and logs what changed.
+  void applyTls(std::shared_ptr<const TlsContext> tls, bool reloading);
 
   EventLoop& loop_;
   ConfigPtr config_;
@@ -74,8 +81,15 @@ class Proxy {
 // (resolved as the start resolves them, bound with port 0) — and returns each
 // problem as "file:line: message" (exit code 2). Files the loader reads
 // (api_key_file) were already read by loadConfigFile(). A file added to the
-// start (TLS, token files) belongs here too.
+// start (TLS, token files) belongs here too: the TLS files are loaded and
+// checked as the start loads them (loadTlsContext).
 std::vector<std::string> checkStart(const Config& config);
+
+// The client listener's TLS context for `config.tls`: null without `tls:`,
+// or when its files do not load, the certificate and key do not match, or
+// the client CA file has no CA; `errors` then gets each problem as
+// "file:line: tls.<key>: message" (never a key's content).
+std::shared_ptr<const TlsContext> loadTlsContext(const Config& config, std::vector<std::string>* errors);
 
 HttpServerLimits serverLimits(const Config& config);
 std::unique_ptr<RedisClient> makeRedisClient(EventLoop& loop, const Config& config, Metrics& metrics);

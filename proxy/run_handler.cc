@@ -327,9 +327,20 @@ struct AuthMemo {
 };
 }  // namespace
 
+// docs/security.md: an Authorization header decides on its own (a wrong key
+// is 401 whatever certificate the connection has). Without one, the
+// connection's verified client certificate names the client through its
+// subject CN (clients[].tls_subject); a CN that names no client counts as no
+// key at all: default_organisation, else 401.
 AuthResult RunHandler::authenticate(HttpExchange& ex, const std::shared_ptr<const KeyStore>& keys,
                                     const std::string* authorization) {
-  if (!authorization) return keys->authenticate(nullptr);
+  if (!authorization) {
+    if (!ex.peerSubject().empty()) {
+      AuthResult by_certificate = keys->authenticateSubject(ex.peerSubject());
+      if (by_certificate.outcome == AuthOutcome::Authenticated) return by_certificate;
+    }
+    return keys->authenticate(nullptr);
+  }
   std::shared_ptr<void>& slot = ex.connectionData();
   auto* memo = static_cast<AuthMemo*>(slot.get());
   if (memo && memo->keys == keys && memo->authorization.size() == authorization->size() &&

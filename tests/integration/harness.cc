@@ -321,6 +321,10 @@ HttpResponse parseResponse(const std::string& raw, bool head_request) {
   return r;
 }
 
+size_t parseResponsePrefix(const std::string& raw, HttpResponse* out, bool eof) {
+  return tryParse(raw, *out, false, eof);
+}
+
 std::string rawExchange(int port, const std::string& bytes, std::chrono::milliseconds timeout) {
   int fd = connectTo(port);
   std::string out;

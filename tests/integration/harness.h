@@ -86,6 +86,10 @@ HttpResponse httpRequest(int port, const std::string& method, const std::string&
 std::string rawExchange(int port, const std::string& bytes, std::chrono::milliseconds timeout = std::chrono::seconds(10));
 // Parses one response from raw bytes (used by the helpers above).
 HttpResponse parseResponse(const std::string& raw, bool head_request = false);
+// Parses the response at the start of `raw`: the bytes it takes, or 0 while
+// it is incomplete (`eof`: no more bytes will come). For clients that read
+// several responses from one stream (tls_client.h).
+size_t parseResponsePrefix(const std::string& raw, HttpResponse* out, bool eof);
 
 // Sends `requests[i]` on its own connection, all at once, and collects the
 // responses (in order). Uses poll(): thousands of connections, one thread.

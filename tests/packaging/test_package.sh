@@ -123,7 +123,7 @@ fi
 [[ "$(basename "$deb")" == "workflow-proxy_${deb_version}_$(dpkg --print-architecture).deb" ]] &&
   pass "file name $(basename "$deb")" || fail "file name $(basename "$deb")"
 depends="$(field Depends)"
-for dep in ca-certificates libc6 libcurl4 libevent-core libhiredis libyaml-cpp libssl; do
+for dep in ca-certificates libc6 libcurl4 libevent-core libevent-openssl libhiredis libyaml-cpp libssl; do
   [[ "$depends" == *"$dep"* ]] && pass "Depends has $dep" || fail "Depends lacks $dep: $depends"
 done
 if [[ $systemd_build == ON ]]; then

@@ -13,7 +13,9 @@ ConfigPtr makeConfig(bool pass_through, bool with_default) {
   acme.name = "acme";
   acme.api_key = "sk_acme_secret";
   acme.clients.push_back(ClientConfig{"billing", sha256("key-one"), 1, "", std::nullopt});
-  acme.clients.push_back(ClientConfig{"web", sha256("key-two"), 3, "", std::nullopt});
+  acme.clients.push_back(ClientConfig{"web", sha256("key-two"), 3, "web.acme.internal", std::nullopt});
+  // Named only by its certificate.
+  acme.clients.push_back(ClientConfig{"batch", std::nullopt, 2, "batch.acme.internal", std::nullopt});
   Organisation globex;
   globex.name = "globex";
   globex.api_key = "sk_globex_secret";
@@ -67,6 +69,48 @@ TEST(KeyStore, PassThroughNamespacesByDigestNeverByKey) {
   // A configured key still maps to its organisation.
   h = "Bearer key-one";
   EXPECT_FALSE(keys.authenticate(&h).principal.pass_through);
+}
+
+TEST(KeyStore, FindsClientByCertificateSubject) {
+  KeyStore keys(makeConfig(false, false));
+  AuthResult r = keys.authenticateSubject("web.acme.internal");
+  ASSERT_EQ(r.outcome, AuthOutcome::Authenticated);
+  EXPECT_EQ(r.principal.org->name, "acme");
+  EXPECT_EQ(r.principal.org_label, "acme");
+  EXPECT_EQ(r.principal.client, "web");
+  EXPECT_EQ(r.principal.weight, 3);
+  EXPECT_EQ(r.principal.namespace_id, "acme");
+  EXPECT_FALSE(r.principal.pass_through);
+  // A client without a key, named only by its certificate.
+  r = keys.authenticateSubject("batch.acme.internal");
+  ASSERT_EQ(r.outcome, AuthOutcome::Authenticated);
+  EXPECT_EQ(r.principal.client, "batch");
+  EXPECT_EQ(r.principal.weight, 2);
+  // Its key-less entry adds no key that could match.
+  std::string h = "Bearer ";
+  EXPECT_EQ(keys.authenticate(&h).outcome, AuthOutcome::Unauthorized);
+}
+
+TEST(KeyStore, UnknownSubjectIsNoClientEvenWithDefaultOrPassThrough) {
+  // The caller falls back to "no key" (default_organisation or 401); the
+  // store itself never invents a principal for a CN, nor a pass_through one.
+  for (bool pass_through : {false, true}) {
+    KeyStore keys(makeConfig(pass_through, true));
+    for (std::string_view cn : {"", "unknown.example", "WEB.ACME.INTERNAL", "web.acme.internal ", "billing"}) {
+      EXPECT_EQ(keys.authenticateSubject(cn).outcome, AuthOutcome::Unauthorized) << cn;
+    }
+  }
+}
+
+TEST(KeyStore, SubjectsFollowTheConfiguration) {
+  ConfigPtr cfg = makeConfig(false, false);
+  KeyStore before(cfg);
+  auto next = std::make_shared<Config>(*cfg);
+  next->organisations[0].clients[1].tls_subject = "web2.acme.internal";
+  KeyStore after(next);
+  EXPECT_EQ(before.authenticateSubject("web.acme.internal").outcome, AuthOutcome::Authenticated);
+  EXPECT_EQ(after.authenticateSubject("web.acme.internal").outcome, AuthOutcome::Unauthorized);
+  EXPECT_EQ(after.authenticateSubject("web2.acme.internal").principal.client, "web");
 }
 
 TEST(KeyStore, BearerParsing) {
