@@ -320,6 +320,7 @@ struct UpstreamClient::Impl {
     if (line.rfind("HTTP/", 0) == 0) {
       // A new status line (also after 1xx): start the head again.
       t->head = UpstreamHead{};
+      t->head.headers.reserve(16);  // one allocation for a usual head, not a doubling vector
       auto sp = line.find(' ');
       if (sp != std::string_view::npos) {
         std::string_view rest = line.substr(sp + 1);
