@@ -131,6 +131,10 @@ if dp:
     for q in ("p50", "p99"):
         a, b = med_key(dp, f"{q}_us"), med_key(dn, f"{q}_us")
         row(f"miss, a distinct input per request: latency {q} (µs)", fmt(a), fmt(b), ratio(a, b), "—", None)
+    fl = med_key(reps(f"{res}/distinct.floor"), "cpu_us_per_transfer")
+    if fl is not None:
+        row("… libcurl floor: a bare libcurl multi loop, CPU per transfer (µs)", fmt(fl, digits=1),
+            fmt(n_cpu, digits=1) + " (proxy_pass, per request)", ratio(fl, n_cpu), "—", None)
     errs = sum(int(r.get("non2xx", 0) + r.get("errors", 0)) for r in dp + dn)
     notes.append(
         "distinct-input misses: wrk with bench/distinct.lua (a new JSON body per request), the proxy with "
