@@ -147,6 +147,36 @@ if pt:
     p_neg, n_neg = negotiated("proxy"), negotiated("nginx")
     if p_neg or n_neg:
         notes.append(f"TLS negotiated with an OpenSSL client: proxy {p_neg or '?'}, nginx {n_neg or '?'}.")
+# ---------------------------------------------------------------- distinct-input misses
+dp, dn = reps(f"{res}/distinct.proxy"), reps(f"{res}/distinct.nginx")
+if dp:
+    p_rps, n_rps = med_key(dp, "rps"), med_key(dn, "rps")
+    p_cpu, n_cpu = med_key(dp, "cpu_us_per_req"), med_key(dn, "cpu_us_per_req")
+    tr = p_rps / n_rps if p_rps and n_rps else None
+    cr = p_cpu / n_cpu if p_cpu and n_cpu else None
+    row("miss, a distinct input per request: throughput (req/s)", fmt(p_rps), fmt(n_rps) + " (proxy_pass)",
+        ratio(p_rps, n_rps), "≥ 0.8 × nginx proxy_pass", tr is not None and tr >= 0.8)
+    row("miss, a distinct input per request: CPU per request (µs)", fmt(p_cpu, digits=1),
+        fmt(n_cpu, digits=1) + " (proxy_pass)", ratio(p_cpu, n_cpu), "≤ 1.3 × nginx proxy_pass",
+        cr is not None and cr <= 1.3)
+    for q in ("p50", "p99"):
+        a, b = med_key(dp, f"{q}_us"), med_key(dn, f"{q}_us")
+        row(f"miss, a distinct input per request: latency {q} (µs)", fmt(a), fmt(b), ratio(a, b), "—", None)
+    fl = med_key(reps(f"{res}/distinct.floor"), "cpu_us_per_transfer")
+    if fl is not None:
+        row("… libcurl floor: a bare libcurl multi loop, CPU per transfer (µs)", fmt(fl, digits=1),
+            fmt(n_cpu, digits=1) + " (proxy_pass, per request)", ratio(fl, n_cpu), "—", None)
+    errs = sum(int(r.get("non2xx", 0) + r.get("errors", 0)) for r in dp + dn)
+    notes.append(
+        "distinct-input misses: wrk with bench/distinct.lua (a new JSON body per request), the proxy with "
+        "cache.backend off and a budget far above the load, nginx proxy_pass with a keep-alive upstream, "
+        "repetitions interleaved; CPU per request = utime + stime of the proxy / of nginx's worker over the run "
+        "(/proc/PID/stat) divided by the requests answered. Per repetition (req/s, µs CPU): proxy %s; nginx %s. "
+        "The simulator's own CPU per request: %s µs behind the proxy, %s µs behind nginx. Non-2xx or errors: %d." % (
+            ", ".join(f"{fmt(r.get('rps'))} / {fmt(r.get('cpu_us_per_req'), digits=1)}" for r in dp),
+            ", ".join(f"{fmt(r.get('rps'))} / {fmt(r.get('cpu_us_per_req'), digits=1)}" for r in dn),
+            fmt(med_key(dp, "sim_cpu_us_per_req"), digits=1), fmt(med_key(dn, "sim_cpu_us_per_req"), digits=1),
+            errs))
 
 # ---------------------------------------------------------------- miss latency
 md, mp, mn = reps(f"{res}/miss.direct"), reps(f"{res}/miss.proxy"), reps(f"{res}/miss.nginx")

@@ -40,7 +40,12 @@ namespace {
 struct Transfer {
   uint64_t id = 0;
   CURL* easy = nullptr;
-  curl_slist* header_list = nullptr;
+  uint64_t easy_options = 0;  // the UpstreamOptions generation its easy handle was set up with
+  // The request's header lines for CURLOPT_HTTPHEADER, in our own memory:
+  // libcurl only reads the list, so one buffer and one array of nodes
+  // replace a malloc'd node and a strdup'd line per header.
+  std::string header_text;
+  std::vector<curl_slist> header_nodes;
   UpstreamRequest request;
   UpstreamCallbacks callbacks;
   UpstreamHead head;
@@ -129,23 +134,84 @@ struct UpstreamClient::Impl {
     curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, static_cast<long>(options.max_connections));
   }
 
-  // The easy handle goes back to a small pool: curl_easy_init() of a fresh
-  // one (a large zeroed struct and its buffers) was a tenth of a miss.
+  // The easy handle goes back to a small pool with its options as they are:
+  // curl_easy_init() of a fresh one (a large zeroed struct and its buffers)
+  // was a tenth of a miss, and curl_easy_reset() plus setting every option
+  // again a further 5 %. What differs per transfer is set by start(); a
+  // handle set up under older options (setOptions) is not pooled.
   void freeTransfer(Transfer& t) {
     if (t.easy) {
-      if (idle_easy.size() < kMaxIdleEasy) {
-        curl_easy_reset(t.easy);  // options back to defaults; connections stay with the multi
-        idle_easy.push_back(t.easy);
+      if (idle_easy.size() < kMaxIdleEasy && t.easy_options == options_generation) {
+        idle_easy.push_back(t.easy);  // connections stay with the multi
       } else {
         curl_easy_cleanup(t.easy);
       }
     }
     t.easy = nullptr;
-    if (t.header_list) curl_slist_free_all(t.header_list);
-    t.header_list = nullptr;
   }
   static constexpr size_t kMaxIdleEasy = 64;
   std::vector<CURL*> idle_easy;
+  uint64_t options_generation = 1;
+
+  // What every transfer has in common, set once per easy handle.
+  void setUp(CURL* e) const {
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    // The key goes to upstream.base_url only: no redirects, http(s) only,
+    // the path exactly as the client wrote it (no dot-segment squashing).
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, options.tls_verify ? 1L : 0L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, options.tls_verify ? 2L : 0L);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, toMillis(options.timeout_s));
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, toMillis(options.connect_timeout_s));
+    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    // Bodies are relayed as they are: no transparent decoding.
+    curl_easy_setopt(e, CURLOPT_HTTP_CONTENT_DECODING, 0L);
+    curl_easy_setopt(e, CURLOPT_HTTP_TRANSFER_DECODING, 1L);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &Impl::onHeaderLine);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &Impl::onBody);
+    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, &Impl::onPrereq);
+    if (no_proxy_env) curl_easy_setopt(e, CURLOPT_PROXY, "");
+  }
+
+  // CURLOPT_HTTPHEADER for r: exactly the headers we were given, and
+  // libcurl's own defaults (Accept, Expect, a form Content-Type) suppressed
+  // unless the request carries them. The list lives in t (see Transfer).
+  static curl_slist* headerList(Transfer& t, const UpstreamRequest& r) {
+    static char kNoAccept[] = "Accept:";
+    static char kNoContentType[] = "Content-Type:";
+    static char kNoExpect[] = "Expect:";
+    bool has_accept = false, has_content_type = false;
+    size_t bytes = 0;
+    for (const auto& h : r.headers) {
+      has_accept |= equalsIgnoreCase(h.name, "accept");
+      has_content_type |= equalsIgnoreCase(h.name, "content-type");
+      bytes += h.name.size() + 2 + h.value.size() + 1;
+    }
+    t.header_text.clear();
+    t.header_text.reserve(bytes);  // no reallocation below: the nodes point into it
+    t.header_nodes.clear();
+    t.header_nodes.reserve(r.headers.size() + 3);
+    for (const auto& h : r.headers) {
+      size_t at = t.header_text.size();
+      t.header_text += h.name;
+      if (h.value.empty()) {
+        t.header_text += ';';  // curl's syntax for a header with an empty value
+      } else {
+        t.header_text += ": ";
+        t.header_text += h.value;
+      }
+      t.header_text += '\0';
+      t.header_nodes.push_back(curl_slist{t.header_text.data() + at, nullptr});
+    }
+    if (!has_accept) t.header_nodes.push_back(curl_slist{kNoAccept, nullptr});
+    if (!has_content_type) t.header_nodes.push_back(curl_slist{kNoContentType, nullptr});
+    t.header_nodes.push_back(curl_slist{kNoExpect, nullptr});
+    for (size_t i = 0; i + 1 < t.header_nodes.size(); ++i) t.header_nodes[i].next = &t.header_nodes[i + 1];
+    return t.header_nodes.data();
+  }
   // No proxy variable in the environment (read once): say so to libcurl,
   // which otherwise looks them all up again for every transfer.
   const bool no_proxy_env = [] {
@@ -254,6 +320,7 @@ struct UpstreamClient::Impl {
     if (line.rfind("HTTP/", 0) == 0) {
       // A new status line (also after 1xx): start the head again.
       t->head = UpstreamHead{};
+      t->head.headers.reserve(16);  // one allocation for a usual head, not a doubling vector
       auto sp = line.find(' ');
       if (sp != std::string_view::npos) {
         std::string_view rest = line.substr(sp + 1);
@@ -349,67 +416,34 @@ struct UpstreamClient::Impl {
       idle_easy.pop_back();
     } else {
       e = curl_easy_init();
+      if (!e) throw std::runtime_error("curl_easy_init failed");
+      setUp(e);
     }
-    if (!e) throw std::runtime_error("curl_easy_init failed");
     t->easy = e;
+    t->easy_options = options_generation;
     const UpstreamRequest& r = t->request;
     curl_easy_setopt(e, CURLOPT_URL, r.url.c_str());
     curl_easy_setopt(e, CURLOPT_PRIVATE, t.get());
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->error);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    // The key goes to upstream.base_url only: no redirects, http(s) only,
-    // the path exactly as the client wrote it (no dot-segment squashing).
-    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, options.tls_verify ? 1L : 0L);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, options.tls_verify ? 2L : 0L);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, toMillis(options.timeout_s));
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, toMillis(options.connect_timeout_s));
-    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-    // Bodies are relayed as they are: no transparent decoding.
-    curl_easy_setopt(e, CURLOPT_HTTP_CONTENT_DECODING, 0L);
-    curl_easy_setopt(e, CURLOPT_HTTP_TRANSFER_DECODING, 1L);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &Impl::onHeaderLine);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, t.get());
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &Impl::onBody);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, t.get());
-    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, &Impl::onPrereq);
     curl_easy_setopt(e, CURLOPT_PREREQDATA, t.get());
-    if (no_proxy_env) curl_easy_setopt(e, CURLOPT_PROXY, "");
 
-    if (r.method == "GET" && r.body.empty()) {
-      curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
-    } else if (r.method == "HEAD") {
+    // The method, from a handle that may carry the previous transfer's:
+    // HTTPGET and NOBODY 0 undo HEAD and a body, CUSTOMREQUEST is cleared.
+    if (r.method == "HEAD") {
+      curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, nullptr);
       curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
     } else if (r.body.empty() && r.method != "POST" && r.method != "PUT" && r.method != "PATCH") {
-      curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, r.method.c_str());
+      curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+      curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, r.method == "GET" ? nullptr : r.method.c_str());
     } else {
+      curl_easy_setopt(e, CURLOPT_NOBODY, 0L);
       curl_easy_setopt(e, CURLOPT_POSTFIELDS, r.body.data());
       curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(r.body.size()));
-      if (r.method != "POST") curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, r.method.c_str());
+      curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, r.method == "POST" ? nullptr : r.method.c_str());
     }
-
-    // Exactly the headers we were given: suppress libcurl's own defaults
-    // (Accept, Expect, a form Content-Type) unless the request carries them.
-    bool has_accept = false, has_content_type = false;
-    for (const auto& h : r.headers) {
-      has_accept |= equalsIgnoreCase(h.name, "accept");
-      has_content_type |= equalsIgnoreCase(h.name, "content-type");
-      std::string line = h.name;
-      if (h.value.empty()) {
-        line += ';';  // curl's syntax for a header with an empty value
-      } else {
-        line += ": ";
-        line += h.value;
-      }
-      t->header_list = curl_slist_append(t->header_list, line.c_str());
-    }
-    if (!has_accept) t->header_list = curl_slist_append(t->header_list, "Accept:");
-    if (!has_content_type) t->header_list = curl_slist_append(t->header_list, "Content-Type:");
-    t->header_list = curl_slist_append(t->header_list, "Expect:");
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->header_list);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, headerList(*t, r));
 
     uint64_t id = t->id;
     Transfer* raw = t.get();
@@ -477,6 +511,9 @@ size_t UpstreamClient::active() const { return impl_->transfers.size(); }
 
 void UpstreamClient::setOptions(const UpstreamOptions& options) {
   impl_->options = options;
+  ++impl_->options_generation;  // pooled handles carry the old ones
+  for (CURL* e : impl_->idle_easy) curl_easy_cleanup(e);
+  impl_->idle_easy.clear();
   impl_->applyLimits();
 }
 
