@@ -88,6 +88,8 @@ class ClientQuotas {
 
   // Drops the counts of clients no longer configured (bounded by the config).
   void forgetRemoved(const Config& config);
+  // Clients with a count held here (workflow_proxy_tracked_entries{map="quota_windows"}).
+  size_t size() const { return windows_.size(); }
 
   // Decoders of the scripts' replies (Redis is untrusted): acquire's
   // {1, bucket_end_ms, used} or {0, retry_ms, used} and used's count, checked

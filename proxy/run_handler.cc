@@ -500,7 +500,7 @@ std::vector<std::pair<const char*, size_t>> RunHandler::trackedEntries() const {
   return {{"generations", cache_.generationsTracked()},    {"flights", flights_.coalescerFlights()},
           {"waiters", flights_.coalescerWaiters()},         {"prepared_runs", flights_.preparedRuns()},
           {"stream_flights", flights_.streamFlights()},     {"ratelimit_seen", flights_.rateLimits().size()},
-          {"requests", requests_.size()}};
+          {"requests", requests_.size()},                    {"quota_windows", quotas_.size()}};
 }
 
 void RunHandler::reportTracked() {

@@ -119,6 +119,8 @@ TEST(Quota, AReloadKeepsWhatWasUsed) {
   EXPECT_EQ(runOn(proxy.port(), "wf_q", input("billing", 3), kBilling).status, 200);
   expectQuotaExceeded(runOn(proxy.port(), "wf_q", input("billing", 4), kBilling));
   EXPECT_EQ(upstreamRunsOf(sim, "billing"), 3);
+  // One client with a quota, one window held: bounded by the configuration.
+  EXPECT_EQ(metricOf(proxy, "workflow_proxy_tracked_entries{map=\"quota_windows\"}"), 1.0) << metrics(proxy);
 }
 
 // Two instances on one Redis with rate_limit.shared, billing's quota 4 a day.
