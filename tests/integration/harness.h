@@ -27,6 +27,11 @@ struct TempDir {
 
 std::string readFile(const std::string& path);
 
+// A TCP connection to 127.0.0.1:`port` with TCP_NODELAY (throws on failure).
+int connectTo(int port);
+// `s` in single quotes for /bin/sh.
+std::string shellQuote(const std::string& s);
+
 class Process {
  public:
   Process(std::vector<std::string> argv, std::vector<std::string> env_extra, const std::string& stderr_path,

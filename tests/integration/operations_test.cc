@@ -42,18 +42,6 @@ const Headers kAcme{{"Authorization", "Bearer acme-client-key"}, {"Content-Type"
 
 // --- helpers -------------------------------------------------------------------
 
-std::string shellQuote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) {
-    if (c == '\'') {
-      out += "'\\''";
-    } else {
-      out += c;
-    }
-  }
-  return out + "'";
-}
-
 struct CommandResult {
   int exit_code = -1;
   std::string output;  // stdout and stderr together

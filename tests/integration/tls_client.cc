@@ -22,18 +22,6 @@ namespace wfp::test {
 
 namespace {
 
-std::string shellQuote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) {
-    if (c == '\'') {
-      out += "'\\''";
-    } else {
-      out += c;
-    }
-  }
-  return out + "'";
-}
-
 std::string openSslErrors() {
   std::string out;
   while (unsigned long e = ERR_get_error()) {
@@ -66,20 +54,7 @@ TestCertificates::TestCertificates(const std::vector<std::string>& client_cns) {
 
 TlsConnection::TlsConnection(int port, const TlsClientOptions& options, std::chrono::milliseconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
-  fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd_ < 0) throw std::runtime_error("socket failed");
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    int err = errno;
-    ::close(fd_);
-    fd_ = -1;
-    throw std::runtime_error("connect to port " + std::to_string(port) + " failed: " + std::strerror(err));
-  }
-  int one = 1;
-  ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  fd_ = connectTo(port);
   ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) | O_NONBLOCK);
 
   ctx_ = SSL_CTX_new(TLS_client_method());

@@ -109,12 +109,6 @@ nlohmann::json accessRecord(const ProxyProcess& proxy, const std::string& id) {
   return found;
 }
 
-std::string shellQuote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
-
 // Runs a command, returning its exit code and stdout.
 std::pair<int, std::string> run(const std::string& command) {
   std::string out;
