@@ -1,12 +1,15 @@
-// Upstream HTTP exchanges through libcurl's multi interface, driven by the
-// proxy's libevent loop (curl_multi_socket_action with socket and timer
-// callbacks: no thread per request, no blocking call).
+// Upstream HTTP exchanges, driven by the proxy's libevent loop: no thread
+// per request, no blocking call. UpstreamClient picks a transport per
+// request: the proxy's own HTTP/1.1 client for http:// upstreams
+// (upstream_http1.h), libcurl for https:// ones and whenever an HTTP proxy is
+// named in the environment (upstream_curl.h). docs/architecture.md says why.
 //
-// start() returns an id. Callbacks run on the loop, possibly from inside a
-// libcurl callback: they may call cancel() or resume() (both are deferred
-// when needed), but must not call libcurl themselves. After cancel(id)
-// returns, no callback for that id runs again. Every started transfer ends
-// with exactly one on_done, unless cancelled first.
+// start() returns an id. Callbacks run on the loop, possibly from inside the
+// transport's own event handling: they may call cancel() or resume() (both
+// are deferred when needed), but must not call into the transport's library.
+// No callback runs inside start(). After cancel(id) returns, no callback for
+// that id runs again. Every started transfer ends with exactly one on_done,
+// unless cancelled first.
 #pragma once
 
 #include <chrono>
@@ -31,14 +34,16 @@ struct UpstreamOptions {
 struct UpstreamRequest {
   std::string method;
   std::string url;      // absolute; always under upstream.base_url
-  HttpHeaders headers;  // sent as given; curl adds only Host and Content-Length
+  HttpHeaders headers;  // sent as given; the transport adds only Host and Content-Length
   std::string body;
-  // May the request go out a second time within one transfer? libcurl re-sends
-  // a request by itself when a reused keep-alive connection dies before any
-  // response byte arrives ("Connection died, retrying a fresh connect"), even
-  // though the upstream may have received and run it. Only requests that are
-  // safe to repeat set this (GET, HEAD, OPTIONS without side effects); every
-  // other one is sent at most once, and such a death fails it (Unavailable).
+  // May the request go out a second time within one transfer? When a reused
+  // keep-alive connection dies before any response byte arrives, the request
+  // is sent again on a fresh connection only if this is set (libcurl would
+  // re-send any request by itself, "Connection died, retrying a fresh
+  // connect", although the upstream may have received and run it). Only
+  // requests that are safe to repeat set it (GET, HEAD, OPTIONS without side
+  // effects); every other one is sent at most once, and such a death fails it
+  // (Unavailable).
   bool replayable = false;
 };
 
@@ -56,7 +61,7 @@ enum class UpstreamFailure {
 
 struct UpstreamResult {
   UpstreamFailure failure = UpstreamFailure::None;
-  std::string detail;  // libcurl's message, for logs (never contains the key)
+  std::string detail;  // the transport's message, for logs (never contains the key)
   bool head_received = false;
   std::chrono::steady_clock::duration elapsed{};
 };
@@ -66,10 +71,11 @@ struct UpstreamCallbacks {
   // Return false to pause: the data is NOT consumed and comes again after resume().
   std::function<bool(std::string_view)> on_data;
   std::function<void(const UpstreamResult&)> on_done;     // once, last
-  // Optional: libcurl is about to write the request (the connection is made
-  // or picked from the pool). Runs inside libcurl: it must not start, cancel
-  // or resume transfers. The rate limiter dates a start by it (docs/rate-limits.md:
-  // the upstream counts arrivals, and this is the closest we see to one).
+  // Optional: the request is about to be written (the connection is made or
+  // picked from the pool); again before a replayable request is sent again.
+  // Runs inside the transport: it must not start, cancel or resume transfers.
+  // The rate limiter dates a start by it (docs/rate-limits.md: the upstream
+  // counts arrivals, and this is the closest we see to one).
   std::function<void()> on_sending;
 };
 
@@ -84,6 +90,10 @@ class UpstreamTransport {
   virtual size_t active() const = 0;
 };
 
+class CurlUpstream;
+class Http1Upstream;
+
+// The production transport: each request to the transport that carries it.
 class UpstreamClient final : public UpstreamTransport {
  public:
   UpstreamClient(EventLoop& loop, UpstreamOptions options);
@@ -98,8 +108,9 @@ class UpstreamClient final : public UpstreamTransport {
   void setOptions(const UpstreamOptions& options);  // applies to new transfers
 
  private:
-  struct Impl;
-  std::unique_ptr<Impl> impl_;
+  // Ids: the transport's own, doubled; odd for Http1Upstream.
+  std::unique_ptr<Http1Upstream> http1_;
+  std::unique_ptr<CurlUpstream> curl_;
 };
 
 }  // namespace wfp
