@@ -164,7 +164,8 @@ if dp:
         row(f"miss, a distinct input per request: latency {q} (µs)", fmt(a), fmt(b), ratio(a, b), "—", None)
     fl = med_key(reps(f"{res}/distinct.floor"), "cpu_us_per_transfer")
     if fl is not None:
-        row("… libcurl floor: a bare libcurl multi loop, CPU per transfer (µs)", fmt(fl, digits=1),
+        row("… libcurl floor (https:// upstreams; http:// ones use the own client): a bare libcurl multi loop, "
+            "CPU per transfer (µs)", fmt(fl, digits=1),
             fmt(n_cpu, digits=1) + " (proxy_pass, per request)", ratio(fl, n_cpu), "—", None)
     errs = sum(int(r.get("non2xx", 0) + r.get("errors", 0)) for r in dp + dn)
     notes.append(

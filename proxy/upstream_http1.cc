@@ -144,6 +144,7 @@ struct Http1Upstream::Impl {
     bool connecting = true;
     bool reused = false;   // carried an exchange before the current one
     bool eof = false;      // the upstream closed its side (seen while paused)
+    bool write_failed = false;  // the request was not written whole
     int read_error = 0;
     Transfer* transfer = nullptr;
     SteadyClock::time_point idle_since;
@@ -197,7 +198,10 @@ struct Http1Upstream::Impl {
   int depth = 0;
   bool closing = false;
   event kick{};
-  const timeval* total_timeout = nullptr;  // a libevent common timeout
+  // upstream.timeout_s: a libevent common timeout (O(1) to add and delete),
+  // or total_tv when the base has no more of those (256; one per value).
+  const timeval* total_timeout = nullptr;
+  timeval total_tv{};
   evdns_base* dns = nullptr;
 
   Impl(EventLoop& l, UpstreamOptions o) : loop(l), options(o) {
@@ -224,8 +228,9 @@ struct Http1Upstream::Impl {
 
   void applyOptions() {
     if (options.timeout_s > 0) {
-      timeval tv = toTimeval(options.timeout_s);
-      total_timeout = event_base_init_common_timeout(loop.base(), &tv);
+      total_tv = toTimeval(options.timeout_s);
+      total_timeout = event_base_init_common_timeout(loop.base(), &total_tv);
+      if (!total_timeout) total_timeout = &total_tv;
     } else {
       total_timeout = nullptr;
     }
@@ -566,6 +571,7 @@ struct Http1Upstream::Impl {
     ++t->sends;
     c->eof = false;
     c->read_error = 0;
+    c->write_failed = false;
     t->parser.begin(r.method == "HEAD");
     if (t->cb.on_sending) guard("send hook", [&] { t->cb.on_sending(); });
     std::string& out = c->out;
@@ -609,6 +615,7 @@ struct Http1Upstream::Impl {
         }
         // The upstream is gone: stop writing; reading tells what it said
         // before it went (an answer, a reset, or nothing).
+        c->write_failed = true;
         c->body = nullptr;
         event_del(&c->wev);
         return;
@@ -765,7 +772,8 @@ struct Http1Upstream::Impl {
   void complete(Conn* c, Transfer* t) {
     t->conn = nullptr;
     c->transfer = nullptr;
-    if (t->parser.keepAlive() && !c->writing() && c->begin == c->end && !c->eof && !c->read_error) {
+    if (t->parser.keepAlive() && !c->writing() && !c->write_failed && c->begin == c->end && !c->eof &&
+        !c->read_error) {
       c->reused = true;
       c->begin = c->end = 0;
       c->idle_since = SteadyClock::now();
