@@ -253,14 +253,18 @@ bool HttpResponseParser::addField(std::string_view line) {
 
 bool HttpResponseParser::decideFraming() {
   bool version_11 = keep_alive_;
+  // RFC 9112 §9.3: "close" in any Connection field decides; keep-alive only
+  // matters to HTTP/1.0.
+  bool close = false;
+  bool keep_alive = false;
   bool chunked = false;
   bool has_te = false;
   bool has_length = false;
   uint64_t length = 0;
   for (const auto& h : head_.headers) {
     if (equalsIgnoreCase(h.name, "connection")) {
-      if (hasToken(h.value, "close")) keep_alive_ = false;
-      else if (!version_11 && hasToken(h.value, "keep-alive")) keep_alive_ = true;
+      close |= hasToken(h.value, "close");
+      keep_alive |= hasToken(h.value, "keep-alive");
     } else if (equalsIgnoreCase(h.name, "transfer-encoding")) {
       has_te = true;
       std::string_view list = h.value;
@@ -292,6 +296,7 @@ bool HttpResponseParser::decideFraming() {
       } while (!list.empty());
     }
   }
+  keep_alive_ = !close && (version_11 || keep_alive);
   if (head_request_ || head_.status == 204 || head_.status == 304) {
     state_ = State::Done;  // no body, whatever the fields say
   } else if (has_te) {

@@ -364,7 +364,7 @@ struct Http1Upstream::Impl {
         Conn* c = idle[i];
         if (c->key != t.origin_key) continue;
         idle.erase(idle.begin() + static_cast<std::ptrdiff_t>(i));
-        if (now - c->idle_since > kMaxIdleAge) {
+        if (now - c->idle_since > kMaxIdleAge || !quiet(c)) {
           closeConn(c);
           continue;
         }
@@ -375,6 +375,18 @@ struct Http1Upstream::Impl {
       closeConn(idle.front());  // the least recently used
     }
     return nullptr;
+  }
+
+  // Nothing came on an idle connection since the loop last looked: no
+  // close, no reset, no stray bytes (a stale answer would be taken for the
+  // next request's). Its read event says so too, but only once the loop
+  // gets to it: a close that arrived with the request that is about to use
+  // the connection would cost that request its one send. libcurl checks the
+  // same way before it reuses a connection.
+  static bool quiet(const Conn* c) {
+    char byte;
+    ssize_t n = ::recv(c->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
   }
 
   void attach(Transfer* t, Conn* c) {
@@ -731,8 +743,10 @@ struct Http1Upstream::Impl {
   // Gives body bytes to the owner; false when they were refused (held, and
   // reading stops) or the transfer was cancelled meanwhile.
   bool deliver(Transfer* t, std::string_view data) {
-    t->body_bytes += data.size();
-    if (!t->cb.on_data || t->cb.on_data(data)) return !t->cancelled;
+    if (!t->cb.on_data || t->cb.on_data(data)) {
+      t->body_bytes += data.size();
+      return !t->cancelled;
+    }
     if (t->cancelled) return false;
     t->paused = true;
     t->held.assign(data);
@@ -744,8 +758,9 @@ struct Http1Upstream::Impl {
   // whole, or not begun.
   void closed(Conn* c, Transfer* t) {
     bool nothing_read = t->parser.untouched();
-    HttpResponseParser::Result r = t->parser.finish();
-    if (r.event == HttpResponseParser::Event::Complete) {
+    // Only an orderly close (FIN) ends a body that runs until close: after
+    // a reset the upstream may have sent more than arrived.
+    if (!c->read_error && t->parser.finish().event == HttpResponseParser::Event::Complete) {
       complete(c, t);
       return;
     }
