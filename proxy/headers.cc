@@ -155,7 +155,8 @@ std::string newRequestId() {
 
 bool isSafeHeaderValue(std::string_view value) {
   for (unsigned char c : value) {
-    if (c == '\r' || c == '\n' || c == '\0') return false;
+    // CR, LF and NUL are all at or below CR: one compare for any other byte.
+    if (c <= '\r' && (c == '\r' || c == '\n' || c == '\0')) return false;
   }
   return true;
 }
