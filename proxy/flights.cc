@@ -303,11 +303,11 @@ void Flights::onRunDone(uint64_t flight, const AttemptEnd& end) {
   } else if (end.failure != UpstreamFailure::None) {
     outcome.failure = end.failure;
   } else {
-    const UpstreamHead& head = w->attempt->head();
+    UpstreamHead head = w->attempt->takeHead();  // the entry's now: moved, not copied
     ratelimits_.remember(w->org, head.headers);
-    auto entry = std::make_shared<CachedResponse>(storedResponse(head.status, head.reason, head.headers,
-                                                                 std::move(w->body), false,
-                                                                 ports_.runtime.unixMillis()));
+    auto entry = std::make_shared<CachedResponse>(storedResponse(head.status, std::move(head.reason),
+                                                                 std::move(head.headers), std::move(w->body),
+                                                                 false, ports_.runtime.unixMillis()));
     const std::string* key = coalescer_->keyOf(flight);
     if (key && w->may_store && isStorable(entry->status, entry->body)) {
       cache_.store(*key, entry, w->keep_ms);
@@ -343,11 +343,17 @@ void Flights::deliver(ClientRequest& r, const FlightOutcome& o) {
     return replyRejected(r, RejectReason::QueueFull, o.retry_after_s);
   }
   if (!o.response) return replyFailure(r, o.failure);
-  HttpHeaders headers = responseHeaders(r, o.response->headers);
-  headers.push_back({"X-Cache", r.cache});
-  headers.push_back({"Cache-Status", forwardCacheStatus(r, o.stored, "")});
+  // The head's lines written at once (responseHeaders' fields, in order), no
+  // header list built for them.
+  thread_local std::string head;
+  head.clear();
+  appendResponseHead(head, r, o.response->headers);
+  appendHeaderLine(head, "X-Cache", r.cache);
+  head.append("Cache-Status: ");
+  appendForwardCacheStatus(head, r, o.stored, "");
+  head.append("\r\n");
   // By reference: a thousand coalesced clients of a large body share one copy.
-  r.exchange->respond(o.response->status, o.response->reason, {}, headers, o.response->body, o.response);
+  r.exchange->respond(o.response->status, o.response->reason, head, {}, o.response->body, o.response);
 }
 
 // --- streams --------------------------------------------------------------------

@@ -40,11 +40,16 @@ bool listedInConnection(const HttpHeaders& headers, std::string_view name) {
   return false;
 }
 
-bool dropForResponse(const HttpHeaders& all, const HttpHeader& h) {
-  return isHopByHop(h.name) || equalsIgnoreCase(h.name, "content-length") || listedInConnection(all, h.name);
+bool hasConnectionHeader(const HttpHeaders& headers) {
+  return std::any_of(headers.begin(), headers.end(),
+                     [](const HttpHeader& h) { return equalsIgnoreCase(h.name, "connection"); });
 }
 
 }  // namespace
+
+bool keptForClient(const HttpHeaders& all, const HttpHeader& h) {
+  return !isHopByHop(h.name) && !equalsIgnoreCase(h.name, "content-length") && !listedInConnection(all, h.name);
+}
 
 bool isHopByHop(std::string_view name) {
   // Cheap refusals first: this runs for every header of every cache value
@@ -122,9 +127,19 @@ HttpHeaders clientResponseHeaders(const HttpHeaders& upstream) {
   HttpHeaders out;
   out.reserve(upstream.size() + 4);
   for (const auto& h : upstream) {
-    if (!dropForResponse(upstream, h)) out.push_back(h);
+    if (keptForClient(upstream, h)) out.push_back(h);
   }
   return out;
+}
+
+HttpHeaders clientResponseHeaders(HttpHeaders&& upstream) {
+  // The rule reads the whole list (a Connection header names fields to
+  // drop): filtered in place only when no Connection header can change it
+  // while it is being filtered.
+  if (hasConnectionHeader(upstream)) return clientResponseHeaders(static_cast<const HttpHeaders&>(upstream));
+  static const HttpHeaders kNone;
+  std::erase_if(upstream, [](const HttpHeader& h) { return !keptForClient(kNone, h); });
+  return std::move(upstream);
 }
 
 std::string newRequestId() {

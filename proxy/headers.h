@@ -30,6 +30,10 @@ HttpHeaders upstreamRequestHeaders(const HttpHeaders& client, const UpstreamHead
 // in order, minus hop-by-hop, Content-Length and Transfer-Encoding (the
 // server frames the body itself).
 HttpHeaders clientResponseHeaders(const HttpHeaders& upstream);
+// The same, filtering `upstream` in place (its strings are moved, not copied).
+HttpHeaders clientResponseHeaders(HttpHeaders&& upstream);
+// Does the client receive `h`, one of `all` (clientResponseHeaders' rule)?
+bool keptForClient(const HttpHeaders& all, const HttpHeader& h);
 
 // Drops every field named `name` (case-insensitive).
 void removeHeader(HttpHeaders& headers, std::string_view name);
