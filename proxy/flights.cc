@@ -231,7 +231,8 @@ void Flights::prepareRun(ClientRequest& r, uint64_t flight) {
   spec.org_label = r.principal.org_label;
   spec.request.method = "POST";
   spec.request.url = r.config->upstream.base_url + r.exchange->target();
-  spec.request.headers = upstreamRequestHeaders(r.exchange->headers(), opts);
+  // The client's headers become the run's (the request keeps none once it waits).
+  spec.request.headers = upstreamRequestHeaders(r.exchange->takeHeaders(), opts);
   spec.request.body = r.exchange->takeBody();  // the client's bytes, not the canonical text; the run owns them now
   // (The callbacks hold &w: they run only while the run holds its attempt;
   // two words each, held in std::function without an allocation.)
@@ -376,7 +377,7 @@ void Flights::joinStream(const RequestPtr& rp) {
   stream_opts.identity_encoding = true;
   work.stream.method = "POST";
   work.stream.url = r.config->upstream.base_url + r.exchange->target();
-  work.stream.headers = upstreamRequestHeaders(client_headers, stream_opts);
+  work.stream.headers = upstreamRequestHeaders(std::move(client_headers), stream_opts);
   work.stream.body = r.exchange->takeBody();
   if (fanout_->joinable(work.key)) {
     r.cache = "COALESCED";

@@ -79,49 +79,53 @@ void setHeader(HttpHeaders& headers, std::string_view name, std::string value) {
   std::erase_if(headers, [&](const HttpHeader& h) { return i++ > keep && equalsIgnoreCase(h.name, name); });
 }
 
-HttpHeaders upstreamRequestHeaders(const HttpHeaders& client, const UpstreamHeaderOptions& options) {
-  HttpHeaders out;
-  out.reserve(client.size() + 2);
+HttpHeaders upstreamRequestHeaders(HttpHeaders client, const UpstreamHeaderOptions& options) {
+  // Which fields a Connection header names, read before anything moves
+  // (rare: most requests have none).
+  std::vector<char> listed;
+  if (hasConnectionHeader(client)) {
+    listed.resize(client.size());
+    for (size_t i = 0; i < client.size(); ++i) listed[i] = listedInConnection(client, client[i].name);
+  }
   bool authorization_placed = false;
   bool request_id_placed = false;
   bool encoding_placed = false;
-  for (const auto& h : client) {
+  size_t kept = 0;  // client[0, kept) is what goes upstream, in the client's order
+  for (size_t i = 0; i < client.size(); ++i) {
+    HttpHeader& h = client[i];
     if (isHopByHop(h.name) || equalsIgnoreCase(h.name, "host") || equalsIgnoreCase(h.name, "content-length") ||
-        equalsIgnoreCase(h.name, "expect") || listedInConnection(client, h.name)) {
+        equalsIgnoreCase(h.name, "expect") || (!listed.empty() && listed[i])) {
       continue;
     }
     if (equalsIgnoreCase(h.name, "authorization")) {
       if (authorization_placed) continue;
       authorization_placed = true;
       // Keep the client's position in the header order; swap the value.
-      out.push_back(HttpHeader{h.name, options.authorization ? *options.authorization : h.value});
-      continue;
-    }
-    if (equalsIgnoreCase(h.name, "x-request-id")) {
+      if (options.authorization) h.value = *options.authorization;
+    } else if (equalsIgnoreCase(h.name, "x-request-id")) {
       if (request_id_placed) continue;
       request_id_placed = true;
-      out.push_back(HttpHeader{h.name, options.request_id});
-      continue;
-    }
-    if (options.identity_encoding && equalsIgnoreCase(h.name, "accept-encoding")) {
+      h.value = options.request_id;
+    } else if (options.identity_encoding && equalsIgnoreCase(h.name, "accept-encoding")) {
       if (encoding_placed) continue;
       encoding_placed = true;
-      out.push_back(HttpHeader{h.name, "identity"});
-      continue;
+      h.value = "identity";
     }
-    out.push_back(h);
+    if (kept != i) client[kept] = std::move(h);
+    ++kept;
   }
+  client.erase(client.begin() + static_cast<std::ptrdiff_t>(kept), client.end());
   if (!authorization_placed && options.authorization) {
-    out.push_back(HttpHeader{"Authorization", *options.authorization});
+    client.push_back(HttpHeader{"Authorization", *options.authorization});
   }
   if (!request_id_placed && !options.request_id.empty()) {
-    out.push_back(HttpHeader{"X-Request-Id", options.request_id});
+    client.push_back(HttpHeader{"X-Request-Id", std::string(options.request_id)});
   }
   if (!encoding_placed && options.identity_encoding) {
-    out.push_back(HttpHeader{"Accept-Encoding", "identity"});
+    client.push_back(HttpHeader{"Accept-Encoding", "identity"});
   }
-  out.shrink_to_fit();  // kept while the request waits in the queue
-  return out;
+  client.shrink_to_fit();  // kept while the request waits in the queue
+  return client;
 }
 
 HttpHeaders clientResponseHeaders(const HttpHeaders& upstream) {
