@@ -52,7 +52,7 @@ Flights::Flights(const UpstreamPorts& ports, CacheStore& cache, RedisLink* redis
       requests_(std::move(requests)),
       ratelimits_(ports.metrics) {
   FlightHooks hooks;
-  hooks.on_lead = [this](uint64_t flight, std::string) { leadRun(flight); };
+  hooks.on_lead = [this](uint64_t flight) { leadRun(flight); };
   // However the flight ended (abandoned while queued, answered by another
   // instance or by the cache), its run goes with it: out of the queue, or
   // its transfer cancelled.
@@ -178,7 +178,7 @@ void Flights::joinRun(const RequestPtr& rp) {
   ClientRequest& r = *rp;
   uint64_t id = r.id;
   Coalescer::Joined joined = coalescer_->join(
-      r.cache_key,
+      std::move(r.cache_key),  // the flight's now: a request that waits keeps no key
       [this, id](const FlightOutcome& outcome) {
         ClientRequest* q = requests_.find(id);
         if (!q) return;
@@ -201,7 +201,7 @@ void Flights::joinRun(const RequestPtr& rp) {
   // that waits (queued, or for another's run) keeps no parsed headers, and
   // not its key (the flight has it).
   r.exchange->releaseHeaders();
-  std::string().swap(r.cache_key);
+  std::string().swap(r.cache_key);  // (moved from: its memory too)
   if (!joined.created) {
     r.cache = "COALESCED";
     ports_.metrics.countCoalesced(r.principal.org_label);
