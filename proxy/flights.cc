@@ -242,7 +242,9 @@ void Flights::prepareRun(ClientRequest& r, uint64_t flight) {
     // the one that created the flight may have left, or been answered by
     // another instance's run while this one waited to run again.
     if (ClientRequest* leader = requests_.find(coalescer_->leader(w.flight)); leader && leader->exchange) {
-      setHeader(request.headers, "X-Request-Id", leader->request_id);
+      // (On the first try the creator leads: its id is in already.)
+      const std::string* sent = findHeader(request.headers, "x-request-id");
+      if (!sent || *sent != leader->request_id) setHeader(request.headers, "X-Request-Id", leader->request_id);
       // Its body too, byte for byte: requests of one flight may differ in
       // what the workflow's key rules ignore (docs/http.md, "Cache keys that
       // ignore noise"). The creator's bytes are the run's already; a later
