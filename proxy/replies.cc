@@ -145,7 +145,9 @@ void RateLimitMemory::remember(const std::string& org, const HttpHeaders& header
   const std::string* limit = findHeader(headers, "x-ratelimit-limit");
   const std::string* remaining = findHeader(headers, "x-ratelimit-remaining");
   if (!limit || !remaining) return;
-  seen_[org] = {*limit, *remaining};
+  auto& seen = seen_[org];  // assigned in place: the strings keep their capacity
+  seen.first = *limit;
+  seen.second = *remaining;
   metrics_.setRatelimitRemaining(org, std::strtoll(remaining->c_str(), nullptr, 10));
 }
 
