@@ -4,6 +4,8 @@
 #include <openssl/evp.h>
 #include <xxhash.h>
 
+#include <array>
+#include <cstring>
 #include <memory>
 #include <stdexcept>
 
@@ -36,12 +38,19 @@ Sha256 sha256(std::string_view data) {
 }
 
 std::string toHex(const uint8_t* data, size_t size) {
-  static constexpr char kDigits[] = "0123456789abcdef";
+  // Both digits of a byte at once, from a table of the 256 pairs.
+  static constexpr std::array<char, 512> kPairs = [] {
+    constexpr char kDigits[] = "0123456789abcdef";
+    std::array<char, 512> t{};
+    for (size_t b = 0; b < 256; ++b) {
+      t[2 * b] = kDigits[b >> 4];
+      t[2 * b + 1] = kDigits[b & 0x0f];
+    }
+    return t;
+  }();
   std::string out(size * 2, '\0');
-  for (size_t i = 0; i < size; ++i) {
-    out[2 * i] = kDigits[data[i] >> 4];
-    out[2 * i + 1] = kDigits[data[i] & 0x0f];
-  }
+  char* p = out.data();
+  for (size_t i = 0; i < size; ++i, p += 2) std::memcpy(p, &kPairs[2 * size_t{data[i]}], 2);
   return out;
 }
 
