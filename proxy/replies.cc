@@ -87,8 +87,12 @@ HttpHeaders responseHeaders(const ClientRequest& r, const HttpHeaders& upstream_
 }
 
 void appendResponseHead(std::string& head, const ClientRequest& r, const HttpHeaders& upstream_headers) {
+  // Without a Connection header no field is named in one: the rule is then
+  // asked against no list, not a walk of the list per field.
+  static const HttpHeaders kNoConnection;
+  const HttpHeaders& all = findHeader(upstream_headers, "connection") ? upstream_headers : kNoConnection;
   for (const HttpHeader& h : upstream_headers) {
-    if (keptForClient(upstream_headers, h) && !perRequestField(h.name)) appendHeaderLine(head, h.name, h.value);
+    if (keptForClient(all, h) && !perRequestField(h.name)) appendHeaderLine(head, h.name, h.value);
   }
   appendHeaderLine(head, "X-Request-Id", r.request_id);
   head.append("Server-Timing: ");
