@@ -284,12 +284,12 @@ const CachedResponse::ClientHead& CachedResponse::clientHead() const {
   return *client_head_;
 }
 
-CachedResponse storedResponse(int status, std::string reason, const HttpHeaders& upstream_headers, std::string body,
+CachedResponse storedResponse(int status, std::string reason, HttpHeaders upstream_headers, std::string body,
                               bool stream, int64_t now_ms) {
   CachedResponse e;
   e.status = status;
   e.reason = std::move(reason);
-  e.headers = clientResponseHeaders(upstream_headers);
+  e.headers = clientResponseHeaders(std::move(upstream_headers));
   removeHeader(e.headers, "x-request-id");
   removeHeader(e.headers, "server-timing");
   e.body = std::move(body);

@@ -55,8 +55,9 @@ struct CachedResponse {
 using CachedResponsePtr = std::shared_ptr<const CachedResponse>;
 
 // What is stored of an upstream response: its end-to-end headers (without
-// the X-Request-Id and Server-Timing the proxy adds per request).
-CachedResponse storedResponse(int status, std::string reason, const HttpHeaders& upstream_headers, std::string body,
+// the X-Request-Id and Server-Timing the proxy adds per request). The
+// headers are filtered in place: a caller done with them moves them in.
+CachedResponse storedResponse(int status, std::string reason, HttpHeaders upstream_headers, std::string body,
                               bool stream, int64_t now_ms);
 
 // Is `body` a JSON object whose "success" member is `true` (what makes a

@@ -114,6 +114,7 @@ void CacheStore::dropLocal(const std::string& ns, const std::string& workflow_id
 }
 
 void CacheStore::generation(const std::string& ns, const std::string& workflow_id, GenerationFn fn) {
+  if (!redis_ && generations_.empty()) return fn(0);  // nothing purged here yet: no key to build
   std::string local = ns + '\n' + workflow_id;
   if (!redis_) {
     // Only purged workflows have an entry: every other one is at 0.

@@ -53,7 +53,7 @@ Coalescer::Flight* Coalescer::find(uint64_t flight_id) {
   return it == flights_.end() ? nullptr : it->second.get();
 }
 
-Coalescer::Joined Coalescer::join(const std::string& key, WaiterFn fn, WaiterNeeds needs,
+Coalescer::Joined Coalescer::join(std::string key, WaiterFn fn, WaiterNeeds needs,
                                   const std::function<void(uint64_t)>& on_create, uint64_t owner) {
   Joined j;
   j.waiter = next_id_++;
@@ -68,7 +68,7 @@ Coalescer::Joined Coalescer::join(const std::string& key, WaiterFn fn, WaiterNee
   auto owned = std::make_unique<Flight>();
   Flight& f = *owned;
   f.id = next_id_++;
-  f.key = key;
+  f.key = std::move(key);
   f.waiters.push_back(j.waiter);
   flights_.emplace(f.id, std::move(owned));
   by_key_.emplace(std::string_view(f.key), f.id);
@@ -188,8 +188,7 @@ void Coalescer::lead(Flight& f) {
   } else {
     f.timer.reset();
   }
-  // A copy of the key: on_lead may complete (and free) the flight.
-  if (hooks_.on_lead) hooks_.on_lead(id, std::string(f.key));
+  if (hooks_.on_lead) hooks_.on_lead(id);  // may complete (and free) the flight: `f` is not used after it
 }
 
 void Coalescer::renew(uint64_t flight_id) {

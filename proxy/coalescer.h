@@ -47,8 +47,8 @@ class RedisLink;
 
 struct FlightHooks {
   // This instance runs the flight: start the upstream exchange (possibly via
-  // the queue) and call complete() when done.
-  std::function<void(uint64_t flight, std::string key)> on_lead;  // may complete the flight at once
+  // the queue) and call complete() when done. (Its key, if needed: keyOf().)
+  std::function<void(uint64_t flight)> on_lead;  // may complete the flight at once
   // The flight is over, however it ended (completed here, answered by another
   // instance or by the cache, abandoned): drop whatever was prepared for it.
   // Runs once per flight, after the flight left the coalescer's maps and
@@ -91,8 +91,9 @@ class Coalescer {
   // Joins the flight for `key`, creating it if there is none; `on_create`
   // (when given) runs for a new flight before anything else happens to it,
   // so the owner can prepare the run that on_lead may ask for at once.
-  // `owner` (optional) names the waiter's request for leader().
-  Joined join(const std::string& key, WaiterFn fn, WaiterNeeds needs = {},
+  // `owner` (optional) names the waiter's request for leader(). A caller
+  // done with `key` moves it in: a new flight keeps it.
+  Joined join(std::string key, WaiterFn fn, WaiterNeeds needs = {},
               const std::function<void(uint64_t flight)>& on_create = {}, uint64_t owner = 0);
   // The owner of the flight's first waiter still waiting (0: none): the
   // request that leads its run now (docs/http.md), whoever created it.

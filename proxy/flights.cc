@@ -52,7 +52,7 @@ Flights::Flights(const UpstreamPorts& ports, CacheStore& cache, RedisLink* redis
       requests_(std::move(requests)),
       ratelimits_(ports.metrics) {
   FlightHooks hooks;
-  hooks.on_lead = [this](uint64_t flight, std::string) { leadRun(flight); };
+  hooks.on_lead = [this](uint64_t flight) { leadRun(flight); };
   // However the flight ended (abandoned while queued, answered by another
   // instance or by the cache), its run goes with it: out of the queue, or
   // its transfer cancelled.
@@ -178,7 +178,7 @@ void Flights::joinRun(const RequestPtr& rp) {
   ClientRequest& r = *rp;
   uint64_t id = r.id;
   Coalescer::Joined joined = coalescer_->join(
-      r.cache_key,
+      std::move(r.cache_key),  // the flight's now: a request that waits keeps no key
       [this, id](const FlightOutcome& outcome) {
         ClientRequest* q = requests_.find(id);
         if (!q) return;
@@ -201,7 +201,7 @@ void Flights::joinRun(const RequestPtr& rp) {
   // that waits (queued, or for another's run) keeps no parsed headers, and
   // not its key (the flight has it).
   r.exchange->releaseHeaders();
-  std::string().swap(r.cache_key);
+  std::string().swap(r.cache_key);  // (moved from: its memory too)
   if (!joined.created) {
     r.cache = "COALESCED";
     ports_.metrics.countCoalesced(r.principal.org_label);
@@ -231,7 +231,8 @@ void Flights::prepareRun(ClientRequest& r, uint64_t flight) {
   spec.org_label = r.principal.org_label;
   spec.request.method = "POST";
   spec.request.url = r.config->upstream.base_url + r.exchange->target();
-  spec.request.headers = upstreamRequestHeaders(r.exchange->headers(), opts);
+  // The client's headers become the run's (the request keeps none once it waits).
+  spec.request.headers = upstreamRequestHeaders(r.exchange->takeHeaders(), opts);
   spec.request.body = r.exchange->takeBody();  // the client's bytes, not the canonical text; the run owns them now
   // (The callbacks hold &w: they run only while the run holds its attempt;
   // two words each, held in std::function without an allocation.)
@@ -241,7 +242,9 @@ void Flights::prepareRun(ClientRequest& r, uint64_t flight) {
     // the one that created the flight may have left, or been answered by
     // another instance's run while this one waited to run again.
     if (ClientRequest* leader = requests_.find(coalescer_->leader(w.flight)); leader && leader->exchange) {
-      setHeader(request.headers, "X-Request-Id", leader->request_id);
+      // (On the first try the creator leads: its id is in already.)
+      const std::string* sent = findHeader(request.headers, "x-request-id");
+      if (!sent || *sent != leader->request_id) setHeader(request.headers, "X-Request-Id", leader->request_id);
       // Its body too, byte for byte: requests of one flight may differ in
       // what the workflow's key rules ignore (docs/http.md, "Cache keys that
       // ignore noise"). The creator's bytes are the run's already; a later
@@ -303,11 +306,11 @@ void Flights::onRunDone(uint64_t flight, const AttemptEnd& end) {
   } else if (end.failure != UpstreamFailure::None) {
     outcome.failure = end.failure;
   } else {
-    const UpstreamHead& head = w->attempt->head();
+    UpstreamHead head = w->attempt->takeHead();  // the entry's now: moved, not copied
     ratelimits_.remember(w->org, head.headers);
-    auto entry = std::make_shared<CachedResponse>(storedResponse(head.status, head.reason, head.headers,
-                                                                 std::move(w->body), false,
-                                                                 ports_.runtime.unixMillis()));
+    auto entry = std::make_shared<CachedResponse>(storedResponse(head.status, std::move(head.reason),
+                                                                 std::move(head.headers), std::move(w->body),
+                                                                 false, ports_.runtime.unixMillis()));
     const std::string* key = coalescer_->keyOf(flight);
     if (key && w->may_store && isStorable(entry->status, entry->body)) {
       cache_.store(*key, entry, w->keep_ms);
@@ -343,11 +346,17 @@ void Flights::deliver(ClientRequest& r, const FlightOutcome& o) {
     return replyRejected(r, RejectReason::QueueFull, o.retry_after_s);
   }
   if (!o.response) return replyFailure(r, o.failure);
-  HttpHeaders headers = responseHeaders(r, o.response->headers);
-  headers.push_back({"X-Cache", r.cache});
-  headers.push_back({"Cache-Status", forwardCacheStatus(r, o.stored, "")});
+  // The head's lines written at once (responseHeaders' fields, in order), no
+  // header list built for them.
+  thread_local std::string head;
+  head.clear();
+  appendResponseHead(head, r, o.response->headers);
+  appendHeaderLine(head, "X-Cache", r.cache);
+  head.append("Cache-Status: ");
+  appendForwardCacheStatus(head, r, o.stored, "");
+  head.append("\r\n");
   // By reference: a thousand coalesced clients of a large body share one copy.
-  r.exchange->respond(o.response->status, o.response->reason, {}, headers, o.response->body, o.response);
+  r.exchange->respond(o.response->status, o.response->reason, head, {}, o.response->body, o.response);
 }
 
 // --- streams --------------------------------------------------------------------
@@ -370,7 +379,7 @@ void Flights::joinStream(const RequestPtr& rp) {
   stream_opts.identity_encoding = true;
   work.stream.method = "POST";
   work.stream.url = r.config->upstream.base_url + r.exchange->target();
-  work.stream.headers = upstreamRequestHeaders(client_headers, stream_opts);
+  work.stream.headers = upstreamRequestHeaders(std::move(client_headers), stream_opts);
   work.stream.body = r.exchange->takeBody();
   if (fanout_->joinable(work.key)) {
     r.cache = "COALESCED";

@@ -33,7 +33,7 @@ UpstreamRequest Forwarder::tokenRequest(const ClientRequest& r) {
   UpstreamRequest req;
   req.method = "GET";
   req.url = r.config->upstream.base_url + "/api/v1/token?ttl=60";
-  req.headers = upstreamRequestHeaders(subset, opts);
+  req.headers = upstreamRequestHeaders(std::move(subset), opts);
   return req;
 }
 
@@ -71,7 +71,7 @@ void Forwarder::forward(const RequestPtr& rp, std::string target, Delivery deliv
   UpstreamRequest& req = spec.request;
   req.method = ex.method();
   req.url = r.config->upstream.base_url + target;
-  req.headers = upstreamRequestHeaders(client_headers, opts);
+  req.headers = upstreamRequestHeaders(std::move(client_headers), opts);
   req.body = ex.takeBody();
   // libcurl may send a safe method again after a reused connection died (the
   // upstream possibly saw it), as nginx retries an idempotent request; never

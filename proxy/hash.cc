@@ -4,6 +4,9 @@
 #include <openssl/evp.h>
 #include <xxhash.h>
 
+#include <array>
+#include <cstring>
+#include <memory>
 #include <stdexcept>
 
 namespace wfp {
@@ -18,22 +21,36 @@ const EVP_MD* sha256Md() {
 }  // namespace
 
 Sha256 sha256(std::string_view data) {
+  // One context per thread, reused: EVP_Digest makes and frees one per call
+  // (a sixth of hashing a request's input).
+  struct CtxFree {
+    void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
+  };
+  thread_local std::unique_ptr<EVP_MD_CTX, CtxFree> ctx(EVP_MD_CTX_new());
   Sha256 digest{};
   unsigned int size = 0;
-  if (EVP_Digest(data.data(), data.size(), digest.data(), &size, sha256Md(), nullptr) != 1 ||
-      size != digest.size()) {
+  if (!ctx || EVP_DigestInit_ex(ctx.get(), sha256Md(), nullptr) != 1 ||
+      EVP_DigestUpdate(ctx.get(), data.data(), data.size()) != 1 ||
+      EVP_DigestFinal_ex(ctx.get(), digest.data(), &size) != 1 || size != digest.size()) {
     throw std::runtime_error("EVP_Digest(sha256) failed");  // broken libcrypto: not recoverable
   }
   return digest;
 }
 
 std::string toHex(const uint8_t* data, size_t size) {
-  static constexpr char kDigits[] = "0123456789abcdef";
+  // Both digits of a byte at once, from a table of the 256 pairs.
+  static constexpr std::array<char, 512> kPairs = [] {
+    constexpr char kDigits[] = "0123456789abcdef";
+    std::array<char, 512> t{};
+    for (size_t b = 0; b < 256; ++b) {
+      t[2 * b] = kDigits[b >> 4];
+      t[2 * b + 1] = kDigits[b & 0x0f];
+    }
+    return t;
+  }();
   std::string out(size * 2, '\0');
-  for (size_t i = 0; i < size; ++i) {
-    out[2 * i] = kDigits[data[i] >> 4];
-    out[2 * i + 1] = kDigits[data[i] & 0x0f];
-  }
+  char* p = out.data();
+  for (size_t i = 0; i < size; ++i, p += 2) std::memcpy(p, &kPairs[2 * size_t{data[i]}], 2);
   return out;
 }
 

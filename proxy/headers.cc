@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstring>
 
 #include "proxy/hash.h"
 #include "proxy/text.h"
@@ -40,11 +41,16 @@ bool listedInConnection(const HttpHeaders& headers, std::string_view name) {
   return false;
 }
 
-bool dropForResponse(const HttpHeaders& all, const HttpHeader& h) {
-  return isHopByHop(h.name) || equalsIgnoreCase(h.name, "content-length") || listedInConnection(all, h.name);
+bool hasConnectionHeader(const HttpHeaders& headers) {
+  return std::any_of(headers.begin(), headers.end(),
+                     [](const HttpHeader& h) { return equalsIgnoreCase(h.name, "connection"); });
 }
 
 }  // namespace
+
+bool keptForClient(const HttpHeaders& all, const HttpHeader& h) {
+  return !isHopByHop(h.name) && !equalsIgnoreCase(h.name, "content-length") && !listedInConnection(all, h.name);
+}
 
 bool isHopByHop(std::string_view name) {
   // Cheap refusals first: this runs for every header of every cache value
@@ -73,58 +79,72 @@ void setHeader(HttpHeaders& headers, std::string_view name, std::string value) {
   std::erase_if(headers, [&](const HttpHeader& h) { return i++ > keep && equalsIgnoreCase(h.name, name); });
 }
 
-HttpHeaders upstreamRequestHeaders(const HttpHeaders& client, const UpstreamHeaderOptions& options) {
-  HttpHeaders out;
-  out.reserve(client.size() + 2);
+HttpHeaders upstreamRequestHeaders(HttpHeaders client, const UpstreamHeaderOptions& options) {
+  // Which fields a Connection header names, read before anything moves
+  // (rare: most requests have none).
+  std::vector<char> listed;
+  if (hasConnectionHeader(client)) {
+    listed.resize(client.size());
+    for (size_t i = 0; i < client.size(); ++i) listed[i] = listedInConnection(client, client[i].name);
+  }
   bool authorization_placed = false;
   bool request_id_placed = false;
   bool encoding_placed = false;
-  for (const auto& h : client) {
+  size_t kept = 0;  // client[0, kept) is what goes upstream, in the client's order
+  for (size_t i = 0; i < client.size(); ++i) {
+    HttpHeader& h = client[i];
     if (isHopByHop(h.name) || equalsIgnoreCase(h.name, "host") || equalsIgnoreCase(h.name, "content-length") ||
-        equalsIgnoreCase(h.name, "expect") || listedInConnection(client, h.name)) {
+        equalsIgnoreCase(h.name, "expect") || (!listed.empty() && listed[i])) {
       continue;
     }
     if (equalsIgnoreCase(h.name, "authorization")) {
       if (authorization_placed) continue;
       authorization_placed = true;
       // Keep the client's position in the header order; swap the value.
-      out.push_back(HttpHeader{h.name, options.authorization ? *options.authorization : h.value});
-      continue;
-    }
-    if (equalsIgnoreCase(h.name, "x-request-id")) {
+      if (options.authorization) h.value = *options.authorization;
+    } else if (equalsIgnoreCase(h.name, "x-request-id")) {
       if (request_id_placed) continue;
       request_id_placed = true;
-      out.push_back(HttpHeader{h.name, options.request_id});
-      continue;
-    }
-    if (options.identity_encoding && equalsIgnoreCase(h.name, "accept-encoding")) {
+      h.value = options.request_id;
+    } else if (options.identity_encoding && equalsIgnoreCase(h.name, "accept-encoding")) {
       if (encoding_placed) continue;
       encoding_placed = true;
-      out.push_back(HttpHeader{h.name, "identity"});
-      continue;
+      h.value = "identity";
     }
-    out.push_back(h);
+    if (kept != i) client[kept] = std::move(h);
+    ++kept;
   }
+  client.erase(client.begin() + static_cast<std::ptrdiff_t>(kept), client.end());
   if (!authorization_placed && options.authorization) {
-    out.push_back(HttpHeader{"Authorization", *options.authorization});
+    client.push_back(HttpHeader{"Authorization", *options.authorization});
   }
   if (!request_id_placed && !options.request_id.empty()) {
-    out.push_back(HttpHeader{"X-Request-Id", options.request_id});
+    client.push_back(HttpHeader{"X-Request-Id", std::string(options.request_id)});
   }
   if (!encoding_placed && options.identity_encoding) {
-    out.push_back(HttpHeader{"Accept-Encoding", "identity"});
+    client.push_back(HttpHeader{"Accept-Encoding", "identity"});
   }
-  out.shrink_to_fit();  // kept while the request waits in the queue
-  return out;
+  client.shrink_to_fit();  // kept while the request waits in the queue
+  return client;
 }
 
 HttpHeaders clientResponseHeaders(const HttpHeaders& upstream) {
   HttpHeaders out;
   out.reserve(upstream.size() + 4);
   for (const auto& h : upstream) {
-    if (!dropForResponse(upstream, h)) out.push_back(h);
+    if (keptForClient(upstream, h)) out.push_back(h);
   }
   return out;
+}
+
+HttpHeaders clientResponseHeaders(HttpHeaders&& upstream) {
+  // The rule reads the whole list (a Connection header names fields to
+  // drop): filtered in place only when no Connection header can change it
+  // while it is being filtered.
+  if (hasConnectionHeader(upstream)) return clientResponseHeaders(static_cast<const HttpHeaders&>(upstream));
+  static const HttpHeaders kNone;
+  std::erase_if(upstream, [](const HttpHeader& h) { return !keptForClient(kNone, h); });
+  return std::move(upstream);
 }
 
 std::string newRequestId() {
@@ -154,7 +174,18 @@ std::string newRequestId() {
 }
 
 bool isSafeHeaderValue(std::string_view value) {
-  for (unsigned char c : value) {
+  // Eight bytes at a time: a word with no byte below 0x0e (CR, LF and NUL
+  // are) needs no closer look. (w - 0x0e..) & ~w & 0x80.. is non-zero when
+  // some byte of w is below 0x0e; ~w keeps bytes >= 0x80 out of it.
+  constexpr uint64_t kOnes = 0x0101010101010101ull;
+  size_t i = 0;
+  for (; i + 8 <= value.size(); i += 8) {
+    uint64_t w;
+    std::memcpy(&w, value.data() + i, 8);
+    if (((w - 0x0e * kOnes) & ~w & 0x80 * kOnes) != 0) break;
+  }
+  for (; i < value.size(); ++i) {
+    const char c = value[i];
     if (c == '\r' || c == '\n' || c == '\0') return false;
   }
   return true;

@@ -16,20 +16,25 @@ bool isHopByHop(std::string_view name);
 struct UpstreamHeaderOptions {
   // "Bearer <key>" to send, or nullopt to forward the client's own header.
   std::optional<std::string> authorization;
-  std::string request_id;       // X-Request-Id to send (the client's or a new one)
+  std::string_view request_id;  // X-Request-Id to send (the client's or a new one); outlives the call
   bool identity_encoding = false;  // run/stream: Accept-Encoding: identity
 };
 
 // What the proxy sends upstream: the client's end-to-end headers in order,
 // minus Host, Content-Length, Transfer-Encoding, Expect, hop-by-hop fields;
 // Authorization replaced (or dropped when the client had none and none is
-// given); X-Request-Id set.
-HttpHeaders upstreamRequestHeaders(const HttpHeaders& client, const UpstreamHeaderOptions& options);
+// given); X-Request-Id set. Built in `client`'s own memory: a caller done
+// with the client's headers moves them in.
+HttpHeaders upstreamRequestHeaders(HttpHeaders client, const UpstreamHeaderOptions& options);
 
 // What the client receives from an upstream response: every end-to-end field
 // in order, minus hop-by-hop, Content-Length and Transfer-Encoding (the
 // server frames the body itself).
 HttpHeaders clientResponseHeaders(const HttpHeaders& upstream);
+// The same, filtering `upstream` in place (its strings are moved, not copied).
+HttpHeaders clientResponseHeaders(HttpHeaders&& upstream);
+// Does the client receive `h`, one of `all` (clientResponseHeaders' rule)?
+bool keptForClient(const HttpHeaders& all, const HttpHeader& h);
 
 // Drops every field named `name` (case-insensitive).
 void removeHeader(HttpHeaders& headers, std::string_view name);

@@ -360,6 +360,9 @@ bool HttpParser::parseHead(std::string_view text) {
   head_.version_minor = version[7] - '0';
 
   std::vector<HttpHeaderView>& headers = head_.headers;
+  // One allocation for a usual head, not one per doubling (the views are
+  // released once the head is copied out: releaseHeadViews).
+  if (headers.capacity() == 0) headers.reserve(std::min<size_t>(16, limits_.max_headers));
   bool seen_host = false;
   bool seen_cl = false;
   int64_t content_length = -1;

@@ -88,6 +88,8 @@ class HttpExchange {
   // Moves the body out (body() is empty afterwards): a request that waits in
   // a queue keeps one copy of it, not two.
   std::string takeBody() { return std::move(body_); }
+  // Moves the headers out (headers() is empty afterwards), as takeBody().
+  HttpHeaders takeHeaders() { return std::move(headers_); }
   // Frees the request's headers (headers() is empty afterwards): a request
   // that waits in a queue with everything it needs copied out holds less.
   void releaseHeaders() { HttpHeaders().swap(headers_); }

@@ -1,6 +1,10 @@
 #include "proxy/http_types.h"
 
+#include <cstring>
+
 #include <spdlog/spdlog.h>
+
+#include "proxy/headers.h"  // isSafeHeaderValue
 
 namespace wfp {
 
@@ -16,25 +20,26 @@ bool isFramingHeader(std::string_view name) {
   }
 }
 
-bool safeHeaderValue(std::string_view v) {
-  for (char c : v) {
-    if (c == '\r' || c == '\n' || c == '\0') return false;
-  }
-  return true;
-}
-
 }  // namespace
 
 bool appendHeaderLine(std::string& out, std::string_view name, std::string_view value) {
   if (isFramingHeader(name)) return false;
-  if (!isToken(name) || !safeHeaderValue(value)) {
+  if (!isToken(name) || !isSafeHeaderValue(value)) {
     spdlog::warn("http: dropping invalid response header {:?}", name.substr(0, 64));
     return false;
   }
-  out.append(name);
-  out.append(": ");
-  out.append(value);
-  out.append("\r\n");
+  // One growth and three copies, not four appends (eight lines per response).
+  const size_t at = out.size();
+  out.resize(at + name.size() + value.size() + 4);
+  char* p = out.data() + at;
+  std::memcpy(p, name.data(), name.size());
+  p += name.size();
+  *p++ = ':';
+  *p++ = ' ';
+  std::memcpy(p, value.data(), value.size());
+  p += value.size();
+  *p++ = '\r';
+  *p = '\n';
   return true;
 }
 

@@ -114,7 +114,18 @@ void Metrics::countRequest(std::string_view org, std::string_view route, int cod
 }
 
 void Metrics::countUpstream(const std::string& org, int code) {
-  ++upstream_requests_[labels({{"org", org}, {"code", code == 0 ? std::string("error") : std::to_string(code)}})];
+  thread_local std::string raw;
+  raw.assign(org);
+  raw += '\x1f';
+  char digits[16];
+  raw.append(digits, std::to_chars(digits, digits + sizeof digits, code).ptr);
+  auto it = upstream_index_.find(std::string_view(raw));
+  if (it == upstream_index_.end()) {
+    uint64_t& count =
+        upstream_requests_[labels({{"org", org}, {"code", code == 0 ? std::string("error") : std::to_string(code)}})];
+    it = upstream_index_.emplace(raw, &count).first;
+  }
+  ++*it->second;
 }
 
 void Metrics::countUpstream429(const std::string& org) { ++upstream_429_[labels({{"org", org}})]; }

@@ -31,7 +31,8 @@ class Metrics {
  public:
   Metrics();
 
-  // Called once per request: no allocation once a label set has been seen.
+  // Called once per request (upstream request): no allocation once a label
+  // set has been seen.
   void countRequest(std::string_view org, std::string_view route, int code, std::string_view cache);
   void countUpstream(const std::string& org, int code);  // code 0: no response (502/504)
   void countUpstream429(const std::string& org);
@@ -76,6 +77,7 @@ class Metrics {
   // Raw label values (joined by \x1f) → the count in requests_ (map nodes are stable).
   std::unordered_map<std::string, uint64_t*, ViewHash, std::equal_to<>> request_index_;
   std::map<std::string, uint64_t> upstream_requests_;
+  std::unordered_map<std::string, uint64_t*, ViewHash, std::equal_to<>> upstream_index_;  // as request_index_
   std::map<std::string, uint64_t> upstream_429_;
   std::map<std::string, uint64_t> coalesced_;
   std::map<std::string, int64_t> queue_depth_;

@@ -35,6 +35,12 @@ void appendServerTiming(std::string& out, double queue_ms, double upstream_ms) {
   appendMs(out, upstream_ms);
 }
 
+// X-Request-Id and Server-Timing: the proxy writes its own on every answer;
+// the upstream's never reach the client.
+bool perRequestField(std::string_view name) {
+  return equalsIgnoreCase(name, "x-request-id") || equalsIgnoreCase(name, "server-timing");
+}
+
 // X-Cache and Cache-Status on a run or stream answered without a stored or
 // fresh run to show (the proxy's own error, the token route's refusal): every
 // run response says how the cache was involved. `detail`: the proxy's error
@@ -49,31 +55,49 @@ void appendCacheHeaders(HttpHeaders& headers, const ClientRequest& r, std::strin
 }  // namespace
 
 std::string forwardCacheStatus(const ClientRequest& r, bool stored, std::string_view detail) {
-  std::string status = "workflow-proxy; fwd=";
+  std::string status;
+  appendForwardCacheStatus(status, r, stored, detail);
+  return status;
+}
+
+void appendForwardCacheStatus(std::string& out, const ClientRequest& r, bool stored, std::string_view detail) {
+  out.append("workflow-proxy; fwd=");
   if (r.cache == "COALESCED") {
-    status += "miss; collapsed";
+    out.append("miss; collapsed");
   } else if (r.bypass || r.cache == "BYPASS") {
-    status += "bypass";
+    out.append("bypass");
   } else {
-    status += r.cc.no_cache ? "request" : "miss";
-    if (stored) status += "; stored";
+    out.append(r.cc.no_cache ? "request" : "miss");
+    if (stored) out.append("; stored");
   }
   if (!detail.empty()) {
-    status += "; detail=";
-    status += detail;
+    out.append("; detail=");
+    out.append(detail);
   }
-  return status;
 }
 
 HttpHeaders responseHeaders(const ClientRequest& r, const HttpHeaders& upstream_headers) {
   HttpHeaders headers = clientResponseHeaders(upstream_headers);
-  removeHeader(headers, "x-request-id");
-  removeHeader(headers, "server-timing");
+  std::erase_if(headers, [](const HttpHeader& h) { return perRequestField(h.name); });
   headers.push_back({"X-Request-Id", r.request_id});
   std::string timing;
   appendServerTiming(timing, r.queue_ms, r.upstream_ms);
   headers.push_back({"Server-Timing", std::move(timing)});
   return headers;
+}
+
+void appendResponseHead(std::string& head, const ClientRequest& r, const HttpHeaders& upstream_headers) {
+  // Without a Connection header no field is named in one: the rule is then
+  // asked against no list, not a walk of the list per field.
+  static const HttpHeaders kNoConnection;
+  const HttpHeaders& all = findHeader(upstream_headers, "connection") ? upstream_headers : kNoConnection;
+  for (const HttpHeader& h : upstream_headers) {
+    if (keptForClient(all, h) && !perRequestField(h.name)) appendHeaderLine(head, h.name, h.value);
+  }
+  appendHeaderLine(head, "X-Request-Id", r.request_id);
+  head.append("Server-Timing: ");
+  appendServerTiming(head, r.queue_ms, r.upstream_ms);
+  head.append("\r\n");
 }
 
 void replyJson(ClientRequest& r, int status, std::string_view reason, std::string_view body, HttpHeaders extra) {
@@ -125,7 +149,9 @@ void RateLimitMemory::remember(const std::string& org, const HttpHeaders& header
   const std::string* limit = findHeader(headers, "x-ratelimit-limit");
   const std::string* remaining = findHeader(headers, "x-ratelimit-remaining");
   if (!limit || !remaining) return;
-  seen_[org] = {*limit, *remaining};
+  auto& seen = seen_[org];  // assigned in place: the strings keep their capacity
+  seen.first = *limit;
+  seen.second = *remaining;
   metrics_.setRatelimitRemaining(org, std::strtoll(remaining->c_str(), nullptr, 10));
 }
 

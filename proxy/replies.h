@@ -18,11 +18,14 @@ namespace wfp {
 // An upstream answer's headers as the client gets them: hop-by-hop fields
 // out, X-Request-Id and Server-Timing ours.
 HttpHeaders responseHeaders(const ClientRequest& r, const HttpHeaders& upstream_headers);
+// The same fields as head lines (appendHeaderLine), appended to `head`.
+void appendResponseHead(std::string& head, const ClientRequest& r, const HttpHeaders& upstream_headers);
 // The Cache-Status of a run or stream the cache did not answer: how it went
 // forward (fwd=bypass, fwd=request under no-cache, else fwd=miss), whether it
 // shared another request's run (collapsed), whether the answer was stored,
 // and for the proxy's own error its code (detail=).
 std::string forwardCacheStatus(const ClientRequest& r, bool stored, std::string_view detail);
+void appendForwardCacheStatus(std::string& out, const ClientRequest& r, bool stored, std::string_view detail);
 
 void replyJson(ClientRequest& r, int status, std::string_view reason, std::string_view body, HttpHeaders extra = {});
 void replyError(ClientRequest& r, const ProxyError& error, HttpHeaders extra = {});

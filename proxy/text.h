@@ -19,7 +19,18 @@ constexpr bool isHexDigit(char c) { return isDigit(c) || (c >= 'a' && c <= 'f') 
 constexpr char asciiLower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
 
 // Equal ignoring ASCII case: header names, directives, keywords, schemes.
-bool equalsIgnoreCase(std::string_view a, std::string_view b);
+// Inline: header look-ups call it a hundred times per request, and most
+// calls are refused on the length alone.
+constexpr bool equalsIgnoreCase(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const char x = a[i], y = b[i];
+    // Equal bytes, or the same letter in the other case (only letters
+    // differ from their other case by 0x20 alone).
+    if (x != y && ((x ^ y) != 0x20 || !isAlpha(x))) return false;
+  }
+  return true;
+}
 bool startsWithIgnoreCase(std::string_view s, std::string_view prefix);
 
 // HTTP optional whitespace (RFC 9110 §5.6.3): SP and HTAB only.

@@ -105,6 +105,9 @@ class UpstreamAttempt {
   double queueMs() const { return queue_ms_; }
   double upstreamMs() const;
   const UpstreamHead& head() const { return head_; }
+  // The head, moved out (head() is empty afterwards): for an owner done with
+  // the attempt, once on_done ran.
+  UpstreamHead takeHead() { return std::move(head_); }
 
  private:
   void go();  // the scheduler's start

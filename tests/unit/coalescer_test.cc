@@ -82,7 +82,7 @@ TEST_F(CoalescerRedis, AFlightThatGetsTheLockLooksInTheCacheBeforeRunning) {
   auto stored = std::make_shared<CachedResponse>();
   stored->body = R"({"success":true})";
   FlightHooks hooks;
-  hooks.on_lead = [&](uint64_t, std::string) { ++leads; };
+  hooks.on_lead = [&](uint64_t) { ++leads; };
   hooks.lookup_shared = [&](const std::string& key, int64_t, std::function<void(CachedResponsePtr)> fn) {
     ++lookups;
     EXPECT_EQ(key, key_);
@@ -105,7 +105,7 @@ TEST_F(CoalescerRedis, AFlightThatGetsTheLockLooksInTheCacheBeforeRunning) {
 TEST_F(CoalescerRedis, AFlightThatGetsTheLockAndFindsNothingLeadsOnce) {
   int leads = 0;
   FlightHooks hooks;
-  hooks.on_lead = [&](uint64_t, std::string) { ++leads; };
+  hooks.on_lead = [&](uint64_t) { ++leads; };
   hooks.lookup_shared = [&](const std::string&, int64_t, std::function<void(CachedResponsePtr)> fn) { fn(nullptr); };
   Coalescer coalescer(loop_, redis_.get(), "wfpcoal:", hooks);
   bool answered = false;
@@ -127,7 +127,7 @@ TEST_F(CoalescerRedis, LeavingDuringTheLookGivesTheLockBack) {
   int leads = 0;
   std::function<void(CachedResponsePtr)> pending;
   FlightHooks hooks;
-  hooks.on_lead = [&](uint64_t, std::string) { ++leads; };
+  hooks.on_lead = [&](uint64_t) { ++leads; };
   hooks.lookup_shared = [&](const std::string&, int64_t, std::function<void(CachedResponsePtr)> fn) { pending = fn; };
   Coalescer coalescer(loop_, redis_.get(), "wfpcoal:", hooks);
   auto joined = coalescer.join(key_, [](const FlightOutcome&) { ADD_FAILURE() << "no outcome expected"; });
@@ -155,7 +155,7 @@ TEST_F(CoalescerRedis, AnEntryOlderThanAWaiterAcceptsIsRunAfresh) {
   stored->body = R"({"success":true})";
   stored->stored_at_ms = nowMs() - 5000;
   FlightHooks hooks;
-  hooks.on_lead = [&](uint64_t, std::string) { ++leads; };
+  hooks.on_lead = [&](uint64_t) { ++leads; };
   hooks.lookup_shared = [&](const std::string&, int64_t, std::function<void(CachedResponsePtr)> fn) {
     ++lookups;
     fn(stored);
@@ -190,7 +190,7 @@ TEST_F(CoalescerRedis, AFollowedFlightEndsOnceAndTellsItsOwner) {
   stored->stored_at_ms = nowMs();
   bool found = false;
   FlightHooks hooks;
-  hooks.on_lead = [&](uint64_t, std::string) { ++leads; };
+  hooks.on_lead = [&](uint64_t) { ++leads; };
   hooks.on_end = [&](uint64_t) { ++ends; };
   hooks.lookup_shared = [&](const std::string&, int64_t, std::function<void(CachedResponsePtr)> fn) {
     fn(found ? stored : nullptr);
@@ -218,7 +218,7 @@ TEST(Coalescer, OnlyIfCachedWaitersAloneNeverLead) {
   int leads = 0;
   int ends = 0;
   FlightHooks hooks;
-  hooks.on_lead = [&](uint64_t, std::string) { ++leads; };
+  hooks.on_lead = [&](uint64_t) { ++leads; };
   hooks.on_end = [&](uint64_t) { ++ends; };
   Coalescer coalescer(loop, nullptr, "p:", hooks);
   WaiterNeeds only_if_cached;
@@ -238,7 +238,7 @@ TEST(Coalescer, WhenTheLastWaiterThatMayRunLeavesTheRestAreNotCached) {
   int leads = 0;
   std::vector<uint64_t> ended;
   FlightHooks hooks;
-  hooks.on_lead = [&](uint64_t, std::string) { ++leads; };
+  hooks.on_lead = [&](uint64_t) { ++leads; };
   hooks.on_end = [&](uint64_t flight) { ended.push_back(flight); };
   Coalescer coalescer(loop, nullptr, "p:", hooks);
   auto runner = coalescer.join("k", [](const FlightOutcome&) { ADD_FAILURE() << "it left"; });
@@ -261,7 +261,7 @@ TEST(Coalescer, WhenTheLastWaiterThatMayRunLeavesTheRestAreNotCached) {
 TEST(Coalescer, AStartedRunAnswersOnlyIfCachedWaiters) {
   EventLoop loop;
   FlightHooks hooks;
-  hooks.on_lead = [](uint64_t, std::string) {};
+  hooks.on_lead = [](uint64_t) {};
   Coalescer coalescer(loop, nullptr, "p:", hooks);
   auto runner = coalescer.join("k", [](const FlightOutcome&) {});
   coalescer.markStarted(runner.flight);

@@ -9,6 +9,29 @@
 namespace wfp {
 namespace {
 
+// FIPS 180-2's examples; the same again on a second call (the context is
+// reused per thread).
+TEST(Sha256, KnownVectorsEveryCall) {
+  for (int round = 0; round < 2; ++round) {
+    EXPECT_EQ(sha256Hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    EXPECT_EQ(sha256Hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    EXPECT_EQ(sha256Hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
+              "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+  }
+}
+
+TEST(Hex, EveryByteValue) {
+  uint8_t bytes[256];
+  std::string expected;
+  for (int b = 0; b < 256; ++b) {
+    bytes[b] = static_cast<uint8_t>(b);
+    expected += "0123456789abcdef"[b >> 4];
+    expected += "0123456789abcdef"[b & 0x0f];
+  }
+  EXPECT_EQ(toHex(bytes, sizeof bytes), expected);
+  EXPECT_EQ(toHex(bytes, 0), "");
+}
+
 // XXH64 with seed 0. The first four are xxHash's and python-xxhash's published
 // examples; the rest were computed with libxxhash 0.8.1 and with the
 // hand-written XXH64 the proxy had before it, which agreed on every one (and

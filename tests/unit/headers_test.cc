@@ -66,6 +66,60 @@ TEST(Headers, ResponseMappingKeepsEndToEndInOrder) {
                                       "set-cookie: b=2", "x-ratelimit-remaining: 9", "content-encoding: gzip"}));
 }
 
+// Filtering in place (a caller moves its headers in) gives what the copy
+// gives, with a Connection header naming fields or without one.
+TEST(Headers, ResponseMappingInPlaceMatchesTheCopy) {
+  const HttpHeaders lists[] = {
+      {{"content-type", "application/json"}, {"Content-Length", "2"}, {"Keep-Alive", "timeout=5"},
+       {"x-ratelimit-limit", "10"}, {"Trailer", "x"}, {"set-cookie", "a=1"}},
+      {{"Connection", "X-Private, close"}, {"X-Private", "hop"}, {"x-ok", "1"}, {"x-private", "hop2"}},
+      {},
+  };
+  for (const HttpHeaders& list : lists) {
+    HttpHeaders moved = list;
+    EXPECT_EQ(names(clientResponseHeaders(std::move(moved))), names(clientResponseHeaders(list)));
+  }
+}
+
+// Moved in, the client's headers are rebuilt in their own memory: the same
+// fields in the same order as from a copy, duplicates of the replaced fields
+// dropped, the missing ones appended.
+TEST(Headers, RequestMappingMovedInKeepsOrderAndDropsDuplicates) {
+  HttpHeaders client{{"Host", "proxy"},          {"x-request-id", "client-id"}, {"Authorization", "Bearer a"},
+                     {"Connection", "X-Hop"},    {"X-Hop", "1"},                {"authorization", "Bearer b"},
+                     {"Accept", "*/*"},          {"X-Request-Id", "again"},     {"Content-Length", "5"}};
+  UpstreamHeaderOptions opts;
+  opts.authorization = "Bearer sk_org";
+  opts.request_id = "rid";
+  opts.identity_encoding = true;
+  HttpHeaders copy = client;
+  HttpHeaders out = upstreamRequestHeaders(std::move(copy), opts);
+  EXPECT_EQ(names(out), (std::vector<std::string>{"x-request-id: rid", "Authorization: Bearer sk_org", "Accept: */*",
+                                                  "Accept-Encoding: identity"}));
+  EXPECT_EQ(names(upstreamRequestHeaders(client, opts)), names(out));
+}
+
+// isSafeHeaderValue looks at eight bytes at a time: CR, LF or NUL at any
+// offset of any length is found; every other byte (TAB, 0x0e, 0x7f, bytes
+// >= 0x80) is not mistaken for one.
+TEST(Headers, SafeValuesAtEveryOffset) {
+  for (size_t len = 1; len <= 40; ++len) {
+    for (size_t at = 0; at < len; ++at) {
+      for (char bad : {'\r', '\n', '\0'}) {
+        std::string v(len, 'a');
+        v[at] = bad;
+        EXPECT_FALSE(isSafeHeaderValue(v)) << len << " " << at << " " << int(bad);
+      }
+      for (char fine : {'\t', '\x0e', '\x7f', '\x80', '\xff', '\x8d', '\x8a'}) {
+        std::string v(len, 'a');
+        v[at] = fine;
+        EXPECT_TRUE(isSafeHeaderValue(v)) << len << " " << at << " " << int(fine);
+      }
+    }
+  }
+  EXPECT_TRUE(isSafeHeaderValue(""));
+}
+
 TEST(Headers, SafeValuesAndRequestIds) {
   EXPECT_TRUE(isSafeHeaderValue("abc def"));
   EXPECT_FALSE(isSafeHeaderValue("a\r\nX-Injected: 1"));
