@@ -19,6 +19,8 @@
 #include <vector>
 
 #include "proxy/event_loop.h"
+#include "proxy/upstream_client.h"
+#include "proxy/upstream_curl.h"
 #include "tests/unit/scripted_upstream.h"
 
 namespace wfp {
@@ -1365,6 +1367,35 @@ TEST_F(Http1UpstreamTest, HostNameResolvesThroughEtcHosts) {
   up.start(request("GET", base + "/m"), track(b));
   ASSERT_TRUE(run([&] { return b.done(); }));
   EXPECT_EQ(server.accepted(), 1u);  // the pool's key is the authority
+}
+
+// --- UpstreamClient routes http:// here ------------------------------------------------------
+
+TEST_F(Http1UpstreamTest, UpstreamClientRoutesHttpUrlsToTheOwnClient) {
+  if (proxyInEnvironment()) GTEST_SKIP() << "an HTTP proxy is named in the environment: libcurl carries http://";
+  ScriptedUpstream server([](Exchange& ex) {
+    if (ex.request().target() == "/hang") {
+      ex.hang();
+    } else {
+      ex.send(response(200, "routed"));
+    }
+  });
+  UpstreamClient client(loop, options());
+  Seen a, b;
+  uint64_t ida = client.start(request("POST", server.url("/r"), "{}"), track(a));
+  EXPECT_EQ(ida % 2, 1u);  // odd: Http1Upstream's
+  ASSERT_TRUE(run([&] { return a.done(); }));
+  EXPECT_EQ(a.body, "routed");
+  // Exactly the own client's bytes (libcurl would add its own fields).
+  EXPECT_EQ(server.requests()[0].raw(),
+            "POST /r HTTP/1.1\r\nHost: " + server.authority() + "\r\nContent-Length: 2\r\n\r\n{}");
+  uint64_t idb = client.start(request("GET", server.url("/hang")), track(b));
+  ASSERT_TRUE(run([&] { return server.requestCount() == 2; }));
+  EXPECT_EQ(client.active(), 1u);
+  client.cancel(idb);
+  EXPECT_EQ(client.active(), 0u);
+  ASSERT_TRUE(run([&] { return server.closedByClient() == 1; }));
+  EXPECT_EQ(b.log, (std::vector<std::string>{"sending"}));
 }
 
 }  // namespace
