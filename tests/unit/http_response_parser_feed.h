@@ -24,6 +24,9 @@ struct ResponseFeed {
   // Responses parsed one after the other (begin() again after a Complete
   // that keeps the connection), as a reused connection carries them.
   int max_responses = 1;
+  // Set to what went wrong when parse() broke its own contract (consumed
+  // more than it was given, an empty Body, no progress); the text says it too.
+  std::string* broken = nullptr;
 };
 
 inline std::string describeResponseHead(const UpstreamHead& h, bool keep_alive) {
@@ -89,11 +92,13 @@ inline std::string feedResponseParser(HttpResponseParser& parser, std::string_vi
     while (!ended) {
       const HttpResponseParser::Result r = parser.parse(buf);
       if (r.consumed > buf.size()) {
+        if (feed.broken) *feed.broken = "consumed more than given";
         recs.push_back({Event::Error, "consumed more than given", consumed});
         ended = true;
         break;
       }
       if (r.event == Event::Body && r.body.empty()) {
+        if (feed.broken) *feed.broken = "empty body event";
         recs.push_back({Event::Error, "empty body event", consumed});
         ended = true;
         break;
@@ -104,6 +109,7 @@ inline std::string feedResponseParser(HttpResponseParser& parser, std::string_vi
       if (r.event == Event::NeedMore && r.consumed == 0) break;
       if (r.consumed > 0) spins = 0;
       if (r.consumed == 0 && !ended && ++spins > 16) {
+        if (feed.broken) *feed.broken = "stuck";
         recs.push_back({Event::Error, "stuck", consumed});
         ended = true;
       }
