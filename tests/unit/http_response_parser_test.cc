@@ -386,6 +386,20 @@ TEST(HttpResponseParser, HttpVersion10WithoutLengthIsUntilClose) {
                               end(input.size(), input.size()));
 }
 
+// DEFECT: the rule "Transfer-Encoding with Content-Length: the connection
+// is not reused" (the header's comment, RFC 9112 §6.3) is skipped for a
+// response without a body (to HEAD, 204, 304): decideFraming()
+// (proxy/http_response_parser.cc:295-300) takes the no-body branch first
+// and only the Transfer-Encoding branch clears keep_alive_. Found by
+// http_response_parser_fuzz.
+TEST(HttpResponseParser, TransferEncodingWithContentLengthIsNotReusedWithoutABodyEither) {
+  const std::string both = "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+  EXPECT_NE(parse("HTTP/1.1 204 No Content\r\n" + both).find("complete close"), std::string::npos)
+      << parse("HTTP/1.1 204 No Content\r\n" + both);
+  EXPECT_NE(parseHeadRequest("HTTP/1.1 200 OK\r\n" + both).find("complete close"), std::string::npos)
+      << parseHeadRequest("HTTP/1.1 200 OK\r\n" + both);
+}
+
 // --- limits and line ends ---------------------------------------------------------------
 
 TEST(HttpResponseParser, HeadLargerThanTheLimit) {
@@ -414,6 +428,22 @@ TEST(HttpResponseParser, HeadLargerThanTheLimit) {
   EXPECT_NE(feedResponseParser(small, "HTTP/1.1 200 OK\r\nX-Pad: " + std::string(64, 'p') + "\r\n\r\n")
                 .find("error response head too large"),
             std::string::npos);
+}
+
+// DEFECT: a head already over max_head_bytes whose bytes so far end in
+// "\n\r" is not refused: parse() returns NeedMore on the path that waits
+// for the byte after that CR (proxy/http_response_parser.cc:70-72) without
+// the size check the other NeedMore path makes. The same bytes a byte at a
+// time are refused; closed there, the two say different errors. Found by
+// http_response_parser_fuzz.
+TEST(HttpResponseParser, HeadOverTheLimitEndingInLfCrIsRefusedAtOnce) {
+  HttpResponseParser p(64);
+  p.begin(false);
+  const std::string input = "HTTP/1.1 200 OK\r\nX-Pad: " + std::string(60, 'p') + "\n\r";
+  ASSERT_GT(input.size(), 64u);
+  HttpResponseParser::Result r = p.parse(input);
+  EXPECT_EQ(r.event, Event::Error);
+  EXPECT_EQ(p.error(), "response head too large");
 }
 
 TEST(HttpResponseParser, LfOnlyLineEnds) {
