@@ -1,5 +1,6 @@
 #include "proxy/http_response_parser.h"
 
+#include <algorithm>
 #include <charconv>
 
 #include "proxy/text.h"
@@ -53,6 +54,13 @@ size_t HttpResponseParser::nextLine(std::string_view input, size_t bound, std::s
 HttpResponseParser::Result HttpResponseParser::parse(std::string_view input) {
   switch (state_) {
     case State::Head: {
+      // Not an HTTP/1.x answer at all (a banner of another protocol, an
+      // HTTP/2 preface): refused at once, not after 100 KiB or the timeout.
+      if (head_scan_ == 0 && !input.empty()) {
+        static constexpr std::string_view kPrefix = "HTTP/1.";
+        size_t n = std::min(input.size(), kPrefix.size());
+        if (input.substr(0, n) != kPrefix.substr(0, n)) return fail("malformed status line");
+      }
       // The head ends at the first empty line ("\r\n" or "\n").
       size_t from = head_scan_;
       size_t end = 0;
@@ -69,6 +77,7 @@ HttpResponseParser::Result HttpResponseParser::parse(std::string_view input) {
         } else if (input[nl + 1] == '\r') {
           if (nl + 2 >= input.size()) {
             head_scan_ = nl;
+            if (input.size() > max_head_bytes_) return fail("response head too large");
             return {Event::NeedMore, 0, {}};
           }
           if (input[nl + 2] == '\n') end = nl + 3;
@@ -297,12 +306,13 @@ bool HttpResponseParser::decideFraming() {
     }
   }
   keep_alive_ = !close && (version_11 || keep_alive);
+  // RFC 9112 §6.3: Transfer-Encoding with Content-Length may be an attempt at
+  // smuggling: the connection is not reused, body or not.
+  if (has_te && has_length) keep_alive_ = false;
   if (head_request_ || head_.status == 204 || head_.status == 304) {
     state_ = State::Done;  // no body, whatever the fields say
   } else if (has_te) {
-    // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and such a
-    // message may be an attempt at smuggling: the connection is not reused.
-    if (has_length) keep_alive_ = false;
+    // Transfer-Encoding overrides Content-Length (§6.3).
     if (chunked) {
       state_ = State::ChunkSize;  // also "gzip, chunked": the other codings are relayed as they are
     } else {

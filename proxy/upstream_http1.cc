@@ -145,6 +145,7 @@ struct Http1Upstream::Impl {
     bool reused = false;   // carried an exchange before the current one
     bool eof = false;      // the upstream closed its side (seen while paused)
     bool write_failed = false;  // the request was not written whole
+    bool got_bytes = false;     // a byte came since the request was sent
     int read_error = 0;
     Transfer* transfer = nullptr;
     SteadyClock::time_point idle_since;
@@ -584,13 +585,19 @@ struct Http1Upstream::Impl {
     c->eof = false;
     c->read_error = 0;
     c->write_failed = false;
+    c->got_bytes = false;
     t->parser.begin(r.method == "HEAD");
     if (t->cb.on_sending) guard("send hook", [&] { t->cb.on_sending(); });
     std::string& out = c->out;
     out.clear();
     out.append(r.method).append(" ").append(t->origin.target).append(" HTTP/1.1\r\nHost: ");
     out.append(t->origin.authority).append("\r\n");
-    for (const auto& h : r.headers) out.append(h.name).append(": ").append(h.value).append("\r\n");
+    for (const auto& h : r.headers) {
+      // The framing is this client's: a Host or Content-Length given by the
+      // caller would be a second one.
+      if (equalsIgnoreCase(h.name, "host") || equalsIgnoreCase(h.name, "content-length")) continue;
+      out.append(h.name).append(": ").append(h.value).append("\r\n");
+    }
     if (!r.body.empty() || r.method == "POST" || r.method == "PUT" || r.method == "PATCH") {
       out.append("Content-Length: ").append(std::to_string(r.body.size())).append("\r\n");
     }
@@ -696,6 +703,7 @@ struct Http1Upstream::Impl {
     ssize_t n = ::recv(c->fd, c->buf.get() + c->end, c->cap - c->end, 0);
     if (n > 0) {
       c->end += static_cast<size_t>(n);
+      c->got_bytes = true;
     } else if (n == 0) {
       c->eof = true;
     } else if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
@@ -757,7 +765,7 @@ struct Http1Upstream::Impl {
   // The upstream closed the connection (or reset it) with t's response not
   // whole, or not begun.
   void closed(Conn* c, Transfer* t) {
-    bool nothing_read = t->parser.untouched();
+    bool nothing_read = !c->got_bytes;
     // Only an orderly close (FIN) ends a body that runs until close: after
     // a reset the upstream may have sent more than arrived.
     if (!c->read_error && t->parser.finish().event == HttpResponseParser::Event::Complete) {
@@ -869,6 +877,7 @@ size_t Http1Upstream::connections() const { return impl_->conns.size(); }
 void Http1Upstream::setOptions(const UpstreamOptions& options) {
   impl_->options = options;
   impl_->applyOptions();
+  impl_->servePending();  // a higher max_connections lets waiting transfers go now
 }
 
 }  // namespace wfp

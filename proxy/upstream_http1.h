@@ -35,7 +35,9 @@ namespace wfp {
 class Http1Upstream final : public UpstreamTransport {
  public:
   Http1Upstream(EventLoop& loop, UpstreamOptions options);
-  ~Http1Upstream() override;  // cancels every transfer without callbacks
+  // Cancels every transfer without callbacks. Not from inside one of its
+  // own callbacks (its owner, the Proxy, outlives every request).
+  ~Http1Upstream() override;
   Http1Upstream(const Http1Upstream&) = delete;
   Http1Upstream& operator=(const Http1Upstream&) = delete;
 

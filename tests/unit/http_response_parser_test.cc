@@ -370,7 +370,7 @@ TEST(HttpResponseParser, KeepAliveRules) {
   EXPECT_FALSE(keepsAlive("Connection: keep-alive\r\nConnection: close\r\n", "HTTP/1.0"));
 }
 
-// DEFECT: RFC 9112 §9.3 says "close" decides, whatever else the Connection
+// Regression (was a defect): RFC 9112 §9.3 says "close" decides, whatever else the Connection
 // fields hold; in decideFraming() (proxy/http_response_parser.cc:262-263)
 // an HTTP/1.0 response whose "close" comes in an earlier Connection field
 // than "keep-alive" is kept alive: the later field turns keep_alive_ back on.
@@ -386,7 +386,7 @@ TEST(HttpResponseParser, HttpVersion10WithoutLengthIsUntilClose) {
                               end(input.size(), input.size()));
 }
 
-// DEFECT: the rule "Transfer-Encoding with Content-Length: the connection
+// Regression (was a defect): the rule "Transfer-Encoding with Content-Length: the connection
 // is not reused" (the header's comment, RFC 9112 §6.3) is skipped for a
 // response without a body (to HEAD, 204, 304): decideFraming()
 // (proxy/http_response_parser.cc:295-300) takes the no-body branch first
@@ -430,7 +430,7 @@ TEST(HttpResponseParser, HeadLargerThanTheLimit) {
             std::string::npos);
 }
 
-// DEFECT: a head already over max_head_bytes whose bytes so far end in
+// Regression (was a defect): a head already over max_head_bytes whose bytes so far end in
 // "\n\r" is not refused: parse() returns NeedMore on the path that waits
 // for the byte after that CR (proxy/http_response_parser.cc:70-72) without
 // the size check the other NeedMore path makes. The same bytes a byte at a

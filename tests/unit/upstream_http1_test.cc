@@ -597,7 +597,7 @@ TEST_F(Http1UpstreamTest, ReusedConnectionDyingAfterTheFirstResponseByteIsNotRep
   EXPECT_EQ(server.requestCount(), 2u);
 }
 
-// DEFECT: a pooled connection is not checked before reuse. The upstream
+// Regression (was a defect): a pooled connection is not checked before reuse. The upstream
 // closed it while idle (its FIN is in the socket, the loop has not run since)
 // and a non-replayable POST is sent on it and fails 502, although nothing
 // was received: libcurl looks at a pooled connection before it reuses it
@@ -637,7 +637,7 @@ TEST_F(Http1UpstreamTest, IdleConnectionClosedBeforeTheLoopNoticedReplaysAReplay
   EXPECT_EQ(server.requestCount(), 2u);
 }
 
-// DEFECT: the same missing check lets bytes the upstream sent on an idle
+// Regression (was a defect): the same missing check lets bytes the upstream sent on an idle
 // connection (here a whole stale response) be taken as the answer to the
 // next request: the next transfer gets "stale" instead of its own answer.
 // libcurl would see the connection readable while idle and not reuse it
@@ -886,7 +886,7 @@ TEST_F(Http1UpstreamTest, EmptyReplyIsUnavailable) {
   EXPECT_NE(s.result.detail.find("empty reply"), std::string::npos) << s.result.detail;
 }
 
-// DEFECT: a body read until close that ends with a reset (RST) instead of a
+// Regression (was a defect): a body read until close that ends with a reset (RST) instead of a
 // FIN is reported complete: the relayed response is silently truncated.
 // closed() (proxy/upstream_http1.cc:738-744) calls finish(), which says
 // Complete in UntilClose whatever ended the connection, and read_error is
@@ -1059,7 +1059,7 @@ TEST_F(Http1UpstreamTest, PausedTransferTimesOutAndResumeOfUnknownIdsIsHarmless)
   EXPECT_EQ(s.dones, 1);
 }
 
-// DEFECT (minor, in a log message only): bytes refused by on_data are
+// Regression (was a defect, in a log message only): bytes refused by on_data are
 // counted again when they are given again after resume(): deliver()
 // (proxy/upstream_http1.cc:727) adds to body_bytes on every call, so the
 // timeout's "with N bytes received" says 20 for 10 bytes.
@@ -1396,6 +1396,64 @@ TEST_F(Http1UpstreamTest, UpstreamClientRoutesHttpUrlsToTheOwnClient) {
   EXPECT_EQ(client.active(), 0u);
   ASSERT_TRUE(run([&] { return server.closedByClient() == 1; }));
   EXPECT_EQ(b.log, (std::vector<std::string>{"sending"}));
+}
+
+}  // namespace
+}  // namespace wfp
+
+namespace wfp {
+namespace {
+
+// --- added with the fixes after the first review ------------------------------
+
+TEST_F(Http1UpstreamTest, AnswerThatIsNotHttpIsRefusedAtOnceNotAtTheTimeout) {
+  // An SSH banner and no blank line: refused on its first bytes (libcurl does
+  // the same), not after 100 KiB or the 10 s timeout.
+  ScriptedUpstream server([](Exchange& ex) {
+    ex.send("SSH-2.0-OpenSSH_9.2\r\n");
+    ex.hang();
+  });
+  Client up(loop, options(10));
+  Seen s;
+  auto started = SteadyClock::now();
+  up.start(request("POST", server.url("/p"), "{}"), track(s));
+  ASSERT_TRUE(run([&] { return s.done(); }, 3s));
+  EXPECT_LT(SteadyClock::now() - started, 2s);
+  EXPECT_EQ(s.result.failure, UpstreamFailure::Unavailable);
+  EXPECT_FALSE(s.result.head_received);
+  EXPECT_NE(s.result.detail.find("malformed status line"), std::string::npos) << s.result.detail;
+}
+
+TEST_F(Http1UpstreamTest, CallersHostAndContentLengthAreNeverASecondFraming) {
+  ScriptedUpstream server([](Exchange& ex) { ex.send(response(200, "ok")); });
+  Client up(loop, options());
+  Seen s;
+  up.start(request("POST", server.url("/p"), "{}", {{"host", "evil.example"}, {"Content-Length", "0"}, {"X-A", "1"}}),
+           track(s));
+  ASSERT_TRUE(run([&] { return s.done(); }));
+  auto seen = server.requests();
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].raw(),
+            "POST /p HTTP/1.1\r\nHost: " + server.authority() + "\r\nX-A: 1\r\nContent-Length: 2\r\n\r\n{}");
+}
+
+TEST_F(Http1UpstreamTest, RaisingMaxConnectionsLetsWaitingTransfersGoAtOnce) {
+  // The first answer is held until the others are seen, so with one
+  // connection they could only go after it: the raised limit must start them.
+  std::atomic<int> arrived{0};
+  ScriptedUpstream server([&](Exchange& ex) {
+    int n = ++arrived;
+    if (n == 1) Exchange::waitFor([&] { return arrived.load() >= 3; }, 3s);
+    ex.send(response(200, "ok"));
+  });
+  Client up(loop, options(10, 1));
+  Seen s[3];
+  for (auto& x : s) up.start(request("POST", server.url("/p"), "{}"), track(x));
+  ASSERT_TRUE(run([&] { return arrived.load() >= 1; }));
+  up.setOptions(options(10, 3));
+  ASSERT_TRUE(run([&] { return s[0].done() && s[1].done() && s[2].done(); }, 5s));
+  for (auto& x : s) EXPECT_EQ(x.result.failure, UpstreamFailure::None) << x.result.detail;
+  EXPECT_EQ(server.accepted(), 3u) << "the waiting transfers did not get connections of their own";
 }
 
 }  // namespace
