@@ -85,7 +85,7 @@ void UpstreamAttempt::go() {
   ++tries_;
   try_started_ = ports_.runtime.now();
   UpstreamCallbacks cb;
-  cb.on_head = [this](const UpstreamHead& head) { onHead(head); };
+  cb.on_head = [this](UpstreamHead& head) { onHead(head); };
   cb.on_data = [this](std::string_view data) { return onData(data); };
   cb.on_done = [this](const UpstreamResult& result) { onDone(result); };
   cb.on_sending = [this] {
@@ -95,14 +95,14 @@ void UpstreamAttempt::go() {
   transfer_ = ports_.transport.start(request_, std::move(cb));
 }
 
-void UpstreamAttempt::onHead(const UpstreamHead& head) {
-  head_ = head;
-  if (head.status == 429 && queued_) {
+void UpstreamAttempt::onHead(UpstreamHead& head) {
+  head_ = std::move(head);  // (the transport's to give: upstream_client.h)
+  if (head_.status == 429 && queued_) {
     // Maybe retried after the pause: nothing reaches the owner yet.
     holding_ = true;
     return;
   }
-  if (cb_.on_head) cb_.on_head(head);
+  if (cb_.on_head) cb_.on_head(head_);
 }
 
 bool UpstreamAttempt::onData(std::string_view data) {

@@ -111,7 +111,7 @@ class UpstreamAttempt {
 
  private:
   void go();  // the scheduler's start
-  void onHead(const UpstreamHead& head);
+  void onHead(UpstreamHead& head);
   bool onData(std::string_view data);
   void onDone(const UpstreamResult& result);
   void onRejected(RejectReason why, int retry_after_s);

@@ -67,7 +67,9 @@ struct UpstreamResult {
 };
 
 struct UpstreamCallbacks {
-  std::function<void(const UpstreamHead&)> on_head;      // once, before data
+  // Once, before data. The receiver may move from the head: the transport
+  // reads it no more.
+  std::function<void(UpstreamHead&)> on_head;
   // Return false to pause: the data is NOT consumed and comes again after resume().
   std::function<bool(std::string_view)> on_data;
   std::function<void(const UpstreamResult&)> on_done;     // once, last
