@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "proxy/event_loop.h"
+#include "tests/unit/run_loop.h"
 #include "proxy/redis_client.h"
 
 namespace wfp {
@@ -20,21 +21,7 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-bool runUntil(EventLoop& loop, const std::function<bool()>& done, std::chrono::milliseconds limit) {
-  if (done()) return true;
-  auto deadline = Clock::now() + limit;
-  std::unique_ptr<Timer> poll;
-  poll = std::make_unique<Timer>(loop, [&] {
-    if (done() || Clock::now() >= deadline) {
-      loop.stop();
-      return;
-    }
-    poll->start(1ms);
-  });
-  poll->start(0us);
-  loop.run();
-  return done();
-}
+using test_loop::runUntil;
 
 class CoalescerRedis : public ::testing::Test {
  protected:

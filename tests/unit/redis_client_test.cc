@@ -2,6 +2,7 @@
 // free loopback port in a temp dir and kills it by PID at the end.
 #include "proxy/redis_client.h"
 #include "tests/unit/redis_server.h"
+#include "tests/unit/run_loop.h"
 
 #include <gtest/gtest.h>
 
@@ -37,26 +38,9 @@ using test_redis::redisServerInstalled;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-// Runs the loop until `done()` or `limit`; true if `done()`.
-bool runUntil(EventLoop& loop, const std::function<bool()>& done, std::chrono::milliseconds limit) {
-  if (done()) return true;
-  auto deadline = Clock::now() + limit;
-  std::unique_ptr<Timer> poll;
-  poll = std::make_unique<Timer>(loop, [&] {
-    if (done() || Clock::now() >= deadline) {
-      loop.stop();
-      return;
-    }
-    poll->start(1ms);
-  });
-  poll->start(0us);
-  loop.run();
-  return done();
-}
+using test_loop::runUntil;
 
-void runFor(EventLoop& loop, std::chrono::milliseconds duration) {
-  runUntil(loop, [] { return false; }, duration);
-}
+using test_loop::runFor;
 
 // Captures everything logged through spdlog's default logger.
 class LogCapture {

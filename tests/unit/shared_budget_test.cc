@@ -27,6 +27,7 @@
 
 #include "proxy/config.h"
 #include "proxy/event_loop.h"
+#include "tests/unit/run_loop.h"
 #include "proxy/metrics.h"
 #include "proxy/redis_client.h"
 #include "proxy/scheduler.h"
@@ -45,22 +46,7 @@ using std::chrono::milliseconds;
 using test_redis::RedisServer;
 using test_redis::redisServerInstalled;
 
-// Runs the loop until `done()` or `limit`; true if `done()`.
-bool runUntil(EventLoop& loop, const std::function<bool()>& done, milliseconds limit) {
-  if (done()) return true;
-  auto deadline = SteadyClock::now() + limit;
-  std::unique_ptr<Timer> poll;
-  poll = std::make_unique<Timer>(loop, [&] {
-    if (done() || SteadyClock::now() >= deadline) {
-      loop.stop();
-      return;
-    }
-    poll->start(1ms);
-  });
-  poll->start(0us);
-  loop.run();
-  return done();
-}
+using test_loop::runUntil;
 
 void runFor(EventLoop& loop, milliseconds duration) {
   runUntil(loop, [] { return false; }, duration);

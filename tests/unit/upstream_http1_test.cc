@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "proxy/event_loop.h"
+#include "tests/unit/run_loop.h"
 #include "proxy/upstream_client.h"
 #include "proxy/upstream_curl.h"
 #include "tests/unit/scripted_upstream.h"
@@ -34,26 +35,9 @@ using test_upstream::ServerOptions;
 using Client = wfp::Http1Upstream;
 using SteadyClock = std::chrono::steady_clock;
 
-// Runs the loop until `done()` or `limit`; true if `done()`.
-bool runUntil(EventLoop& loop, const std::function<bool()>& done, std::chrono::milliseconds limit = 5s) {
-  if (done()) return true;
-  auto deadline = SteadyClock::now() + limit;
-  std::unique_ptr<Timer> poll;
-  poll = std::make_unique<Timer>(loop, [&] {
-    if (done() || SteadyClock::now() >= deadline) {
-      loop.stop();
-      return;
-    }
-    poll->start(1ms);
-  });
-  poll->start(0us);
-  loop.run();
-  return done();
-}
+using test_loop::runUntil;
 
-void runFor(EventLoop& loop, std::chrono::milliseconds duration) {
-  runUntil(loop, [] { return false; }, duration);
-}
+using test_loop::runFor;
 
 std::string response(int status, std::string_view body, std::string_view fields = "") {
   return "HTTP/1.1 " + std::to_string(status) + " X\r\n" + std::string(fields) +
