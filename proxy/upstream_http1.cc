@@ -52,15 +52,18 @@ struct Origin {
   std::string_view authority;
   std::string_view host;
   uint16_t port = 80;
-  std::string_view target;
+  std::string_view target;  // path and query; "/" goes before it when it does not start with one
 };
 
 bool splitUrl(std::string_view url, Origin& out) {
   if (!startsWithIgnoreCase(url, "http://")) return false;
   std::string_view rest = url.substr(7);
-  size_t slash = rest.find('/');
-  out.authority = rest.substr(0, slash);
-  out.target = slash == std::string_view::npos ? std::string_view("/") : rest.substr(slash);
+  size_t end = rest.find_first_of("/?#");
+  out.authority = rest.substr(0, end);
+  out.target = end == std::string_view::npos ? std::string_view() : rest.substr(end);
+  // A fragment is the client's own business and never sent (as libcurl never
+  // sent one): RFC 9110 §4.2.4 leaves it out of the request target.
+  out.target = out.target.substr(0, out.target.find('#'));
   std::string_view a = out.authority;
   std::string_view port;
   if (!a.empty() && a.front() == '[') {
@@ -590,7 +593,9 @@ struct Http1Upstream::Impl {
     if (t->cb.on_sending) guard("send hook", [&] { t->cb.on_sending(); });
     std::string& out = c->out;
     out.clear();
-    out.append(r.method).append(" ").append(t->origin.target).append(" HTTP/1.1\r\nHost: ");
+    out.append(r.method).append(" ");
+    if (t->origin.target.empty() || t->origin.target.front() != '/') out += '/';
+    out.append(t->origin.target).append(" HTTP/1.1\r\nHost: ");
     out.append(t->origin.authority).append("\r\n");
     for (const auto& h : r.headers) {
       // The framing is this client's: a Host or Content-Length given by the

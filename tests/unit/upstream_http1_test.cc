@@ -1442,3 +1442,29 @@ TEST_F(Http1UpstreamTest, RaisingMaxConnectionsLetsWaitingTransfersGoAtOnce) {
 
 }  // namespace
 }  // namespace wfp
+
+namespace wfp {
+namespace {
+
+TEST_F(Http1UpstreamTest, AFragmentIsNeverSentUpstream) {
+  // The client-facing parser lets '#' through in a target; libcurl left the
+  // fragment out of what it sent, and so must this client.
+  ScriptedUpstream server([](Exchange& ex) { ex.send(response(200, "ok")); });
+  Client up(loop, options());
+  Seen a, b;
+  up.start(request("GET", server.url("/p?q=1#frag")), track(a));
+  ASSERT_TRUE(run([&] { return a.done(); }));
+  up.start(request("GET", server.url("#only")), track(b));
+  ASSERT_TRUE(run([&] { return b.done(); }));
+  Seen c;
+  up.start(request("GET", server.url("?q=2")), track(c));  // a query right after the authority
+  ASSERT_TRUE(run([&] { return c.done(); }));
+  auto seen = server.requests();
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_EQ(seen[0].target(), "/p?q=1");
+  EXPECT_EQ(seen[1].target(), "/");
+  EXPECT_EQ(seen[2].target(), "/?q=2");
+}
+
+}  // namespace
+}  // namespace wfp
