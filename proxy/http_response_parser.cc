@@ -56,7 +56,7 @@ HttpResponseParser::Result HttpResponseParser::parse(std::string_view input) {
     case State::Head: {
       // Not an HTTP/1.x answer at all (a banner of another protocol, an
       // HTTP/2 preface): refused at once, not after 100 KiB or the timeout.
-      if (head_scan_ == 0 && !input.empty()) {
+      if (head_scan_ < 7 && !input.empty()) {
         static constexpr std::string_view kPrefix = "HTTP/1.";
         size_t n = std::min(input.size(), kPrefix.size());
         if (input.substr(0, n) != kPrefix.substr(0, n)) return fail("malformed status line");
@@ -309,6 +309,8 @@ bool HttpResponseParser::decideFraming() {
   // RFC 9112 §6.3: Transfer-Encoding with Content-Length may be an attempt at
   // smuggling: the connection is not reused, body or not.
   if (has_te && has_length) keep_alive_ = false;
+  // §6.1: Transfer-Encoding in an HTTP/1.0 message is faulty framing.
+  if (has_te && !version_11) keep_alive_ = false;
   if (head_request_ || head_.status == 204 || head_.status == 304) {
     state_ = State::Done;  // no body, whatever the fields say
   } else if (has_te) {

@@ -112,6 +112,9 @@ timeval toTimeval(double seconds) {
 struct LookupTicket {
   void* impl = nullptr;
   uint64_t serial = 0;
+  // Tickets whose callback has not run yet, in the process: an evdns base is
+  // freed only when none is (a cancelled lookup's callback still reads it).
+  static inline int outstanding = 0;
 };
 
 struct Http1Upstream::Impl {
@@ -131,6 +134,8 @@ struct Http1Upstream::Impl {
     bool paused = false;
     bool head_delivered = false;
     bool fresh_only = false;  // being sent again: not on a pooled connection
+    bool delivering = false;  // inside on_data
+    bool resume_asked = false;  // resume() from inside on_data
     int sends = 0;
     uint64_t body_bytes = 0;
     SteadyClock::time_point started;
@@ -216,18 +221,14 @@ struct Http1Upstream::Impl {
   ~Impl() {
     closing = true;
     event_del(&kick);
-    bool lookups_pending = false;
     std::vector<Conn*> all;
-    for (auto& [serial, c] : conns) {
-      lookups_pending |= c->lookup != nullptr;
-      all.push_back(c.get());
-    }
+    for (auto& [serial, c] : conns) all.push_back(c.get());
     for (Conn* c : all) closeConn(c);
     for (auto& [id, t] : transfers) event_del(&t->timeout);
     transfers.clear();
     // A cancelled lookup's callback is still to come (deferred by evdns):
     // then the base is left to the process's end rather than freed under it.
-    if (dns && !lookups_pending) evdns_base_free(dns, 0);
+    if (dns && LookupTicket::outstanding == 0) evdns_base_free(dns, 0);
   }
 
   void applyOptions() {
@@ -307,7 +308,11 @@ struct Http1Upstream::Impl {
 
   void resume(uint64_t id) {
     Transfer* t = find(id);
-    if (!t || !t->paused || t->cancelled) return;
+    if (!t || t->cancelled) return;
+    if (!t->paused) {
+      if (t->delivering) t->resume_asked = true;
+      return;
+    }
     t->paused = false;
     resumed.push_back(id);
     event_active(&kick, 0, 0);
@@ -324,20 +329,26 @@ struct Http1Upstream::Impl {
   }
 
   void kicked() {
+    // Each piece of work on its own: an owner's on_done that throws loses
+    // none of the others.
     for (uint64_t id : std::exchange(doomedUrl, {})) {
-      if (Transfer* t = find(id); t && !t->cancelled) fail(t, UpstreamFailure::Unavailable, "URL not carried");
+      guard("kick", [&] {
+        if (Transfer* t = find(id); t && !t->cancelled) fail(t, UpstreamFailure::Unavailable, "URL not carried");
+      });
     }
     for (uint64_t id : std::exchange(resumed, {})) {
-      Transfer* t = find(id);
-      if (!t || t->cancelled || t->paused || !t->conn) continue;
-      Conn* c = t->conn;
-      event_add(&c->rev, nullptr);
-      if (!t->held.empty()) {
-        std::string held = std::move(t->held);
-        t->held.clear();
-        if (!deliver(t, held)) continue;
-      }
-      input(c);
+      guard("kick", [&] {
+        Transfer* t = find(id);
+        if (!t || t->cancelled || t->paused || !t->conn) return;
+        Conn* c = t->conn;
+        event_add(&c->rev, nullptr);
+        if (!t->held.empty()) {
+          std::string held = std::move(t->held);
+          t->held.clear();
+          if (!deliver(t, held)) return;
+        }
+        input(c);
+      });
     }
     while (!pending.empty()) {
       Transfer* t = find(pending.front());
@@ -439,6 +450,7 @@ struct Http1Upstream::Impl {
     hints.ai_flags = EVUTIL_AI_ADDRCONFIG;
     std::string port = std::to_string(c->port);
     auto* ticket = new LookupTicket{this, c->serial};
+    ++LookupTicket::outstanding;
     // The callback may run inside this call (/etc/hosts, a numeric form
     // evdns knows): then evdns returns null and c may be gone already.
     evdns_getaddrinfo_request* req =
@@ -467,6 +479,7 @@ struct Http1Upstream::Impl {
 
   static void onResolved(int err, evutil_addrinfo* res, void* arg) noexcept {
     std::unique_ptr<LookupTicket> ticket(static_cast<LookupTicket*>(arg));
+    --LookupTicket::outstanding;
     std::unique_ptr<evutil_addrinfo, void (*)(evutil_addrinfo*)> addresses(res, &evutil_freeaddrinfo);
     if (err == EVUTIL_EAI_CANCEL) return;
     auto* self = static_cast<Impl*>(ticket->impl);
@@ -598,9 +611,12 @@ struct Http1Upstream::Impl {
     out.append(t->origin.target).append(" HTTP/1.1\r\nHost: ");
     out.append(t->origin.authority).append("\r\n");
     for (const auto& h : r.headers) {
-      // The framing is this client's: a Host or Content-Length given by the
-      // caller would be a second one.
-      if (equalsIgnoreCase(h.name, "host") || equalsIgnoreCase(h.name, "content-length")) continue;
+      // The framing is this client's: a Host, Content-Length or
+      // Transfer-Encoding given by the caller would be a second one.
+      if (equalsIgnoreCase(h.name, "host") || equalsIgnoreCase(h.name, "content-length") ||
+          equalsIgnoreCase(h.name, "transfer-encoding")) {
+        continue;
+      }
       out.append(h.name).append(": ").append(h.value).append("\r\n");
     }
     if (!r.body.empty() || r.method == "POST" || r.method == "PUT" || r.method == "PATCH") {
@@ -737,7 +753,7 @@ struct Http1Upstream::Impl {
           return;
         case HttpResponseParser::Event::Head:
           t->head_delivered = true;
-          if (t->cb.on_head) t->cb.on_head(t->parser.head());
+          if (t->cb.on_head && !owned(t, "head", [&] { t->cb.on_head(t->parser.head()); })) return;
           if (t->cancelled) return;
           continue;
         case HttpResponseParser::Event::Body:
@@ -756,7 +772,14 @@ struct Http1Upstream::Impl {
   // Gives body bytes to the owner; false when they were refused (held, and
   // reading stops) or the transfer was cancelled meanwhile.
   bool deliver(Transfer* t, std::string_view data) {
-    if (!t->cb.on_data || t->cb.on_data(data)) {
+    bool taken = true;
+    if (t->cb.on_data) {
+      t->delivering = true;
+      bool ok = owned(t, "body", [&] { taken = t->cb.on_data(data); });
+      t->delivering = false;
+      if (!ok) return false;
+    }
+    if (taken) {
       t->body_bytes += data.size();
       return !t->cancelled;
     }
@@ -764,6 +787,28 @@ struct Http1Upstream::Impl {
     t->paused = true;
     t->held.assign(data);
     if (t->conn) event_del(&t->conn->rev);
+    if (t->resume_asked) {
+      // resume() came from inside on_data, before it said no.
+      t->resume_asked = false;
+      resume(t->id);
+    }
+    return false;
+  }
+
+  // Runs one of the owner's callbacks for t. One that throws fails t, as
+  // libcurl aborted a transfer whose callback failed: a relayed answer
+  // must not go on with bytes missing. False when it threw.
+  template <typename Fn>
+  bool owned(Transfer* t, const char* what, Fn&& fn) {
+    try {
+      fn();
+      return true;
+    } catch (const std::exception& e) {
+      spdlog::error("upstream http1: the {} callback failed: {}", what, e.what());
+    } catch (...) {
+      spdlog::error("upstream http1: the {} callback failed", what);
+    }
+    if (!t->cancelled) fail(t, UpstreamFailure::Unavailable, std::string("the ") + what + " callback failed");
     return false;
   }
 

@@ -17,8 +17,9 @@
 //     a timeout closes the connection and is UpstreamFailure::Timeout;
 //   - max_connections bounds the connections (busy, idle and connecting);
 //     a transfer that finds none waits in order;
-//   - an idle connection is closed when the upstream closes it, sends
-//     anything, or was idle longer than 118 s (libcurl's CURLOPT_MAXAGE_CONN);
+//   - an idle connection is closed when the upstream closes it or sends
+//     anything, and is not reused after 118 s idle (libcurl's
+//     CURLOPT_MAXAGE_CONN); it is checked once more just before reuse;
 //   - back-pressure: data that on_data refuses is held and given again after
 //     resume(), and nothing more is read meanwhile.
 // Host names are looked up with evdns (/etc/hosts and resolv.conf), numeric

@@ -548,3 +548,27 @@ TEST(HttpResponseParser, UntouchedUntilTheFirstByte) {
 
 }  // namespace
 }  // namespace wfp
+
+namespace wfp {
+namespace {
+
+// RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message is faulty framing:
+// read as chunked, but the connection is closed after it (review finding).
+TEST(HttpResponseParser, TransferEncodingInHttp10IsNeverKeptAlive) {
+  const std::string input = "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+  std::string out = parse(input);
+  EXPECT_NE(out.find("complete close"), std::string::npos) << out;
+}
+
+// An answer that is not HTTP/1.x is refused on its first bytes however they
+// arrive: here the first piece is shorter than "HTTP/1." (review finding).
+TEST(HttpResponseParser, NotHttpIsRefusedWhateverTheFirstPieceHeld) {
+  HttpResponseParser p;
+  p.begin(false);
+  std::string input = "HTXX/1.1 200 OK\r\n";
+  EXPECT_EQ(p.parse(std::string_view(input).substr(0, 2)).event, HttpResponseParser::Event::NeedMore);
+  EXPECT_EQ(p.parse(std::string_view(input).substr(0, 5)).event, HttpResponseParser::Event::Error);
+}
+
+}  // namespace
+}  // namespace wfp

@@ -1468,3 +1468,47 @@ TEST_F(Http1UpstreamTest, AFragmentIsNeverSentUpstream) {
 
 }  // namespace
 }  // namespace wfp
+
+namespace wfp {
+namespace {
+
+// An owner's callback that throws fails the transfer, as libcurl aborted a
+// transfer whose write callback failed: the answer is not relayed on with
+// bytes missing, and the client goes on serving others (review finding).
+TEST_F(Http1UpstreamTest, ACallbackThatThrowsFailsItsTransferAndNoOther) {
+  ScriptedUpstream server([](Exchange& ex) { ex.send(response(200, std::string(100, 'x'))); });
+  Client up(loop, options());
+  Seen bad, good;
+  bad.on_data = [](std::string_view) -> bool { throw std::runtime_error("no memory"); };
+  up.start(request("POST", server.url("/bad"), "{}"), track(bad));
+  up.start(request("POST", server.url("/good"), "{}"), track(good));
+  ASSERT_TRUE(run([&] { return bad.done() && good.done(); }));
+  EXPECT_EQ(bad.result.failure, UpstreamFailure::Unavailable);
+  EXPECT_EQ(bad.dones, 1);
+  EXPECT_EQ(good.result.failure, UpstreamFailure::None) << good.result.detail;
+  EXPECT_EQ(good.body, std::string(100, 'x'));
+}
+
+// resume() called from inside on_data, before it returns false, is not lost
+// (review finding): the refused bytes come again.
+TEST_F(Http1UpstreamTest, AResumeFromInsideOnDataIsKept) {
+  ScriptedUpstream server([](Exchange& ex) { ex.send(response(200, "abcdef")); });
+  Client up(loop, options());
+  Seen s;
+  uint64_t id = 0;
+  bool refused_once = false;
+  s.on_data = [&](std::string_view) {
+    if (refused_once) return true;
+    refused_once = true;
+    up.resume(id);
+    s.paused = false;  // (the test's own bookkeeping: it resumed already)
+    return false;
+  };
+  id = up.start(request("GET", server.url("/p")), track(s));
+  ASSERT_TRUE(run([&] { return s.done(); }, 3s)) << "the transfer stalled";
+  EXPECT_EQ(s.result.failure, UpstreamFailure::None);
+  EXPECT_EQ(s.body, "abcdef");
+}
+
+}  // namespace
+}  // namespace wfp
