@@ -775,9 +775,8 @@ struct Http1Upstream::Impl {
     bool taken = true;
     if (t->cb.on_data) {
       t->delivering = true;
-      bool ok = owned(t, "body", [&] { taken = t->cb.on_data(data); });
+      if (!owned(t, "body", [&] { taken = t->cb.on_data(data); })) return false;  // t may be gone
       t->delivering = false;
-      if (!ok) return false;
     }
     if (taken) {
       t->body_bytes += data.size();
@@ -795,7 +794,8 @@ struct Http1Upstream::Impl {
     return false;
   }
 
-  // Runs one of the owner's callbacks for t. One that throws fails t, as
+  // Runs one of the owner's callbacks for t. One that throws fails t (and
+  // t is gone when this returns false, unless it was cancelled), as
   // libcurl aborted a transfer whose callback failed: a relayed answer
   // must not go on with bytes missing. False when it threw.
   template <typename Fn>
