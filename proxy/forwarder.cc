@@ -73,7 +73,7 @@ void Forwarder::forward(const RequestPtr& rp, std::string target, Delivery deliv
   req.url = r.config->upstream.base_url + target;
   req.headers = upstreamRequestHeaders(std::move(client_headers), opts);
   req.body = ex.takeBody();
-  // libcurl may send a safe method again after a reused connection died (the
+  // The transport may send a safe method again after a reused connection died (the
   // upstream possibly saw it), as nginx retries an idempotent request; never
   // a run, a stream (single-use token), a token fetch or any other method.
   const std::string& m = req.method;
@@ -150,7 +150,7 @@ bool Forwarder::onData(ClientRequest& r, std::string_view data) {
     return true;
   }
   // Back-pressure: once the client's backlog is above the high-water mark,
-  // leave further bytes in libcurl (the transfer pauses) until the client has
+  // leave further bytes in the transport (the transfer pauses) until the client has
   // drained; onDrain resumes it.
   if (r.paused) return false;
   if (!r.exchange->write(data)) r.paused = true;

@@ -69,8 +69,8 @@ class Scheduler {
   uint64_t submit(const Admission& admission, AdmissionCallbacks callbacks);
   void cancel(uint64_t ticket);
   // A started ticket's request is being written upstream now (the upstream
-  // client's on_sending): its start counts from now. Safe inside libcurl
-  // callbacks: it starts nothing (a later start only ever gets later).
+  // client's on_sending): its start counts from now. Safe inside the
+  // transport's callbacks: it starts nothing (a later start only ever gets later).
   void sending(uint64_t ticket);
   void finish(uint64_t ticket, const UpstreamSignals& signals);
   // The upstream answered 429: the organisation pauses, and the request goes

@@ -166,7 +166,7 @@ void StreamFanout::onHead(uint64_t flight_id, const UpstreamHead& head) {
 bool StreamFanout::onData(uint64_t flight_id, std::string_view data) {
   Flight* f = flightOf(flight_id);
   if (!f) return true;
-  if (f->paused) return false;  // libcurl keeps the bytes until resume
+  if (f->paused) return false;  // the transport keeps the bytes until resume
   f->bytes.append(data);
   if (f->storable && f->end() > kMaxStoredStream) {
     // Too long to keep whole: no longer stored or joinable; keep only what

@@ -136,7 +136,6 @@ struct Http1Upstream::Impl {
     bool fresh_only = false;  // being sent again: not on a pooled connection
     bool delivering = false;  // inside on_data
     bool resume_asked = false;  // resume() from inside on_data
-    int sends = 0;
     uint64_t body_bytes = 0;
     SteadyClock::time_point started;
     event timeout{};
@@ -160,7 +159,6 @@ struct Http1Upstream::Impl {
     event rev{};
     event wev{};
     event connect_timer{};
-    bool events_set = false;
     // Output: the head in `out` from out_off, then the body from body_off.
     std::string out;
     size_t out_off = 0;
@@ -202,6 +200,7 @@ struct Http1Upstream::Impl {
   std::deque<uint64_t> pending;     // transfers waiting for a connection, in order
   std::vector<uint64_t> resumed;
   std::vector<uint64_t> doomed;     // cancelled inside a Scope
+  std::vector<uint64_t> doomedUrl;  // started with a URL this client cannot carry
   uint64_t next_id = 1;
   uint64_t next_serial = 1;
   int depth = 0;
@@ -265,7 +264,6 @@ struct Http1Upstream::Impl {
     event_active(&kick, 0, 0);
     return id;
   }
-  std::vector<uint64_t> doomedUrl;  // started with a URL this client cannot carry
 
   Transfer* find(uint64_t id) {
     auto it = transfers.find(id);
@@ -357,7 +355,7 @@ struct Http1Upstream::Impl {
         continue;
       }
       Conn* c = acquire(*t);
-      if (!c && connectionCount() >= static_cast<size_t>(std::max(1, options.max_connections))) break;  // waits
+      if (!c && atLimit()) break;  // waits
       pending.pop_front();
       if (c) {
         attach(t, c);
@@ -368,7 +366,8 @@ struct Http1Upstream::Impl {
     }
   }
 
-  size_t connectionCount() const { return conns.size(); }
+  // No new connection may be made (busy, idle and connecting count).
+  bool atLimit() const { return conns.size() >= static_cast<size_t>(std::max(1, options.max_connections)); }
 
   // An idle connection of t's origin, or nullptr (then a new one may be
   // made: one idle connection of another origin is closed if at the limit).
@@ -386,7 +385,7 @@ struct Http1Upstream::Impl {
         return c;
       }
     }
-    if (connectionCount() >= static_cast<size_t>(std::max(1, options.max_connections)) && !idle.empty()) {
+    if (atLimit() && !idle.empty()) {
       closeConn(idle.front());  // the least recently used
     }
     return nullptr;
@@ -422,7 +421,6 @@ struct Http1Upstream::Impl {
     conns.emplace(c->serial, std::move(owned));
     attach(t, c);
     event_assign(&c->connect_timer, loop.base(), -1, 0, &Impl::onConnectTimeout, c);
-    c->events_set = true;
     event_assign(&c->rev, loop.base(), -1, 0, &Impl::onReadable, c);  // set up properly once connected
     event_assign(&c->wev, loop.base(), -1, 0, &Impl::onWritable, c);
     if (options.connect_timeout_s > 0) {
@@ -581,11 +579,9 @@ struct Http1Upstream::Impl {
       c->ticket = nullptr;
       evdns_getaddrinfo_cancel(req);  // its callback runs later, with EVUTIL_EAI_CANCEL
     }
-    if (c->events_set) {
-      event_del(&c->rev);
-      event_del(&c->wev);
-      event_del(&c->connect_timer);
-    }
+    event_del(&c->rev);
+    event_del(&c->wev);
+    event_del(&c->connect_timer);
     if (c->fd >= 0) ::close(c->fd);
     c->fd = -1;
     conns.erase(c->serial);
@@ -597,7 +593,6 @@ struct Http1Upstream::Impl {
   void send(Conn* c) {
     Transfer* t = c->transfer;
     const UpstreamRequest& r = t->request;
-    ++t->sends;
     c->eof = false;
     c->read_error = 0;
     c->write_failed = false;
